@@ -23,6 +23,8 @@ INSTALL_REQUIRES = [
     "numpy==2.4.6",
     "absl-py==2.5.1",
     "tqdm==4.70.1",
+    # T5 tokenizers (spiece.model) load through transformers with it.
+    "sentencepiece==0.2.3",
 ]
 
 EXTRAS_REQUIRE = {

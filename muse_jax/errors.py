@@ -1,17 +1,30 @@
 """How the command-line entry points report bad input: one line, nonzero exit, no traceback.
 
 Code raises `UserError` (or a subclass) for anything the user can fix: a bad config, a missing
-file, a mesh that does not fit. `cli_main` turns it into `error: <message>` on stderr and exit
-status 2; genuine bugs still raise with their traceback.
+file, a mesh that does not fit. `run(main)` (use it instead of `absl.app.run`) turns it into
+`error: <message>` on stderr and exit status 2, and does the same for bad flags, including
+`--config` files that do not exist and `--config.x.y=...` overrides of unknown keys or of the
+wrong type, which absl would otherwise report with a traceback. Genuine bugs still raise with
+their traceback.
 """
 from __future__ import annotations
 
 import functools
+import os
 import sys
+
+from absl import app, flags
+
+EXIT_USER_ERROR = 2
 
 
 class UserError(Exception):
     """An error in what the user asked for; its message is the whole story, in one line."""
+
+
+def _fail(message: str):
+    print(f"error: {message}", file=sys.stderr, flush=True)
+    sys.exit(EXIT_USER_ERROR)
 
 
 def cli_main(main):
@@ -22,7 +35,44 @@ def cli_main(main):
         try:
             return main(argv)
         except UserError as e:
-            print(f"error: {e}", file=sys.stderr, flush=True)
-            sys.exit(2)
+            _fail(str(e))
 
     return wrapped
+
+
+def _missing_config_file(argv: list[str]) -> str | None:
+    for arg in argv[1:]:
+        name, _, value = arg.lstrip("-").partition("=")
+        if name == "config" and not os.path.isfile(value.split(":", 1)[0]):
+            return f"config file {value.split(':', 1)[0]} not found (--config={value})"
+    return None
+
+
+def flag_error(argv: list[str], error: Exception) -> str:
+    """One line for a flag-parsing failure, naming the key or value at fault."""
+    overrides = [a.lstrip("-").partition("=")[0] for a in argv[1:]
+                 if a.lstrip("-").startswith("config.")]
+    if isinstance(error, (AttributeError, KeyError)):
+        key = str(error).strip("'\"")
+        for name in overrides:
+            if key in name.split("."):
+                return f"unknown config key {name} (--{name})"
+    # absl wraps errors from the config file itself; its last line is the cause.
+    lines = [line.strip() for line in str(error).strip().splitlines() if line.strip()]
+    return lines[-1] if lines else type(error).__name__
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+    # config_flags defers a missing file's error to the first access, with a traceback.
+    missing = _missing_config_file(argv)
+    if missing:
+        _fail(missing)
+    try:
+        return flags.FLAGS(argv)
+    except Exception as e:  # noqa: BLE001  absl and config_flags raise many types here
+        _fail(flag_error(argv, e))
+
+
+def run(main) -> None:
+    """`absl.app.run(main)` with bad flags and `UserError`s reported in one line, exit 2."""
+    app.run(cli_main(main), flags_parser=parse_flags)

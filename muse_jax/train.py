@@ -12,11 +12,12 @@ from __future__ import annotations
 import json
 import os
 
-from absl import app, flags, logging
+from absl import flags, logging
 from ml_collections import config_flags
 
 import muse_jax  # noqa: F401  (quietens TensorFlow before clu imports it)
-from muse_jax.errors import UserError, cli_main
+from muse_jax import errors
+from muse_jax.errors import UserError
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Config file, e.g. configs/vqgan_shapes.py.",
@@ -183,7 +184,6 @@ class _QuietLibraries:
         return record.levelno >= 30 or "orbax" not in record.pathname
 
 
-@cli_main
 def main(argv):
     logging.get_absl_handler().addFilter(_QuietLibraries())
     if len(argv) > 1:
@@ -199,4 +199,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    errors.run(main)

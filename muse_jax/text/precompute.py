@@ -16,10 +16,11 @@ import math
 from pathlib import Path
 
 import numpy as np
-from absl import app, flags, logging
+from absl import flags, logging
 from ml_collections import config_flags
 
-from muse_jax.errors import UserError, cli_main
+from muse_jax import errors
+from muse_jax.errors import UserError
 from muse_jax.text import records
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file with a `text` block.")
@@ -102,7 +103,6 @@ def precompute(text_config, captions: list[str], out: Path, embedding_dtype: str
     return out
 
 
-@cli_main
 def main(argv) -> None:
     if len(argv) > 1:
         raise UserError(f"unexpected arguments: {' '.join(argv[1:])}")
@@ -122,4 +122,4 @@ def main(argv) -> None:
 
 
 if __name__ == "__main__":
-    app.run(main)
+    errors.run(main)

@@ -1,0 +1,130 @@
+"""The training entry point end to end: outputs, resume after SIGKILL, dry run, fine-tuning."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import flax.linen as nn
+import jax
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import REPO, run_module
+from muse_jax import checkpoint, metrics, tasks, train
+from muse_jax import config as config_lib
+
+ONE_DEVICE = {"XLA_FLAGS": ""}
+
+
+def _steps_saved(workdir):
+    root = workdir / "checkpoints"
+    return sorted(int(p.name) for p in root.iterdir() if p.name.isdigit()) if root.exists() else []
+
+
+@pytest.mark.slow
+def test_tiny_run_writes_everything(tmp_path):
+    workdir = tmp_path / "run"
+    run_module("muse_jax.train", "--config=configs/vqgan_shapes.py:tiny", f"--workdir={workdir}",
+               env=ONE_DEVICE, check=True)
+    assert _steps_saved(workdir) == [2, 4, 6]
+    logged = metrics.read_jsonl(str(workdir / "metrics.jsonl"))
+    assert set(range(1, 7)) <= set(logged)
+    assert all(np.isfinite(logged[s]["loss"]) for s in range(1, 7))
+    result = json.loads((workdir / "eval.json").read_text())
+    assert result["step"] == 6 and {"eval_psnr", "eval_codebook_usage", "eval_perplexity"} <= set(result)
+    # Inputs over reconstructions, 8 columns of 64 px.
+    assert Image.open(workdir / "reconstructions.png").size == (8 * 64, 2 * 64)
+    assert any(name.startswith("events.out.tfevents") for name in os.listdir(workdir))
+    assert json.loads((workdir / "config.json").read_text())["stage"] == "vqgan"
+
+
+def _train_args(workdir, steps):
+    return ["--config=configs/vqgan_shapes.py:tiny", f"--workdir={workdir}",
+            f"--config.train.num_steps={steps}", "--config.train.checkpoint_every=5",
+            f"--config.train.eval_every={steps}", "--config.train.keep_checkpoints=2"]
+
+
+@pytest.mark.slow
+def test_sigkill_then_rerun_resumes_with_identical_losses(tmp_path):
+    steps = 120
+    killed = tmp_path / "killed"
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", **ONE_DEVICE}
+    proc = subprocess.Popen([sys.executable, "-m", "muse_jax.train", *_train_args(killed, steps)],
+                            cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.time() + 300
+    while not any(s >= 15 for s in _steps_saved(killed)):
+        assert proc.poll() is None, proc.stderr.read().decode()[-3000:]
+        assert time.time() < deadline, "no checkpoint at step 15 within 300 s"
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    resume_from = max(_steps_saved(killed))
+    assert resume_from < steps
+
+    rerun = run_module("muse_jax.train", *_train_args(killed, steps), env=ONE_DEVICE, check=True)
+    assert f"resumed from step {resume_from}" in rerun.stderr
+    straight = tmp_path / "straight"
+    run_module("muse_jax.train", *_train_args(straight, steps), env=ONE_DEVICE, check=True)
+
+    a = metrics.read_jsonl(str(killed / "metrics.jsonl"))
+    b = metrics.read_jsonl(str(straight / "metrics.jsonl"))
+    after = range(resume_from + 1, steps + 1)
+    for step in after:
+        for key in ("loss", "l1", "vq_loss", "grad_norm"):
+            np.testing.assert_allclose(a[step][key], b[step][key], rtol=1e-6, err_msg=f"{key}@{step}")
+    assert json.loads((killed / "eval.json").read_text()) == json.loads((straight / "eval.json").read_text())
+
+
+@pytest.mark.slow
+def test_dry_run_of_paper_scale_tokenizer():
+    result = run_module("muse_jax.train", "--config=configs/vqgan_256.py", "--dry_run",
+                        "--num_devices=8", "--config.mesh.fsdp=4", "--config.mesh.tensor=2",
+                        env=ONE_DEVICE, check=True)
+    report = json.loads(result.stdout)
+    assert report["mesh"] == {"data": 1, "fsdp": 4, "tensor": 2}
+    total = report["params"]["total"]
+    assert 30e6 < total < 80e6, total
+    assert report["params"]["quantizer"] == 8192 * 32
+    # Sharded over 8 devices the largest shard is far below the full f32 parameter bytes.
+    assert report["per_device_bytes"]["params"] < 0.3 * 4 * total
+
+
+def test_prepare_workdir_rejects_a_file(tmp_path):
+    target = tmp_path / "file"
+    target.write_text("")
+    with pytest.raises(train.UserError, match="not writable"):
+        train.prepare_workdir(str(target / "run"))
+
+
+@pytest.mark.slow
+def test_decoder_finetuning_freezes_encoder_and_starts_identical(tmp_path):
+    source = tmp_path / "tokenizer"
+    config = config_lib.load_file(config_lib.CONFIG_DIR / "vqgan_shapes.py", "tiny")
+    config.train.num_steps = 2
+    train.train_and_evaluate(config, str(source))
+    saved = checkpoint.load_state(str(source / "checkpoints"))
+
+    ft = config_lib.load_file(config_lib.CONFIG_DIR / "vqgan_shapes.py", "tiny")
+    ft.finetune.init_from = str(source)
+    ft.finetune.decoder_only = True
+    ft.finetune.extra_decoder_blocks = 1
+    ft.train.num_steps = 3
+    task = tasks.create(ft)
+    start = task.start_from(nn.unbox(task.init_state(jax.random.key(1))))
+    assert any("extra_" in k for k in start.params["decoder"])
+    images = np.random.default_rng(0).uniform(-1, 1, (4, 64, 64, 3)).astype(np.float32)
+    before = tasks.create(config).reconstruct(saved["params"], images)
+    np.testing.assert_allclose(task.reconstruct(start.params, images), before, atol=1e-5)
+
+    train.train_and_evaluate(ft, str(tmp_path / "finetuned"))
+    tuned = checkpoint.load_state(str(tmp_path / "finetuned" / "checkpoints"))["params"]
+    for part in ("encoder", "quantizer"):
+        for a, b in zip(jax.tree.leaves(tuned[part]), jax.tree.leaves(saved["params"][part])):
+            np.testing.assert_array_equal(a, b)
+    changed = [not np.array_equal(a, b) for a, b in
+               zip(jax.tree.leaves(tuned["decoder"]), jax.tree.leaves(start.params["decoder"]))]
+    assert any(changed)
