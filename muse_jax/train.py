@@ -25,6 +25,8 @@ config_flags.DEFINE_config_file("config", None, "Config file, e.g. configs/vqgan
 flags.DEFINE_string("workdir", None, "Directory for checkpoints, summaries and outputs.")
 flags.DEFINE_bool("dry_run", False, "Build the state abstractly, print sizes, train nothing.")
 flags.DEFINE_integer("num_devices", None, "Dry run only: simulate this many CPU devices.")
+flags.DEFINE_bool("distributed", False, "Multi-host: call jax.distributed.initialize() first "
+                  "(coordinator found automatically on TPU pods; see launch/).")
 
 
 def prepare_workdir(workdir: str) -> None:
@@ -65,12 +67,16 @@ def train_and_evaluate(config, workdir: str) -> dict:
     logging.info("mesh %s over %d devices", dict(mesh.shape), mesh.size)
 
     # ------------------------------------------------------------------ input
-    train_iter = pipeline.train_iterator(config)
+    train_iter = pipeline.train_iterator(config, keep_caption=task.uses_captions)
+
+    def load(local_batch):
+        return parallel.global_batch(task.prepare_batch(local_batch), batch_sharding)
 
     # ------------------------------------------------------------------ model, sharded init
     rng = jax.random.key(config.seed)
     state, state_sharding = parallel.create_sharded(task.init_state, mesh, rng)
-    frozen = task.load_frozen(mesh)
+    frozen = task.load_frozen(mesh)  # pretrained weights no optimiser sees, already placed
+    frozen_sharding = jax.tree.map(lambda x: x.sharding, frozen)
     replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
 
     # ------------------------------------------------------------------ checkpoint
@@ -81,38 +87,38 @@ def train_and_evaluate(config, workdir: str) -> dict:
                                 state)
         state = ckpt.restore(abstract, train_iter)
         logging.info("resumed from step %d", int(state.step))
-    elif config.finetune.init_from:
+    elif config.get("finetune") and config.finetune.init_from:
         state = task.start_from(state)
         logging.info("initialised from %s", config.finetune.init_from)
     start_step = int(state.step)
 
     # ------------------------------------------------------------------ step
     train_step = jax.jit(task.train_step,
-                         in_shardings=(state_sharding, batch_sharding, replicated, replicated),
+                         in_shardings=(state_sharding, batch_sharding, replicated, frozen_sharding),
                          out_shardings=(state_sharding, replicated), donate_argnums=0)
-    eval_step = jax.jit(task.eval_step, in_shardings=(state_sharding.params, batch_sharding),
+    eval_step = jax.jit(task.eval_step,
+                        in_shardings=(state_sharding, batch_sharding, replicated, frozen_sharding),
                         out_shardings=replicated)
-    reconstruct = jax.jit(task.reconstruct, in_shardings=(state_sharding.params, batch_sharding),
-                          out_shardings=replicated)
 
     # ------------------------------------------------------------------ eval
     writer = metrics.create_writer(workdir)
+    eval_rng = jax.random.split(rng)[1]  # the same masks and noise at every evaluation
 
     def evaluate(step: int) -> dict:
         totals = None
         first = None
-        for local in pipeline.eval_batches(config):
-            batch = parallel.global_batch(local, batch_sharding)
+        for i, local in enumerate(pipeline.eval_batches(config, keep_caption=task.uses_captions)):
+            batch = load(local)
             first = batch if first is None else first
-            out = eval_step(state.params, batch)
+            out = eval_step(state, batch, jax.random.fold_in(eval_rng, i), frozen)
             totals = out if totals is None else jax.tree.map(lambda a, b: a + b, totals, out)
         result = task.summarize_eval(jax.device_get(totals))
         writer.write_scalars(step, result)
-        recon = jax.device_get(reconstruct(state.params, first["image"]))
-        grid = metrics.image_grid(jax.device_get(first["image"]), recon)
-        writer.write_images(step, {"inputs_vs_reconstructions": grid[None]})
+        for name, grid in task.summary_images(state, first, frozen).items():
+            writer.write_images(step, {name: grid[None]})
+            if jax.process_index() == 0:
+                metrics.save_png(os.path.join(workdir, f"{name}.png"), grid)
         if jax.process_index() == 0:
-            metrics.save_png(os.path.join(workdir, "reconstructions.png"), grid)
             with open(os.path.join(workdir, "eval.json"), "w") as f:
                 json.dump({"step": step, **result}, f, indent=2)
         logging.info("eval at step %d: %s", step, result)
@@ -128,7 +134,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
     logging.info("training from step %d to %d", start_step, t.num_steps)
     try:
         for step in range(start_step, t.num_steps):
-            batch = parallel.global_batch(next(train_iter), batch_sharding)
+            batch = load(next(train_iter))
             state, step_metrics = train_step(state, batch, jax.random.fold_in(rng, step), frozen)
             done = step + 1
             for hook in hooks:
@@ -195,6 +201,9 @@ def main(argv):
         return
     if not FLAGS.workdir:
         raise UserError("--workdir is required")
+    if FLAGS.distributed:
+        import jax
+        jax.distributed.initialize()
     train_and_evaluate(FLAGS.config, FLAGS.workdir)
 
 

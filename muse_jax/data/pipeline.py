@@ -48,15 +48,15 @@ def _process(process_index, process_count):
     return index, count
 
 
-def train_iterator(config, process_index: int | None = None,
-                   process_count: int | None = None) -> grain.DatasetIterator:
+def train_iterator(config, process_index: int | None = None, process_count: int | None = None,
+                   keep_caption: bool = False) -> grain.DatasetIterator:
     """Infinite iterator of process-local batches (global batch / process count each)."""
     index, count = _process(process_index, process_count)
     data = config.data
     ds = grain.MapDataset.source(sources.create(data, "train", config.seed))
     ds = ds.seed(config.seed).shuffle().repeat()
     ds = ds[index::count]
-    ds = ds.random_map(Preprocess(data.image_size, random_crop=True))
+    ds = ds.random_map(Preprocess(data.image_size, random_crop=True, keep_caption=keep_caption))
     ds = ds.batch(data.batch_size // count, drop_remainder=True)
     it = ds.to_iter_dataset()
     if data.num_workers > 0:
@@ -64,12 +64,12 @@ def train_iterator(config, process_index: int | None = None,
     return iter(it)
 
 
-def eval_batches(config, process_index: int | None = None,
-                 process_count: int | None = None) -> Iterator[dict]:
+def eval_batches(config, process_index: int | None = None, process_count: int | None = None,
+                 keep_caption: bool = False) -> Iterator[dict]:
     """The first `data.eval_size` held-out examples, in order, as process-local batches."""
     index, count = _process(process_index, process_count)
     data = config.data
     ds = grain.MapDataset.source(sources.create(data, "eval", config.seed))
     ds = ds[:data.eval_size][index::count]
-    ds = ds.map(Preprocess(data.image_size, random_crop=False))
+    ds = ds.map(Preprocess(data.image_size, random_crop=False, keep_caption=keep_caption))
     return iter(ds.batch(data.eval_batch_size // count, drop_remainder=True))

@@ -8,17 +8,21 @@ the decoder (with its new zero-initialised blocks) trains: Muse 2.5.
 """
 from __future__ import annotations
 
+import json
+import os
 from typing import Any
 
 import flax
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import optax
 from absl import logging
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from muse_jax import checkpoint, optimizers
+from muse_jax import metrics as metrics_lib
 from muse_jax.config import ConfigError
 from muse_jax.models import discriminator as disc_lib
 from muse_jax.models import perceptual
@@ -44,15 +48,12 @@ def psnr(x, y):
 class VQGANTask:
     """Everything stage-specific the generic train loop (muse_jax/train.py) needs."""
 
+    uses_captions = False
+
     def __init__(self, config):
         self.config = config
-        m, ft = config.model, config.finetune
-        self.model = VQGAN(channels=m.channels, channel_mult=tuple(m.channel_mult),
-                           num_res_blocks=m.num_res_blocks, norm_groups=m.norm_groups,
-                           attention=m.attention, codebook_size=m.codebook_size,
-                           code_dim=m.code_dim, beta=m.beta,
-                           extra_decoder_blocks=ft.extra_decoder_blocks,
-                           dtype=jnp.dtype(m.dtype))
+        ft = config.finetune
+        self.model = build_model(config)
         g = config.gan
         self.disc = (disc_lib.PatchDiscriminator(g.channels, g.num_layers, m.norm_groups)
                      if g.enabled else None)
@@ -64,6 +65,7 @@ class VQGANTask:
         self.lr = optimizers.learning_rate(config.optim, num_steps)
         self.tx = optimizers.create(config.optim, num_steps, trainable)
         self.disc_tx = optimizers.create(_with_lr(config.optim, g.lr), num_steps)
+        self._reconstruct = jax.jit(self.reconstruct)
 
     # ---------------------------------------------------------------- config
     def check_config(self) -> None:
@@ -124,6 +126,10 @@ class VQGANTask:
         return {"perceptual": jax.device_put(weights, NamedSharding(mesh, P()))}
 
     # ---------------------------------------------------------------- steps
+    def prepare_batch(self, local: dict) -> dict:
+        """Process-local numpy batch -> the arrays the steps take."""
+        return {"image": local["image"]}
+
     def train_step(self, state: VQGANState, batch, rng, frozen) -> tuple[VQGANState, dict]:
         del rng  # the tokenizer's step is deterministic
         if self.disc is None:
@@ -189,9 +195,10 @@ class VQGANTask:
                               disc_opt_state=disc_opt_state, lecam_ema=ema)
         return state, {"disc_loss": loss, "logits_real": logits[0], "logits_fake": logits[1]}
 
-    def eval_step(self, params, batch) -> dict:
+    def eval_step(self, state: VQGANState, batch, rng, frozen) -> dict:
         """Sums over the batch, so results add up across batches and processes."""
-        recon, ids, _ = self.model.apply({"params": params}, batch["image"])
+        del rng, frozen
+        recon, ids, _ = self.model.apply({"params": state.params}, batch["image"])
         return {"psnr_sum": jnp.sum(psnr(recon, batch["image"])),
                 "count": jnp.asarray(batch["image"].shape[0], jnp.float32),
                 "code_counts": jnp.bincount(ids.reshape(-1), length=self.config.model.codebook_size)}
@@ -205,6 +212,38 @@ class VQGANTask:
 
     def reconstruct(self, params, images):
         return self.model.apply({"params": params}, images)[0]
+
+    def summary_images(self, state: VQGANState, batch, frozen) -> dict[str, np.ndarray]:
+        """`reconstructions`: the first eval images above their reconstructions."""
+        del frozen
+        images = batch["image"][:8]
+        recon = self._reconstruct(state.params, images)
+        return {"reconstructions": metrics_lib.image_grid(jax.device_get(images),
+                                                          jax.device_get(recon))}
+
+
+def build_model(config) -> VQGAN:
+    m = config.model
+    return VQGAN(channels=m.channels, channel_mult=tuple(m.channel_mult),
+                 num_res_blocks=m.num_res_blocks, norm_groups=m.norm_groups,
+                 attention=m.attention, codebook_size=m.codebook_size, code_dim=m.code_dim,
+                 beta=m.beta, extra_decoder_blocks=config.finetune.extra_decoder_blocks,
+                 dtype=jnp.dtype(m.dtype))
+
+
+def load_tokenizer(workdir: str) -> tuple[VQGAN, Any, ml_collections.ConfigDict]:
+    """The trained tokenizer of a VQGAN run: (model, params, its config), for later stages."""
+    config_file = os.path.join(workdir, "config.json")
+    if not os.path.isfile(config_file):
+        raise ConfigError(f"tokenizer workdir {workdir!r} has no config.json: train one with "
+                          f"python -m muse_jax.train --config=configs/vqgan_shapes.py "
+                          f"--workdir={workdir or 'DIR'}")
+    with open(config_file) as f:
+        config = ml_collections.ConfigDict(json.load(f))
+    if config.stage != "vqgan":
+        raise ConfigError(f"{config_file} is the config of a {config.stage!r} run, not a tokenizer")
+    params = checkpoint.load_state(os.path.join(workdir, "checkpoints"))["params"]
+    return build_model(config), params, config
 
 
 def _with_lr(optim, lr):
