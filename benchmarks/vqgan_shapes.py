@@ -19,7 +19,7 @@ import time
 
 from absl import app, flags, logging
 
-from muse_jax import train  # defines --config (with overrides) and --workdir
+from muse_jax import train
 
 DEFAULT_CONFIG = "configs/vqgan_shapes.py"
 FLAGS = flags.FLAGS
@@ -81,4 +81,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    train.define_flags()  # --config (with --config.x=y overrides) and --workdir, as training
     app.run(main)

@@ -4,6 +4,7 @@ from __future__ import annotations
 from typing import Callable
 
 import jax
+import jax.numpy as jnp
 import optax
 
 from muse_jax.errors import UserError
@@ -43,3 +44,30 @@ def create(optim, num_steps: int, trainable: Callable | None = None) -> optax.Gr
                                        lambda keep: "train" if keep else "freeze",
                                        trainable(params)))
     return tx
+
+
+def accumulate_gradients(loss_fn: Callable, params, batch, rng, steps: int):
+    """`jax.value_and_grad(loss_fn, has_aux=True)(params, batch, rng)`, in `steps` micro-batches.
+
+    The batch's leading axis is split into `steps` equal parts, processed one after another
+    by `lax.scan` so only one part's activations are alive at a time; loss, aux and
+    gradients are averaged over the parts (each part's loss is its own mean, so with uneven
+    masked counts the result differs slightly from one pass over the whole batch).
+    """
+    grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+    if steps <= 1:
+        return grad_fn(params, batch, rng)
+    size = jax.tree.leaves(batch)[0].shape[0]
+    if size % steps:
+        raise UserError(f"optim.accum_steps {steps} does not divide the batch of {size}")
+    micro = jax.tree.map(lambda x: x.reshape(steps, size // steps, *x.shape[1:]), batch)
+
+    def body(carry, xs):
+        part, key = xs
+        out = grad_fn(params, part, key)
+        return jax.tree.map(lambda a, b: a + b / steps, carry, out), None
+
+    zeros = jax.tree.map(jnp.zeros_like, jax.eval_shape(grad_fn, params,
+                                                        jax.tree.map(lambda x: x[0], micro), rng))
+    total, _ = jax.lax.scan(body, zeros, (micro, jax.random.split(rng, steps)))
+    return total

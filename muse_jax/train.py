@@ -20,13 +20,17 @@ from muse_jax import errors
 from muse_jax.errors import UserError
 
 FLAGS = flags.FLAGS
-config_flags.DEFINE_config_file("config", None, "Config file, e.g. configs/vqgan_shapes.py.",
-                                lock_config=True)
-flags.DEFINE_string("workdir", None, "Directory for checkpoints, summaries and outputs.")
-flags.DEFINE_bool("dry_run", False, "Build the state abstractly, print sizes, train nothing.")
-flags.DEFINE_integer("num_devices", None, "Dry run only: simulate this many CPU devices.")
-flags.DEFINE_bool("distributed", False, "Multi-host: call jax.distributed.initialize() first "
-                  "(coordinator found automatically on TPU pods; see launch/).")
+
+
+def define_flags() -> None:
+    """Defined on demand, not at import, so tests and tools can import this module."""
+    config_flags.DEFINE_config_file("config", None, "Config file, e.g. configs/vqgan_shapes.py.",
+                                    lock_config=True)
+    flags.DEFINE_string("workdir", None, "Directory for checkpoints, summaries and outputs.")
+    flags.DEFINE_bool("dry_run", False, "Build the state abstractly, print sizes, train nothing.")
+    flags.DEFINE_integer("num_devices", None, "Dry run only: simulate this many CPU devices.")
+    flags.DEFINE_bool("distributed", False, "Multi-host: call jax.distributed.initialize() "
+                      "first (coordinator found automatically on TPU pods; see launch/).")
 
 
 def prepare_workdir(workdir: str) -> None:
@@ -208,4 +212,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    define_flags()
     errors.run(main)

@@ -55,7 +55,7 @@ class VQGANTask:
         ft = config.finetune
         self.model = build_model(config)
         g = config.gan
-        self.disc = (disc_lib.PatchDiscriminator(g.channels, g.num_layers, m.norm_groups)
+        self.disc = (disc_lib.PatchDiscriminator(g.channels, g.num_layers, config.model.norm_groups)
                      if g.enabled else None)
         trainable = None
         if ft.decoder_only:

@@ -23,13 +23,18 @@ from muse_jax import errors
 from muse_jax.errors import UserError
 from muse_jax.text import records
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Config file with a `text` block.")
-_CAPTIONS = flags.DEFINE_string("captions", None, "UTF-8 text file, one caption per line.")
-_OUT = flags.DEFINE_string("out", None, "Output directory for the ArrayRecord shards.")
-_DTYPE = flags.DEFINE_enum("embedding_dtype", "float16", ["float16", "float32"],
-                           "Stored embedding dtype; float16 halves the size.")
-_SHARD_SIZE = flags.DEFINE_integer("shard_size", 10000, "Records per ArrayRecord shard.")
-_OVERWRITE = flags.DEFINE_bool("overwrite", False, "Replace embeddings already in --out.")
+FLAGS = flags.FLAGS
+
+
+def define_flags() -> None:
+    """Defined on demand, not at import, so other entry points can import this module."""
+    config_flags.DEFINE_config_file("config", None, "Config file with a `text` block.")
+    flags.DEFINE_string("captions", None, "UTF-8 text file, one caption per line.")
+    flags.DEFINE_string("out", None, "Output directory for the ArrayRecord shards.")
+    flags.DEFINE_enum("embedding_dtype", "float16", ["float16", "float32"],
+                      "Stored embedding dtype; float16 halves the size.")
+    flags.DEFINE_integer("shard_size", 10000, "Records per ArrayRecord shard.")
+    flags.DEFINE_bool("overwrite", False, "Replace embeddings already in --out.")
 
 
 def read_captions(path: str | Path) -> list[str]:
@@ -107,19 +112,20 @@ def main(argv) -> None:
     if len(argv) > 1:
         raise UserError(f"unexpected arguments: {' '.join(argv[1:])}")
     config_file = flags.FLAGS["config"].value and config_flags.get_config_filename(flags.FLAGS["config"])
-    for name, flag in (("--config", config_file), ("--captions", _CAPTIONS.value), ("--out", _OUT.value)):
+    for name, flag in (("--config", config_file), ("--captions", FLAGS.captions), ("--out", FLAGS.out)):
         if not flag:
             raise UserError(f"{name} is required")
     if not Path(config_file.split(":")[0]).is_file():  # "file.py:variant" names file.py
         raise UserError(f"config file {config_file} not found")
-    config = _CONFIG.value
+    config = FLAGS.config
     if "text" not in config:
         raise UserError(f"{config_file} has no `text` block (see muse_jax/text/__init__.py)")
-    captions = read_captions(_CAPTIONS.value)
-    out = precompute(config.text, captions, Path(_OUT.value), _DTYPE.value,
-                     _SHARD_SIZE.value, _OVERWRITE.value)
+    captions = read_captions(FLAGS.captions)
+    out = precompute(config.text, captions, Path(FLAGS.out), FLAGS.embedding_dtype,
+                     FLAGS.shard_size, FLAGS.overwrite)
     logging.info("wrote %d caption embeddings to %s", len(captions), out)
 
 
 if __name__ == "__main__":
+    define_flags()
     errors.run(main)
