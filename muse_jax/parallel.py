@@ -27,6 +27,7 @@ LOGICAL_AXIS_RULES: tuple[tuple[str, Any], ...] = (
     ("length", None),
     # transformer / text-encoder weights
     ("embed", "fsdp"),  # model width
+    ("text_embed", None),  # input width of the text-embedding projection
     ("mlp", "tensor"),  # feed-forward hidden width
     ("heads", "tensor"),  # attention heads
     ("kv", None),  # per-head width

@@ -6,4 +6,7 @@ def create(config):
     if config.stage == "vqgan":
         from muse_jax.tasks.vqgan import VQGANTask
         return VQGANTask(config)
-    raise ConfigError(f"stage {config.stage!r} is not implemented yet (known: vqgan)")
+    if config.stage == "base":
+        from muse_jax.tasks.base import BaseTask
+        return BaseTask(config)
+    raise ConfigError(f"stage {config.stage!r} is not implemented yet (known: vqgan, base)")

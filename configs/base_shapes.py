@@ -1,0 +1,68 @@
+"""Base masked transformer for the shapes set on a CPU: 16x16 tokens, MiniLM captions.
+
+The reference config (base_256.py) with smaller numbers; every key is documented there.
+Needs the shapes tokenizer first (`make demo` trains it into workdirs/vqgan_shapes):
+
+  python -m muse_jax.train --config=configs/base_shapes.py --workdir=workdirs/base_shapes
+"""
+from pathlib import Path
+
+from muse_jax.config import load_file, parse_variant
+
+
+def get_config(arg=None):
+    c = load_file(Path(__file__).with_name("base_256.py"))
+    c.data.source = "shapes"
+    c.data.image_size = 64
+    c.data.batch_size = 32
+    c.data.eval_batch_size = 64
+    c.data.eval_size = 256
+    c.data.num_workers = 0
+
+    c.tokenizer.workdir = "workdirs/vqgan_shapes"
+
+    c.text.encoder = "minilm"
+    c.text.max_length = 32  # the longest shapes caption is 28 MiniLM tokens (3,000 sampled)
+    c.text.dtype = "float32"
+    c.text.batch_size = 64
+
+    c.model.codebook_size = 512
+    c.model.grid_size = 16
+    c.model.text_dim = 384
+    c.model.width = 128
+    c.model.depth = 4
+    c.model.num_heads = 4
+    c.model.mlp_dim = 512
+    c.model.dropout = 0.0
+    c.model.dtype = "float32"  # bf16 is no faster on CPUs
+    c.model.remat = False
+
+    c.optim.name = "adamw"
+    c.optim.lr = 1e-3
+    c.optim.weight_decay = 0.01
+    c.optim.warmup_steps = 200
+    c.optim.ema_decay = 0.99
+
+    c.train.num_steps = 3000
+    c.train.log_every = 50
+    c.train.eval_every = 500
+    c.train.checkpoint_every = 500
+    c.train.progress_every_secs = 20.0
+
+    variant = parse_variant(arg)
+    if variant == "tiny":  # the tests' config: seconds per run (with the tiny tokenizer)
+        c.data.batch_size = 8
+        c.data.eval_batch_size = 16
+        c.data.eval_size = 32
+        c.model.codebook_size = 64
+        c.model.width = 32
+        c.model.depth = 1
+        c.model.num_heads = 2
+        c.model.mlp_dim = 64
+        c.train.num_steps = 4
+        c.train.log_every = 1
+        c.train.eval_every = 4
+        c.train.checkpoint_every = 2
+    elif variant:
+        raise ValueError(f"unknown variant {variant!r} of base_shapes (known: tiny)")
+    return c

@@ -1,0 +1,183 @@
+"""Base masked-transformer stage (Muse 2.2): predict masked VQGAN tokens from the rest + text.
+
+Each step tokenises the images with the frozen VQGAN and the captions with the frozen text
+encoder (both run inside the compiled step, their weights passed in as `frozen`), masks a
+fraction r ~ arccos distribution of each image's tokens, replaces 10% of captions by the
+empty caption's embedding (classifier-free guidance), and trains on the cross-entropy of the
+masked positions only. An EMA of the parameters is kept for evaluation and sampling.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import flax
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from muse_jax import masking, optimizers
+from muse_jax.config import ConfigError
+from muse_jax.models.transformer import MaskedTransformer
+from muse_jax.tasks import vqgan as vqgan_task
+
+
+@flax.struct.dataclass
+class BaseState:
+    step: jax.Array
+    params: Any
+    opt_state: Any
+    ema_params: Any
+
+
+def build_model(config) -> MaskedTransformer:
+    m = config.model
+    return MaskedTransformer(codebook_size=m.codebook_size, grid=(m.grid_size, m.grid_size),
+                             width=m.width, depth=m.depth, num_heads=m.num_heads,
+                             mlp_dim=m.mlp_dim, dropout=m.dropout, dtype=jnp.dtype(m.dtype),
+                             remat=m.remat)
+
+
+class BaseTask:
+    """What the generic train loop (muse_jax/train.py) needs for the base stage."""
+
+    uses_captions = True
+
+    def __init__(self, config):
+        self.config = config
+        self.model = build_model(config)
+        self.num_tokens = config.model.grid_size ** 2
+        self.lr = optimizers.learning_rate(config.optim, config.train.num_steps)
+        self.tx = optimizers.create(config.optim, config.train.num_steps)
+        self.text_encoder = None  # loaded by load_frozen: it needs files, a dry run does not
+        self.tokenizer = None
+
+    # ---------------------------------------------------------------- config
+    def check_config(self) -> None:
+        c = self.config
+        if c.model.width % c.model.num_heads:
+            raise ConfigError(f"model.num_heads {c.model.num_heads} does not divide model.width "
+                              f"{c.model.width}")
+        if not all(0.0 < r <= 1.0 for r in c.eval.mask_rates):
+            raise ConfigError(f"eval.mask_rates must lie in (0, 1], got {tuple(c.eval.mask_rates)}")
+        if not 0.0 <= c.masking.caption_dropout < 1.0:
+            raise ConfigError(f"masking.caption_dropout must lie in [0, 1), got "
+                              f"{c.masking.caption_dropout}")
+        if c.data.eval_size % c.data.eval_batch_size:
+            raise ConfigError(f"data.eval_size {c.data.eval_size} is not a multiple of "
+                              f"data.eval_batch_size {c.data.eval_batch_size}")
+
+    # ---------------------------------------------------------------- state
+    def init_state(self, rng) -> BaseState:
+        m = self.config.model
+        tokens = jnp.zeros((1, self.num_tokens), jnp.int32)
+        text = jnp.zeros((1, self.config.text.max_length, m.text_dim), jnp.float32)
+        params = self.model.init(rng, tokens, text, jnp.ones(text.shape[:2], bool))["params"]
+        return BaseState(step=jnp.zeros((), jnp.int32), params=params,
+                         opt_state=self.tx.init(params), ema_params=params)
+
+    def load_frozen(self, mesh) -> dict:
+        """The tokenizer's and the text encoder's weights, and the empty caption's tokens."""
+        from muse_jax.text import create_encoder
+
+        c = self.config
+        model, params, vq_config = vqgan_task.load_tokenizer(c.tokenizer.workdir)
+        factor = model.downsample_factor
+        if vq_config.model.codebook_size != c.model.codebook_size:
+            raise ConfigError(f"model.codebook_size {c.model.codebook_size} differs from the "
+                              f"tokenizer's {vq_config.model.codebook_size} ({c.tokenizer.workdir})")
+        if c.data.image_size // factor != c.model.grid_size or c.data.image_size % factor:
+            raise ConfigError(f"model.grid_size {c.model.grid_size} does not match "
+                              f"data.image_size {c.data.image_size} / the tokenizer's factor {factor}")
+        self.tokenizer = model
+        self.text_encoder = create_encoder(c.text, mesh)
+        if self.text_encoder.dim != c.model.text_dim:
+            raise ConfigError(f"model.text_dim {c.model.text_dim} differs from the text "
+                              f"encoder's width {self.text_encoder.dim}")
+        empty_ids, empty_mask = self.text_encoder.tokenize([""])
+        replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+        return {"tokenizer": jax.device_put(params, replicated),
+                "text": self.text_encoder.params,
+                "empty_ids": jax.device_put(empty_ids, replicated),
+                "empty_mask": jax.device_put(empty_mask, replicated)}
+
+    # ---------------------------------------------------------------- inputs
+    def prepare_batch(self, local: dict) -> dict:
+        ids, mask = self.text_encoder.tokenize([str(c) for c in local["caption"]])
+        return {"image": local["image"], "text_ids": ids, "text_mask": mask}
+
+    def _inputs(self, batch, frozen):
+        """Token ids [B, N] and text (emb [B,L,D], mask [B,L]), all from frozen models."""
+        ids = self.tokenizer.apply({"params": frozen["tokenizer"]}, batch["image"],
+                                   method=self.tokenizer.encode)
+        tokens = ids.reshape(ids.shape[0], -1)
+        emb = self.text_encoder.apply(frozen["text"], batch["text_ids"], batch["text_mask"])
+        empty = self.text_encoder.apply(frozen["text"], frozen["empty_ids"], frozen["empty_mask"])
+        return (jax.lax.stop_gradient(tokens), emb.astype(jnp.float32), batch["text_mask"],
+                empty.astype(jnp.float32), frozen["empty_mask"])
+
+    # ---------------------------------------------------------------- steps
+    def train_step(self, state: BaseState, batch, rng, frozen) -> tuple[BaseState, dict]:
+        c = self.config
+        tokens, emb, text_mask, empty, empty_mask = self._inputs(batch, frozen)
+        rng_rate, rng_mask, rng_drop, rng_dropout = jax.random.split(rng, 4)
+        batch_size = tokens.shape[0]
+        rate = masking.sample_mask_rate(rng_rate, (batch_size,))
+        mask = masking.random_mask(rng_mask, batch_size, self.num_tokens, rate)
+        emb, text_mask = masking.drop_captions(rng_drop, emb, text_mask, empty[0], empty_mask[0],
+                                               c.masking.caption_dropout)
+        inputs = jnp.where(mask, c.model.codebook_size, tokens)  # [MASK] id = codebook_size
+
+        def loss_fn(params, part, key):
+            logits = self.model.apply({"params": params}, part["inputs"], part["emb"],
+                                      part["text_mask"], deterministic=False,
+                                      rngs={"dropout": key})
+            return masking.masked_cross_entropy(logits, part["tokens"], part["mask"],
+                                                c.masking.label_smoothing)
+
+        parts = {"inputs": inputs, "emb": emb, "text_mask": text_mask, "tokens": tokens,
+                 "mask": mask}
+        (loss, aux), grads = optimizers.accumulate_gradients(
+            loss_fn, state.params, parts, rng_dropout, c.optim.accum_steps)
+        updates, opt_state = self.tx.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        # TF-style EMA warm-up: an average over the steps so far while they are few.
+        decay = jnp.minimum(c.optim.ema_decay, (1.0 + state.step) / (10.0 + state.step))
+        ema = jax.tree.map(lambda e, p: decay * e + (1.0 - decay) * p, state.ema_params, params)
+        metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads), "lr": self.lr(state.step),
+                   "mask_rate": jnp.mean(rate), **aux}
+        return state.replace(step=state.step + 1, params=params, opt_state=opt_state,
+                             ema_params=ema), metrics
+
+    def eval_step(self, state: BaseState, batch, rng, frozen) -> dict:
+        """Sums at each fixed mask rate (EMA weights, full captions), plus token counts."""
+        c = self.config
+        tokens, emb, text_mask, _, _ = self._inputs(batch, frozen)
+        batch_size = tokens.shape[0]
+        out = {"count": jnp.asarray(batch_size, jnp.float32),
+               "token_counts": jnp.bincount(tokens.reshape(-1), length=c.model.codebook_size)}
+        for i, r in enumerate(c.eval.mask_rates):
+            rate = jnp.full((batch_size,), r, jnp.float32)
+            mask = masking.random_mask(jax.random.fold_in(rng, i), batch_size, self.num_tokens, rate)
+            inputs = jnp.where(mask, c.model.codebook_size, tokens)
+            logits = self.model.apply({"params": state.ema_params}, inputs, emb, text_mask)
+            loss, aux = masking.masked_cross_entropy(logits, tokens, mask)
+            masked = jnp.sum(mask).astype(jnp.float32)
+            key = f"{round(r * 100)}"
+            out[f"loss_sum_{key}"] = loss * masked
+            out[f"correct_{key}"] = aux["accuracy"] * masked
+            out[f"masked_{key}"] = masked
+        return out
+
+    def summarize_eval(self, totals: dict) -> dict:
+        counts = np.asarray(totals["token_counts"], np.float64)
+        result = {"eval_mode_accuracy": float(counts.max() / max(counts.sum(), 1))}
+        for r in self.config.eval.mask_rates:
+            key = f"{round(r * 100)}"
+            masked = max(float(totals[f"masked_{key}"]), 1.0)
+            result[f"eval_accuracy_mask{key}"] = float(totals[f"correct_{key}"]) / masked
+            result[f"eval_loss_mask{key}"] = float(totals[f"loss_sum_{key}"]) / masked
+        return result
+
+    def summary_images(self, state, batch, frozen) -> dict[str, np.ndarray]:
+        return {}  # samples come with the sampler
