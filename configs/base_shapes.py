@@ -26,7 +26,7 @@ def get_config(arg=None):
     c.text.dtype = "float32"
     c.text.batch_size = 64
 
-    c.model.codebook_size = 512
+    c.model.codebook_size = 256
     c.model.grid_size = 16
     c.model.text_dim = 384
     c.model.width = 128
@@ -43,7 +43,7 @@ def get_config(arg=None):
     c.optim.warmup_steps = 200
     c.optim.ema_decay = 0.99
 
-    c.train.num_steps = 3000
+    c.train.num_steps = 2000
     c.train.log_every = 50
     c.train.eval_every = 500
     c.train.checkpoint_every = 500

@@ -5,6 +5,7 @@ run killed mid-save resumes from the previous one.
 """
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import grain
@@ -52,6 +53,8 @@ class Checkpointer:
 
 def load_state(directory: str) -> Any:
     """The latest saved train state of another run, as saved (e.g. to fine-tune from it)."""
+    if "://" not in directory:  # orbax wants absolute local paths; gs:// ones pass through
+        directory = os.path.abspath(directory)
     manager = ocp.CheckpointManager(directory)
     step = manager.latest_step()
     if step is None:

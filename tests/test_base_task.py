@@ -99,3 +99,11 @@ def test_dry_run_paper_scale_base(variant, low, high):
     report = json.loads(result.stdout)
     assert low < report["params"]["total"] < high, report["params"]["total"]
     assert report["per_device_bytes"]["params"] < 4 * report["params"]["total"] / 4
+
+
+def test_tokenizer_loads_from_a_relative_workdir(tokenizer_dir, monkeypatch):
+    from muse_jax.tasks import vqgan as vqgan_task
+    monkeypatch.chdir(tokenizer_dir.parent)
+    model, params, config = vqgan_task.load_tokenizer(tokenizer_dir.name)
+    assert config.model.codebook_size == 64 and model.downsample_factor == 4
+    assert params["quantizer"]["codebook"].shape == (64, config.model.code_dim)
