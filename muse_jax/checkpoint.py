@@ -9,6 +9,7 @@ import os
 from typing import Any
 
 import grain
+import jax
 import orbax.checkpoint as ocp
 
 from muse_jax.errors import UserError
@@ -51,14 +52,24 @@ class Checkpointer:
         self._manager.close()
 
 
-def load_state(directory: str) -> Any:
-    """The latest saved train state of another run, as saved (e.g. to fine-tune from it)."""
+def load_state(directory: str, sharding: jax.sharding.Sharding | None = None) -> Any:
+    """The latest saved train state of another run (to fine-tune from, or to sample with).
+
+    Every array is placed with `sharding` (default: this process's first device), whatever
+    mesh the run that saved it had: a tokenizer trained on a pod loads on one CPU.
+    """
     if "://" not in directory:  # orbax wants absolute local paths; gs:// ones pass through
         directory = os.path.abspath(directory)
-    manager = ocp.CheckpointManager(directory)
+    manager = ocp.CheckpointManager(directory,
+                                    item_handlers={"state": ocp.StandardCheckpointHandler()})
     step = manager.latest_step()
     if step is None:
         raise UserError(f"no checkpoint found under {directory}")
-    state = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))["state"]
+    sharding = sharding or jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    metadata = manager.item_metadata(step)["state"]
+    abstract = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=sharding),
+                            metadata)
+    state = manager.restore(step, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(abstract)))["state"]
     manager.close()
     return state

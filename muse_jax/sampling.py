@@ -129,3 +129,22 @@ def make_generate(model, options: SamplingOptions) -> Callable:
         return decode(logits_fn, canvas, model.mask_id, rng, options)
 
     return generate
+
+
+def edit_tokens(resample: Callable, tokens, iterations: int, mask_rate: float, mask_id: int,
+                seed: int):
+    """Mask-free editing (Muse 3.3): `iterations` times, re-mask a random `mask_rate` share of
+    the tokens and let `resample(canvas, seed)` fill them in under the new prompt, so the image
+    drifts towards the prompt while keeping most of its structure at each iteration."""
+    import numpy as np
+
+    from muse_jax.errors import UserError
+    if iterations < 1 or not 0.0 < mask_rate <= 1.0:
+        raise UserError(f"editing needs iterations >= 1 and 0 < mask rate <= 1, got "
+                        f"{iterations} and {mask_rate}")
+    rng = np.random.default_rng(seed)
+    tokens = np.asarray(tokens)
+    for i in range(iterations):
+        canvas = np.where(rng.random(tokens.shape) < mask_rate, mask_id, tokens).astype(np.int32)
+        tokens = np.asarray(resample(canvas, seed + i + 1))
+    return tokens

@@ -1,0 +1,108 @@
+"""`muse_jax.sample` and `muse_jax.evaluate` on a tiny trained base model."""
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import run_module
+from muse_jax import config as config_lib
+from muse_jax import sampling, train
+from muse_jax.sample import load_pipeline, sample_tokens, shift_canvas, token_mask_from_pixels
+
+ONE_DEVICE = {"XLA_FLAGS": ""}
+
+
+@pytest.fixture(scope="module")
+def base_dir(tmp_path_factory):
+    root = tmp_path_factory.mktemp("runs")
+    vq = config_lib.load_file(config_lib.CONFIG_DIR / "vqgan_shapes.py", "tiny")
+    vq.train.num_steps = 2
+    train.train_and_evaluate(vq, str(root / "tokenizer"))
+    base = config_lib.load_file(config_lib.CONFIG_DIR / "base_shapes.py", "tiny")
+    base.tokenizer.workdir = str(root / "tokenizer")
+    base.train.num_steps = 2
+    train.train_and_evaluate(base, str(root / "base"))
+    return root / "base"
+
+
+@pytest.fixture(scope="module")
+def pipe(base_dir):
+    return load_pipeline(str(base_dir))
+
+
+def test_same_seed_same_tokens(pipe):
+    options = sampling.SamplingOptions(steps=3)
+    prompts = ["a red circle at the center", "a blue square at the top left"]
+    a = sample_tokens(pipe, prompts, options, seed=1)
+    b = sample_tokens(pipe, prompts, options, seed=1)
+    c = sample_tokens(pipe, prompts, options, seed=2)
+    assert a.shape == (2, 256) and (a < 64).all()
+    np.testing.assert_array_equal(a, b)
+    assert not np.array_equal(a, c)
+
+
+def test_inpainting_keeps_every_token_outside_the_mask(pipe):
+    image = np.random.default_rng(0).uniform(-1, 1, (1, 64, 64, 3)).astype(np.float32)
+    tokens = np.repeat(pipe.tokens_of(image), 3, axis=0)
+    pixel_mask = np.zeros((64, 64), bool)
+    pixel_mask[20:40, 8:30] = True
+    hole = token_mask_from_pixels(pixel_mask, 16)
+    assert hole.sum() == 5 * 6  # rows 5..9, columns 2..7 of 4-pixel patches
+    canvas = np.where(hole[None], pipe.model.mask_id, tokens)
+    out = sample_tokens(pipe, ["a green triangle at the center"] * 3,
+                        sampling.SamplingOptions(steps=4), seed=0, canvas=canvas)
+    np.testing.assert_array_equal(out[:, ~hole], tokens[:, ~hole])
+    assert (out[:, hole] != pipe.model.mask_id).all()
+
+
+def test_outpaint_canvas_shifts_and_masks():
+    tokens = np.arange(16).reshape(1, 16)
+    canvas = shift_canvas(tokens, 4, "left", 1, 99).reshape(4, 4)
+    assert (canvas[:, 0] == 99).all() and (canvas[:, 1:] == np.arange(16).reshape(4, 4)[:, :3]).all()
+
+
+@pytest.mark.slow
+def test_sample_cli_writes_grid_and_settings(base_dir, tmp_path):
+    out = tmp_path / "grid.png"
+    run_module("muse_jax.sample", f"--workdir={base_dir}", "--prompt=a red circle at the center",
+               "--prompt=a blue square at the top left", "--num_images=3", "--steps=4",
+               f"--out={out}", env=ONE_DEVICE, check=True)
+    assert Image.open(out).size == (3 * 64, 2 * 64)
+    settings = json.loads(out.with_suffix(".json").read_text())
+    assert settings["steps"] == 4 and len(settings["prompts"]) == 2
+
+
+@pytest.mark.slow
+def test_evaluate_cli_prints_oracle_scores(base_dir):
+    result = run_module("muse_jax.evaluate", f"--workdir={base_dir}", "--num_samples=8",
+                        "--steps=2", env=ONE_DEVICE, check=True)
+    scores = json.loads(result.stdout)
+    assert scores["steps"] == 2 and scores["num_samples"] == 8
+    assert all(0.0 <= scores[k] <= 1.0 for k in ("match", "color", "shape", "cell"))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", ["mask size", "empty prompts file", "zero steps", "no checkpoint"])
+def test_bad_input_is_one_line(case, base_dir, tmp_path):
+    args = [f"--workdir={base_dir}", "--prompt=a red circle at the center", f"--out={tmp_path}/x.png"]
+    if case == "mask size":
+        Image.new("RGB", (64, 64)).save(tmp_path / "in.png")
+        Image.new("L", (32, 32)).save(tmp_path / "mask.png")
+        args += [f"--image={tmp_path}/in.png", f"--mask={tmp_path}/mask.png"]
+        message = "mask.png is 32x32; this model works at 64x64"
+    elif case == "empty prompts file":
+        (tmp_path / "p.txt").write_text("\n\n")
+        args = [f"--workdir={base_dir}", f"--prompts_file={tmp_path}/p.txt"]
+        message = "holds no prompts"
+    elif case == "zero steps":
+        args.append("--steps=0")
+        message = "steps must be >= 1"
+    else:
+        args[0] = f"--workdir={tmp_path}"
+        message = "has no config.json"
+    result = run_module("muse_jax.sample", *args, env=ONE_DEVICE)
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert "Traceback" not in result.stderr
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: ") and message in last, last
