@@ -107,3 +107,27 @@ def test_tokenizer_loads_from_a_relative_workdir(tokenizer_dir, monkeypatch):
     model, params, config = vqgan_task.load_tokenizer(tokenizer_dir.name)
     assert config.model.codebook_size == 64 and model.downsample_factor == 4
     assert params["quantizer"]["codebook"].shape == (64, config.model.code_dim)
+
+
+@pytest.mark.slow
+def test_adafactor_with_accumulation_and_the_ema(tokenizer_dir):
+    import flax.linen as nn
+    from muse_jax.data import pipeline
+
+    config = _base(tokenizer_dir, **{"optim.name": "adafactor", "optim.accum_steps": 2,
+                                     "optim.ema_decay": 0.99, "optim.warmup_steps": 0})
+    task = tasks.create(config)
+    mesh = jax.sharding.Mesh(np.array(jax.devices()[:1]).reshape(1, 1, 1), ("data", "fsdp", "tensor"))
+    frozen = task.load_frozen(mesh)
+    state = nn.unbox(task.init_state(jax.random.key(0)))
+    init = state.params
+    batch = task.prepare_batch(next(pipeline.train_iterator(config, keep_caption=True)))
+    step = jax.jit(task.train_step)
+    state, metrics_ = step(state, batch, jax.random.key(1), frozen)
+    assert np.isfinite(float(metrics_["loss"])) and 0.0 <= float(metrics_["accuracy"]) <= 1.0
+    # First step: the EMA's warm-up decay is min(0.99, 1/10) = 0.1.
+    for e, p, p0 in zip(jax.tree.leaves(state.ema_params), jax.tree.leaves(state.params),
+                        jax.tree.leaves(init)):
+        np.testing.assert_allclose(e, 0.1 * p0 + 0.9 * p, rtol=1e-5, atol=1e-6)
+    assert any(not np.array_equal(p, p0) for p, p0 in zip(jax.tree.leaves(state.params),
+                                                          jax.tree.leaves(init)))
