@@ -20,6 +20,7 @@ class JsonlWriter(metric_writers.interface.MetricWriter):
     def write_scalars(self, step: int, scalars: Mapping[str, Any]):
         record = {"step": int(step), **{k: float(v) for k, v in scalars.items()}}
         self._file.write(json.dumps(record) + "\n")
+        self._file.flush()  # so that `tail -f` and scripts see each logged step as it happens
 
     def write_summaries(self, step, values, metadata=None):
         pass

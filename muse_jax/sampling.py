@@ -112,7 +112,8 @@ def make_generate(model, options: SamplingOptions) -> Callable:
 
     emb/mask: the prompts' text embeddings [B,L,D] and masks [B,L]; uncond_*: the empty
     caption's (or negative prompts'), broadcastable to the same shapes; canvas: [B, N] ids with
-    `model.mask_id` where tokens are to be generated. Returns tokens [B, N].
+    `model.mask_id` where tokens are to be generated. Returns tokens [B, N]. The text's
+    cross-attention keys and values (`model.encode_context`) are computed once, before the loop.
     """
     options.check()
 
@@ -122,9 +123,12 @@ def make_generate(model, options: SamplingOptions) -> Callable:
         uncond_mask = jnp.broadcast_to(uncond_mask, mask.shape)
         text = jnp.concatenate([emb, uncond_emb], axis=0)
         text_mask = jnp.concatenate([mask, uncond_mask], axis=0)
+        # The text side of every cross-attention, once per prompt, outside the loop: each step
+        # then runs the token pass alone.
+        context_kv = model.apply({"params": params}, text, text_mask, method="encode_context")
 
         def logits_fn(tokens):
-            return model.apply({"params": params}, tokens, text, text_mask)
+            return model.apply({"params": params}, tokens, context_kv=context_kv)
 
         return decode(logits_fn, canvas, model.mask_id, rng, options)
 

@@ -78,3 +78,56 @@ def test_guidance_schedules_rise_to_the_scale():
 def test_bad_options(field, value, message):
     with pytest.raises(UserError, match=message):
         sampling.SamplingOptions(**{field: value}).check()
+
+
+def _eqns(jaxpr):
+    """Every equation of `jaxpr` and of the jaxprs nested in it (jit, remat, loops)."""
+    for eqn in jaxpr.eqns:
+        yield eqn
+        for value in eqn.params.values():
+            for sub in value if isinstance(value, (tuple, list)) else (value,):
+                sub = getattr(sub, "jaxpr", sub)  # ClosedJaxpr -> Jaxpr
+                if hasattr(sub, "eqns"):
+                    yield from _eqns(sub)
+
+
+def _text_projections(jaxpr, rows, length):
+    """Matmuls of a [rows, length, features] operand: the text (or its projection to the model
+    width) going through text_proj or a cross-attention key / value projection."""
+    return [e for e in _eqns(jaxpr) if e.primitive.name == "dot_general"
+            and any(len(v.aval.shape) == 3 and v.aval.shape[:2] == (rows, length) for v in e.invars)]
+
+
+def test_text_is_projected_once_before_the_loop_not_at_every_step():
+    from flax import linen as nn
+
+    from muse_jax.models.transformer import MaskedTransformer
+    model = MaskedTransformer(codebook_size=K, grid=(4, 4), width=32, depth=2, num_heads=4, mlp_dim=64)
+    b, length = 2, 5
+    emb, mask = jnp.ones((b, length, 12)), jnp.ones((b, length), bool)
+    canvas = jnp.full((b, N), model.mask_id, jnp.int32)
+    params = nn.unbox(model.init(jax.random.key(0), canvas, emb, mask)["params"])
+    options = sampling.SamplingOptions(steps=3)
+    args = (params, emb, mask, emb[:1] * 0, mask[:1], jax.random.key(0), canvas)
+    expected = 1 + 2 * 2  # text_proj, then key and value of each block's cross-attention
+
+    def per_step(params, emb, mask, uncond_emb, uncond_mask, rng, canvas):  # what the loop used to do
+        text, text_mask = jnp.concatenate([emb, emb]), jnp.concatenate([mask, mask])
+        return sampling.decode(lambda t: model.apply({"params": params}, t, text, text_mask),
+                               canvas, model.mask_id, rng, options)
+
+    def loop_body(fn):
+        jaxpr = jax.make_jaxpr(fn)(*args).jaxpr
+        # fori_loop with static bounds is a scan (a while loop otherwise).
+        loops = [e for e in _eqns(jaxpr) if e.primitive.name in ("scan", "while")]
+        assert len(loops) == 1
+        body = loops[0].params.get("body_jaxpr") or loops[0].params["jaxpr"]
+        return jaxpr, body.jaxpr
+
+    _, old_body = loop_body(per_step)
+    assert len(_text_projections(old_body, 2 * b, length)) == expected  # the check sees them
+    whole, body = loop_body(sampling.make_generate(model, options))
+    assert _text_projections(body, 2 * b, length) == []
+    assert len(_text_projections(whole, 2 * b, length)) == expected
+    tokens = sampling.make_generate(model, options)(*args)
+    assert tokens.shape == (b, N) and int(jnp.sum(tokens == model.mask_id)) == 0

@@ -98,3 +98,29 @@ def test_overfits_one_batch():
         params, opt, loss = step(params, opt)
         losses.append(float(loss))
     assert losses[-1] < 0.5 * losses[0], losses
+
+
+def test_param_names_and_shapes_are_those_of_the_checkpoints():
+    """encode_context / context_kv must reuse the existing params: same tree, same shapes."""
+    _, params = _init(MaskedTransformer(**KW))
+    assert set(params) == {"token_embed", "pos_embed", "text_norm", "text_proj", "block_0", "block_1",
+                           "final_norm", "logits"}
+    assert set(params["block_0"]) == {"LayerNorm_0", "LayerNorm_1", "LayerNorm_2", "self_attention",
+                                      "cross_attention", "mlp_in", "mlp_out"}
+    cross = params["block_0"]["cross_attention"]
+    assert {k: v.shape for k, v in cross.items()} == {
+        "query": (32, 4, 8), "key": (32, 4, 8), "value": (32, 4, 8), "out": (4, 8, 32)}
+    assert params["text_proj"]["kernel"].shape == (12, 32)
+
+
+def test_precomputed_context_gives_the_same_logits():
+    tokens, text, mask = _inputs()
+    for model in (MaskedTransformer(**KW), MaskedTransformer(**KW, remat=True)):
+        _, params = _init(model)
+        context_kv = model.apply({"params": params}, text, mask, method="encode_context")
+        assert len(context_kv["kv"]) == KW["depth"]
+        assert all(a.shape == (2, 5, 4, 8) for kv in context_kv["kv"] for a in kv)
+        plain = model.apply({"params": params}, tokens, text, mask)
+        cached = jax.jit(lambda p, t, c: model.apply({"params": p}, t, context_kv=c))(  # noqa: B023
+            params, tokens, context_kv)
+        np.testing.assert_allclose(cached, plain, rtol=1e-5, atol=1e-5)

@@ -40,9 +40,18 @@ class MultiHeadAttention(nn.Module):
     head_dim: int
     dtype: jnp.dtype = jnp.float32
 
+    def key_value(self, context):
+        """Keys and values [B,Lk,H,D] of `context`, to pass back as `__call__(..., kv=)`.
+
+        For a context that stays fixed over many calls (the prompt over the decoding steps), so
+        that it is projected once rather than at every call.
+        """
+        return self(None, context)
+
     @nn.compact
-    def __call__(self, x, context, mask=None):
-        width = x.shape[-1]
+    def __call__(self, x, context=None, mask=None, *, kv=None):
+        """x [B,Lq,D] attends to `context` [B,Lk,Dc], or to its keys and values `kv` from
+        `key_value` (then `context` is not used). x=None returns (k, v) only: `key_value`."""
         init_in = nn.initializers.xavier_uniform(in_axis=0, out_axis=(1, 2))
 
         def project(name, inputs):
@@ -50,9 +59,13 @@ class MultiHeadAttention(nn.Module):
                                 (inputs.shape[-1], self.num_heads, self.head_dim))
             return jnp.einsum("bld,dhk->blhk", inputs.astype(self.dtype), kernel.astype(self.dtype))
 
-        q, k, v = project("query", x), project("key", context), project("value", context)
+        # Created in the order query, key, value, out: the order fixes each one's init rng.
+        q = None if x is None else project("query", x)
+        k, v = kv if kv is not None else (project("key", context), project("value", context))
+        if x is None:
+            return k, v
         out = dot_product_attention(q, k, v, mask)
         init_out = nn.initializers.xavier_uniform(in_axis=(0, 1), out_axis=2)
         kernel = self.param("out", nn.with_logical_partitioning(init_out, ("heads", "kv", "embed")),
-                            (self.num_heads, self.head_dim, width))
+                            (self.num_heads, self.head_dim, x.shape[-1]))
         return jnp.einsum("blhk,hkd->bld", out, kernel.astype(self.dtype))
