@@ -25,6 +25,13 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.data.eval_size = 4096  # held-out examples per evaluation
     c.data.num_workers = 8  # grain worker processes per host (0: in the main process)
     c.data.shapes_max_objects = 3  # shapes source only: objects per image, 1..this
+    c.data.shapes_train_size = 0  # shapes source only: train examples (0: endless; needed to precompute)
+    # Precomputed inputs (README, "The base stage"): directories written from a split's examples
+    # in order; "" runs the frozen model in every step instead. Both splits or neither.
+    c.data.train_text_embeddings = ""  # caption embeddings (muse_jax.text.precompute --split=train)
+    c.data.eval_text_embeddings = ""  # the same for --split=eval
+    c.data.train_tokens = ""  # image tokens (muse_jax.data.precompute_tokens; centre crops)
+    c.data.eval_tokens = ""  # the same for --split=eval
 
     c.tokenizer = ml_collections.ConfigDict()
     c.tokenizer.workdir = ""  # workdir of a trained VQGAN run (config.json + checkpoints/)

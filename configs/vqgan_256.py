@@ -26,6 +26,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.data.eval_size = 2048  # held-out examples per evaluation
     c.data.num_workers = 8  # grain worker processes per host (0: decode in the main process)
     c.data.shapes_max_objects = 3  # shapes source only: objects per image, 1..this
+    c.data.shapes_train_size = 0  # shapes source only: train examples (0: endless)
 
     c.model = ml_collections.ConfigDict()
     c.model.channels = 128  # base width of encoder and decoder

@@ -11,15 +11,6 @@ from muse_jax import metrics, optimizers, tasks, train
 from muse_jax.config import ConfigError
 
 
-@pytest.fixture(scope="module")
-def tokenizer_dir(tmp_path_factory):
-    workdir = tmp_path_factory.mktemp("tokenizer")
-    config = config_lib.load_file(config_lib.CONFIG_DIR / "vqgan_shapes.py", "tiny")
-    config.train.num_steps = 2
-    train.train_and_evaluate(config, str(workdir))
-    return workdir
-
-
 def _base(tokenizer_dir, **overrides):
     c = config_lib.load_file(config_lib.CONFIG_DIR / "base_shapes.py", "tiny")
     c.tokenizer.workdir = str(tokenizer_dir)

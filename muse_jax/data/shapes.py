@@ -342,6 +342,9 @@ class ShapesSource:
         objects = sample_objects(rng, self.min_objects, self.max_objects)
         return {"image": render(objects, self.image_size, rng), "caption": caption(objects)}
 
+    def get_caption(self, index: int) -> str:
+        return caption(self.objects(index))
+
     def __repr__(self) -> str:
         return (f"ShapesSource(image_size={self.image_size}, split={self.split!r}, "
                 f"seed={self.seed}, objects={self.min_objects}..{self.max_objects}, "

@@ -1,6 +1,7 @@
 """Random-access data sources: `len(source)` and `source[i] -> {"image": uint8 HWC, "caption": str}`.
 
-Grain shuffles, shards and prefetches them (see pipeline.py). The shapes source is procedural
+Grain shuffles, shards and prefetches them (see pipeline.py). `get_caption(i)` reads a caption
+alone, for tools that precompute caption embeddings. The shapes source is procedural
 and needs no files; the image-folder source reads a directory of images with optional
 same-name `.txt` captions. ArrayRecord and TFDS sources come with the data converters.
 """
@@ -42,17 +43,33 @@ class ImageFolderSource:
         path = self._files[index]
         with Image.open(path) as im:
             image = np.asarray(im.convert("RGB"))
-        caption_file = path.with_suffix(".txt")
-        caption = caption_file.read_text(errors="replace").strip() if caption_file.exists() else ""
-        return {"image": image, "caption": caption}
+        return {"image": image, "caption": self.get_caption(index)}
+
+    def get_caption(self, index: int) -> str:
+        caption_file = self._files[index].with_suffix(".txt")
+        return caption_file.read_text(errors="replace").strip() if caption_file.exists() else ""
 
 
 def create(data, split: str, seed: int):
     """The source named by `data.source` for `split` ("train" or "eval")."""
     if data.source == "shapes":
+        train_size = data.shapes_train_size or None  # None: endless
         return ShapesSource(image_size=data.image_size, split=split, seed=seed,
                             max_objects=data.shapes_max_objects,
-                            size=data.eval_size if split == "eval" else None)
+                            size=data.eval_size if split == "eval" else train_size)
     if data.source == "image_folder":
         return ImageFolderSource(data.path, split, data.eval_size)
     raise DatasetError(f"config.data.source must be 'shapes' or 'image_folder', got {data.source!r}")
+
+
+def create_finite(data, split: str, seed: int):
+    """`create`, for the precompute tools, which go through a whole split once."""
+    if data.source == "shapes" and split == "train" and not data.shapes_train_size:
+        raise DatasetError("the shapes train split is endless: set --config.data.shapes_train_size "
+                           "to precompute (and then train on) its first N examples")
+    return create(data, split, seed)
+
+
+def captions(source) -> list[str]:
+    """Every caption of a source in order, read without decoding an image."""
+    return [source.get_caption(i) for i in range(len(source))]

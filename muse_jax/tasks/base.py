@@ -5,6 +5,12 @@ encoder (both run inside the compiled step, their weights passed in as `frozen`)
 fraction r ~ arccos distribution of each image's tokens, replaces 10% of captions by the
 empty caption's embedding (classifier-free guidance), and trains on the cross-entropy of the
 masked positions only. An EMA of the parameters is kept for evaluation and sampling.
+
+At paper scale T5-XXL and the VQGAN cost much of a step for outputs that never change, so
+either can be precomputed once (`data.*_text_embeddings`: muse_jax.text.precompute;
+`data.*_tokens`: muse_jax.data.precompute_tokens). Batches then carry `text_emb`/`text_mask`
+or `tokens`, and the frozen model is neither loaded nor run; the empty caption comes from the
+embedding records. Precomputed tokens are of centre crops, so such runs have no random crop.
 """
 from __future__ import annotations
 
@@ -15,6 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from absl import logging
 
 from muse_jax import masking, optimizers
 from muse_jax.config import ConfigError
@@ -41,10 +48,11 @@ def build_model(config) -> MaskedTransformer:
 class BaseTask:
     """What the generic train loop (muse_jax/train.py) needs for the base stage."""
 
-    uses_captions = True
-
     def __init__(self, config):
         self.config = config
+        self.precomputed_text = bool(config.data.train_text_embeddings)
+        self.precomputed_tokens = bool(config.data.train_tokens)
+        self.uses_captions = not self.precomputed_text  # raw captions in the local batches
         self.model = build_model(config)
         self.num_tokens = config.model.grid_size ** 2
         self.lr = optimizers.learning_rate(config.optim, config.train.num_steps)
@@ -66,6 +74,12 @@ class BaseTask:
         if c.data.eval_size % c.data.eval_batch_size:
             raise ConfigError(f"data.eval_size {c.data.eval_size} is not a multiple of "
                               f"data.eval_batch_size {c.data.eval_batch_size}")
+        for kind in ("text_embeddings", "tokens"):
+            train, eval_ = c.data[f"train_{kind}"], c.data[f"eval_{kind}"]
+            if bool(train) != bool(eval_):
+                raise ConfigError(f"data.train_{kind} and data.eval_{kind} must both name "
+                                  f"precomputed directories or both be empty, got {train!r} "
+                                  f"and {eval_!r}")
 
     # ---------------------------------------------------------------- state
     def init_state(self, rng) -> BaseState:
@@ -77,42 +91,106 @@ class BaseTask:
                          opt_state=self.tx.init(params), ema_params=params)
 
     def load_frozen(self, mesh) -> dict:
-        """The tokenizer's and the text encoder's weights, and the empty caption's tokens."""
+        """What the steps need of the frozen models, placed on `mesh`.
+
+        The tokenizer's weights unless tokens are precomputed; the text encoder's weights and the
+        empty caption's ids, or with precomputed embeddings the empty caption's embedding.
+        """
+        c = self.config
+        replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+        frozen = {}
+        if self.precomputed_tokens:
+            self._check_tokens()
+        else:
+            model, params, vq_config = vqgan_task.load_tokenizer(c.tokenizer.workdir)
+            factor = model.downsample_factor
+            if vq_config.model.codebook_size != c.model.codebook_size:
+                raise ConfigError(f"model.codebook_size {c.model.codebook_size} differs from the "
+                                  f"tokenizer's {vq_config.model.codebook_size} ({c.tokenizer.workdir})")
+            if c.data.image_size // factor != c.model.grid_size or c.data.image_size % factor:
+                raise ConfigError(f"model.grid_size {c.model.grid_size} does not match data."
+                                  f"image_size {c.data.image_size} / the tokenizer's factor {factor}")
+            self.tokenizer = model
+            frozen["tokenizer"] = jax.device_put(params, replicated)
+        if self.precomputed_text:
+            empty, empty_mask = self._check_embeddings().empty_caption()
+            frozen["empty_emb"] = jax.device_put(empty[None].astype(np.float32), replicated)
+            frozen["empty_mask"] = jax.device_put(empty_mask[None], replicated)
+            return frozen
         from muse_jax.text import create_encoder
 
-        c = self.config
-        model, params, vq_config = vqgan_task.load_tokenizer(c.tokenizer.workdir)
-        factor = model.downsample_factor
-        if vq_config.model.codebook_size != c.model.codebook_size:
-            raise ConfigError(f"model.codebook_size {c.model.codebook_size} differs from the "
-                              f"tokenizer's {vq_config.model.codebook_size} ({c.tokenizer.workdir})")
-        if c.data.image_size // factor != c.model.grid_size or c.data.image_size % factor:
-            raise ConfigError(f"model.grid_size {c.model.grid_size} does not match "
-                              f"data.image_size {c.data.image_size} / the tokenizer's factor {factor}")
-        self.tokenizer = model
         self.text_encoder = create_encoder(c.text, mesh)
         if self.text_encoder.dim != c.model.text_dim:
             raise ConfigError(f"model.text_dim {c.model.text_dim} differs from the text "
                               f"encoder's width {self.text_encoder.dim}")
         empty_ids, empty_mask = self.text_encoder.tokenize([""])
-        replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
-        return {"tokenizer": jax.device_put(params, replicated),
-                "text": self.text_encoder.params,
+        return {**frozen, "text": self.text_encoder.params,
                 "empty_ids": jax.device_put(empty_ids, replicated),
                 "empty_mask": jax.device_put(empty_mask, replicated)}
 
+    def _check_tokens(self) -> None:
+        """Precomputed tokens must fit the model; sampling decodes with `tokenizer.workdir`."""
+        from muse_jax.data.precompute_tokens import TokenRecords
+
+        c = self.config
+        for directory in (c.data.train_tokens, c.data.eval_tokens):
+            records = TokenRecords(directory)
+            if records.grid_size != c.model.grid_size:
+                raise ConfigError(f"{directory} holds {records.grid_size}x{records.grid_size} "
+                                  f"token grids, model.grid_size is {c.model.grid_size}")
+            if records.codebook_size != c.model.codebook_size:
+                raise ConfigError(f"{directory} holds tokens of a {records.codebook_size}-code "
+                                  f"tokenizer, model.codebook_size is {c.model.codebook_size}")
+            if records.metadata["tokenizer_workdir"] != c.tokenizer.workdir:
+                logging.warning("%s was tokenised by %s, but tokenizer.workdir (which sampling "
+                                "decodes with) is %s", directory,
+                                records.metadata["tokenizer_workdir"], c.tokenizer.workdir)
+
+    def _check_embeddings(self):
+        """Precomputed embeddings must fit the model (sampling encodes prompts with `text`).
+
+        Returns the train split's records, whose empty caption the steps use.
+        """
+        from muse_jax.text.records import EmbeddingRecords
+
+        c = self.config
+        for directory in (c.data.train_text_embeddings, c.data.eval_text_embeddings):
+            records = EmbeddingRecords(directory)
+            if records.dim != c.model.text_dim:
+                raise ConfigError(f"{directory} holds {records.dim}-wide embeddings, "
+                                  f"model.text_dim is {c.model.text_dim}")
+            if records.max_length != c.text.max_length:
+                raise ConfigError(f"{directory} holds embeddings of {records.max_length} tokens, "
+                                  f"text.max_length is {c.text.max_length}")
+            encoder = records.metadata["encoder"]
+            if (encoder["encoder"], encoder["path"]) != (c.text.encoder, c.text.path):
+                logging.warning("%s was encoded by %s %r, but config.text (which sampling "
+                                "encodes prompts with) names %s %r", directory, encoder["encoder"],
+                                encoder["path"], c.text.encoder, c.text.path)
+        return EmbeddingRecords(c.data.train_text_embeddings)
+
     # ---------------------------------------------------------------- inputs
     def prepare_batch(self, local: dict) -> dict:
-        ids, mask = self.text_encoder.tokenize([str(c) for c in local["caption"]])
-        return {"image": local["image"], "text_ids": ids, "text_mask": mask}
+        batch = {k: local[k] for k in ("image", "tokens", "text_emb", "text_mask") if k in local}
+        if not self.precomputed_text:
+            batch["text_ids"], batch["text_mask"] = self.text_encoder.tokenize(
+                [str(c) for c in local["caption"]])
+        return batch
 
     def _inputs(self, batch, frozen):
-        """Token ids [B, N] and text (emb [B,L,D], mask [B,L]), all from frozen models."""
-        ids = self.tokenizer.apply({"params": frozen["tokenizer"]}, batch["image"],
-                                   method=self.tokenizer.encode)
+        """Token ids [B, N] and text (emb [B,L,D], mask [B,L]), precomputed or from frozen models."""
+        if "tokens" in batch:
+            ids = batch["tokens"].astype(jnp.int32)
+        else:
+            ids = self.tokenizer.apply({"params": frozen["tokenizer"]}, batch["image"],
+                                       method=self.tokenizer.encode)
         tokens = ids.reshape(ids.shape[0], -1)
-        emb = self.text_encoder.apply(frozen["text"], batch["text_ids"], batch["text_mask"])
-        empty = self.text_encoder.apply(frozen["text"], frozen["empty_ids"], frozen["empty_mask"])
+        if "text_emb" in batch:
+            emb, empty = batch["text_emb"], frozen["empty_emb"]
+        else:
+            emb = self.text_encoder.apply(frozen["text"], batch["text_ids"], batch["text_mask"])
+            empty = self.text_encoder.apply(frozen["text"], frozen["empty_ids"],
+                                            frozen["empty_mask"])
         return (jax.lax.stop_gradient(tokens), emb.astype(jnp.float32), batch["text_mask"],
                 empty.astype(jnp.float32), frozen["empty_mask"])
 

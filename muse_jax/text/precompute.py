@@ -1,18 +1,19 @@
-"""Encode a caption file once and store the embeddings, so training need not run the encoder.
+"""Encode captions once and store the embeddings, so training need not run the encoder.
 
     python -m muse_jax.text.precompute --config=configs/base_256.py --captions=captions.txt \
         --out=/data/cc3m_t5xxl [--embedding_dtype=float16] [--shard_size=10000]
+    python -m muse_jax.text.precompute --config=configs/base_256.py --split=train --out=...
 
 The config is any config with a `text` block (see muse_jax/text/__init__.py). The captions
 file is UTF-8 with one caption per line; line i becomes record i (an empty line is a valid,
-empty caption), so records stay aligned with the image data the captions came from. The
+empty caption), so records stay aligned with the image data the captions came from.
+`--split` instead reads the captions of that split of `config.data`, in source order: the
+directory a base run names in `data.train_text_embeddings` / `data.eval_text_embeddings`. The
 output format and its reader (`records.EmbeddingRecords`) are described in records.py;
 `metadata.json` is written last, so a directory without it is an interrupted run.
 """
 from __future__ import annotations
 
-import json
-import math
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +21,7 @@ from absl import flags, logging
 from ml_collections import config_flags
 
 from muse_jax import errors
+from muse_jax.data import shards
 from muse_jax.errors import UserError
 from muse_jax.text import records
 
@@ -30,6 +32,8 @@ def define_flags() -> None:
     """Defined on demand, not at import, so other entry points can import this module."""
     config_flags.DEFINE_config_file("config", None, "Config file with a `text` block.")
     flags.DEFINE_string("captions", None, "UTF-8 text file, one caption per line.")
+    flags.DEFINE_enum("split", None, ["train", "eval"],
+                      "Instead of --captions: the captions of this split of config.data.")
     flags.DEFINE_string("out", None, "Output directory for the ArrayRecord shards.")
     flags.DEFINE_enum("embedding_dtype", "float16", ["float16", "float32"],
                       "Stored embedding dtype; float16 halves the size.")
@@ -55,56 +59,28 @@ def read_captions(path: str | Path) -> list[str]:
     return lines
 
 
-def prepare_out(out: Path, overwrite: bool) -> None:
-    existing = sorted(out.glob("embeddings-*.array_record")) + [
-        p for p in (out / records.METADATA, out / records.EMPTY) if p.exists()]
-    if existing and not overwrite:
-        raise UserError(f"{out} already holds precomputed embeddings ({existing[0].name}, ...); "
-                        "pass --overwrite to replace them")
-    for p in existing:
-        p.unlink()
-    out.mkdir(parents=True, exist_ok=True)
-
-
 def precompute(text_config, captions: list[str], out: Path, embedding_dtype: str = "float16",
                shard_size: int = 10000, overwrite: bool = False) -> Path:
     """Writes the shards, the empty-caption embedding and metadata.json; returns `out`."""
-    from array_record.python.array_record_module import ArrayRecordWriter
     from tqdm import tqdm
 
     from muse_jax.text import create_encoder
 
-    if shard_size < 1:
-        raise UserError(f"--shard_size must be >= 1, got {shard_size}")
-    if not captions:
-        raise UserError("no captions to encode")
     out = Path(out)
+    writer = shards.ShardWriter(out, records.PREFIX, len(captions), shard_size)  # checks sizes
     encoder = create_encoder(text_config)  # fails on a bad config before anything is written
-    prepare_out(out, overwrite)
-    num_shards = math.ceil(len(captions) / shard_size)
-    shards = [{"file": records.shard_name(i, num_shards),
-               "records": min(shard_size, len(captions) - i * shard_size)} for i in range(num_shards)]
-    writer, shard = None, -1
+    shards.prepare_out(out, records.PREFIX, "precomputed embeddings", overwrite, (records.EMPTY,))
     with tqdm(total=len(captions), unit="caption", desc="encoding captions") as progress:
         for start in range(0, len(captions), encoder.batch_size):
             batch = captions[start:start + encoder.batch_size]
             embeddings, masks = encoder.encode(batch)
-            for i, (caption, emb, mask) in enumerate(zip(batch, embeddings, masks)):
-                if (start + i) // shard_size != shard:
-                    if writer is not None:
-                        writer.close()
-                    shard = (start + i) // shard_size
-                    writer = ArrayRecordWriter(str(out / shards[shard]["file"]), records.WRITE_OPTIONS)
+            for caption, emb, mask in zip(batch, embeddings, masks):
                 writer.write(records.serialize(caption, emb, mask, embedding_dtype))
             progress.update(len(batch))
-    writer.close()
     empty, empty_mask = encoder.encode([""])
     np.savez(out / records.EMPTY, embedding=empty[0], mask=empty_mask[0])
-    metadata = {
-        "encoder": text_config.to_dict(), "dim": encoder.dim, "max_length": encoder.max_length,
-        "embedding_dtype": embedding_dtype, "num_records": len(captions), "shards": shards,
-    }
-    (out / records.METADATA).write_text(json.dumps(metadata, indent=2) + "\n")
+    writer.close({"encoder": text_config.to_dict(), "dim": encoder.dim,
+                  "max_length": encoder.max_length, "embedding_dtype": embedding_dtype})
     return out
 
 
@@ -112,15 +88,22 @@ def main(argv) -> None:
     if len(argv) > 1:
         raise UserError(f"unexpected arguments: {' '.join(argv[1:])}")
     config_file = flags.FLAGS["config"].value and config_flags.get_config_filename(flags.FLAGS["config"])
-    for name, flag in (("--config", config_file), ("--captions", FLAGS.captions), ("--out", FLAGS.out)):
+    for name, flag in (("--config", config_file), ("--out", FLAGS.out)):
         if not flag:
             raise UserError(f"{name} is required")
+    if bool(FLAGS.captions) == bool(FLAGS.split):
+        raise UserError("pass either --captions=FILE or --split=train|eval")
     if not Path(config_file.split(":")[0]).is_file():  # "file.py:variant" names file.py
         raise UserError(f"config file {config_file} not found")
     config = FLAGS.config
-    if "text" not in config:
-        raise UserError(f"{config_file} has no `text` block (see muse_jax/text/__init__.py)")
-    captions = read_captions(FLAGS.captions)
+    for block in ("text",) + (("data",) if FLAGS.split else ()):
+        if block not in config:
+            raise UserError(f"{config_file} has no `{block}` block")
+    if FLAGS.split:
+        from muse_jax.data import sources
+        captions = sources.captions(sources.create_finite(config.data, FLAGS.split, config.seed))
+    else:
+        captions = read_captions(FLAGS.captions)
     out = precompute(config.text, captions, Path(FLAGS.out), FLAGS.embedding_dtype,
                      FLAGS.shard_size, FLAGS.overwrite)
     logging.info("wrote %d caption embeddings to %s", len(captions), out)
