@@ -33,6 +33,14 @@ EXTRAS_REQUIRE = {
     # Test-only: PyTorch references (transformers / diffusers) and the runner.
     # torch==2.13.0 (CPU) is installed by the Makefile from the local wheel.
     "test": ["pytest==9.2.0", "pytest-xdist==3.8.0"],
+    # benchmarks/: the PyTorch peers they compare against. muse-maskgit-pytorch (the
+    # MaskGitTransformer of benchmarks/base_step.py) is not listed: its requirements pull
+    # torchvision, whose PyPI wheels are CUDA builds pinned to another torch. Install it with
+    #   pip install --no-deps muse-maskgit-pytorch==0.3.5
+    # beartype and memory-efficient-attention-pytorch below are what its transformer imports;
+    # base_step.py stubs its VQGAN/trainer-only imports (torchvision, vector-quantize-pytorch,
+    # accelerate, ema-pytorch) when they are missing.
+    "bench": ["diffusers==0.42.1", "beartype==0.23.1", "memory-efficient-attention-pytorch==0.1.6"],
 }
 
 setuptools.setup(
