@@ -5,7 +5,11 @@
 `shapes_oracle`: the captions of the shapes eval split are sampled once each and the shapes
 oracle (muse_jax/data/shapes.py) parses every image back into objects: "match" is the share
 of images that show exactly the caption's objects, "color" / "shape" / "cell" the per-object
-accuracies. Prints one JSON object with the scores and the sampling settings used.
+accuracies. `shapes_inpaint` (Muse 3.3): in each held-out image the cell of its first object
+is masked and regenerated from a caption that puts another colour and shape there; "match"
+scores the whole result against that caption, "region" the regenerated cell alone, and
+"kept_tokens" the share of tokens outside the mask left untouched (1.0 by construction).
+Prints one JSON object with the scores and the sampling settings used.
 """
 from __future__ import annotations
 
@@ -19,7 +23,7 @@ from muse_jax import errors
 from muse_jax.errors import UserError
 
 FLAGS = flags.FLAGS
-EVALS = ("shapes_oracle",)
+EVALS = ("shapes_oracle", "shapes_inpaint")
 
 
 def define_flags() -> None:
@@ -35,20 +39,57 @@ def define_flags() -> None:
     flags.DEFINE_integer("batch_size", 64, "Images per compiled call.")
 
 
+def _eval_source(pipe, name: str):
+    from muse_jax.data import shapes
+
+    if pipe.config.data.source != "shapes":
+        raise UserError(f"{name} needs a model trained on shapes, this one used "
+                        f"data.source={pipe.config.data.source!r}")
+    return shapes.ShapesSource(image_size=pipe.config.data.image_size, split="eval",
+                               seed=pipe.config.seed,
+                               max_objects=pipe.config.data.shapes_max_objects)
+
+
+def _to_uint8(images) -> np.ndarray:
+    return np.clip((np.asarray(images) + 1.0) * 127.5 + 0.5, 0, 255).astype(np.uint8)
+
+
 def shapes_oracle(pipe, options, num_samples: int, seed: int, batch_size: int) -> dict:
     from muse_jax.data import shapes
     from muse_jax.sample import sample_tokens
 
-    if pipe.config.data.source != "shapes":
-        raise UserError(f"shapes_oracle needs a model trained on shapes, this one used "
-                        f"data.source={pipe.config.data.source!r}")
-    source = shapes.ShapesSource(image_size=pipe.config.data.image_size, split="eval",
-                                 seed=pipe.config.seed,
-                                 max_objects=pipe.config.data.shapes_max_objects)
+    source = _eval_source(pipe, "shapes_oracle")
     captions = [shapes.caption(source.objects(i)) for i in range(num_samples)]
     tokens = sample_tokens(pipe, captions, options, seed, batch_size=batch_size, progress=True)
-    images = np.clip((pipe.decode(tokens) + 1.0) * 127.5 + 0.5, 0, 255).astype(np.uint8)
-    return shapes.score_batch(images, captions)
+    return shapes.score_batch(_to_uint8(pipe.decode(tokens)), captions)
+
+
+def shapes_inpaint(pipe, options, num_samples: int, seed: int, batch_size: int) -> dict:
+    from muse_jax.data import shapes
+    from muse_jax.sample import sample_tokens, token_mask_from_pixels
+
+    source = _eval_source(pipe, "shapes_inpaint")
+    rng = np.random.default_rng(seed)
+    size = pipe.config.data.image_size
+    images, token_masks, captions, wanted = [], [], [], []
+    for i in range(num_samples):
+        objects = source.objects(i)
+        old = objects[0]
+        new = shapes.ShapeObject(rng.choice([c for c in shapes.COLORS if c != old.color]),
+                                 rng.choice([s for s in shapes.SHAPES if s != old.shape]), old.cell)
+        images.append(source[i]["image"].astype(np.float32) / 127.5 - 1.0)
+        token_masks.append(token_mask_from_pixels(shapes.cell_mask(old.cell, size), pipe.grid))
+        captions.append(shapes.caption([new, *objects[1:]]))
+        wanted.append(new)
+    tokens = pipe.tokens_of(np.stack(images))
+    token_masks = np.stack(token_masks)
+    canvas = np.where(token_masks, pipe.model.mask_id, tokens).astype(np.int32)
+    out = sample_tokens(pipe, captions, options, seed, canvas=canvas, batch_size=batch_size,
+                        progress=True)
+    results = _to_uint8(pipe.decode(out))
+    region = [any(o == new for o in shapes.parse_image(im)) for im, new in zip(results, wanted)]
+    return {**shapes.score_batch(results, captions), "region": float(np.mean(region)),
+            "kept_tokens": float(np.mean((out == tokens)[~token_masks]))}
 
 
 def evaluate(workdir: str, eval_name: str, num_samples: int, options, seed: int = 0,
@@ -59,7 +100,8 @@ def evaluate(workdir: str, eval_name: str, num_samples: int, options, seed: int 
     if num_samples < 1:
         raise UserError(f"--num_samples must be >= 1, got {num_samples}")
     pipe = load_pipeline(workdir)
-    scores = shapes_oracle(pipe, options, num_samples, seed, batch_size)
+    run = {"shapes_oracle": shapes_oracle, "shapes_inpaint": shapes_inpaint}[eval_name]
+    scores = run(pipe, options, num_samples, seed, batch_size)
     return {"eval": eval_name, "workdir": workdir, "num_samples": num_samples, "seed": seed,
             **dataclasses.asdict(options), **scores}
 

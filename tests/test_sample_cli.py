@@ -106,3 +106,12 @@ def test_bad_input_is_one_line(case, base_dir, tmp_path):
     assert "Traceback" not in result.stderr
     last = result.stderr.strip().splitlines()[-1]
     assert last.startswith("error: ") and message in last, last
+
+
+def test_inpaint_eval_regenerates_only_the_masked_cell(base_dir):
+    from muse_jax import evaluate
+
+    result = evaluate.evaluate(str(base_dir), "shapes_inpaint", 4,
+                               sampling.SamplingOptions(steps=2), seed=0, batch_size=4)
+    assert result["eval"] == "shapes_inpaint" and result["kept_tokens"] == 1.0
+    assert all(0.0 <= result[k] <= 1.0 for k in ("match", "region", "color", "shape", "cell"))

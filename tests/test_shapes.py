@@ -270,3 +270,13 @@ def test_score_batch_averages():
     assert means == pytest.approx(dict(match=0.5, color=0.5, shape=0.75, cell=0.75))
     with pytest.raises(ValueError, match="captions"):
         shapes.score_batch([image], [right, wrong])
+
+
+@pytest.mark.parametrize("size", [24, 64, 100])
+def test_cell_mask_covers_exactly_the_object_of_its_cell(size):
+    masks = np.stack([shapes.cell_mask(cell, size) for cell in shapes.CELLS])
+    np.testing.assert_array_equal(masks.sum(axis=0), 1)  # the nine cells tile the image
+    obj = shapes.ShapeObject("red", "square", "middle right")
+    drawn = np.any(shapes.render([obj], size) != shapes.BACKGROUND, axis=-1)
+    mask = shapes.cell_mask("middle right", size)
+    assert drawn.any() and not (drawn & ~mask).any()

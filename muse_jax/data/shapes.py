@@ -94,6 +94,15 @@ def _cell_bounds(size: int) -> np.ndarray:
     return np.round(np.arange(4) * size / 3).astype(int)
 
 
+def cell_mask(cell: str, image_size: int) -> np.ndarray:
+    """bool [S,S], True on the pixels of grid cell `cell`: what inpainting one object masks."""
+    row, col = divmod(CELLS.index(cell), 3)
+    bounds = _cell_bounds(image_size)
+    mask = np.zeros((image_size, image_size), bool)
+    mask[bounds[row]:bounds[row + 1], bounds[col]:bounds[col + 1]] = True
+    return mask
+
+
 def render(objects: Sequence[ShapeObject], image_size: int,
            rng: np.random.Generator | None = None) -> np.ndarray:
     """uint8 [S,S,3]: each object centred in its cell, with size/position jitter from `rng`.
