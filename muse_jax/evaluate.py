@@ -59,7 +59,7 @@ def shapes_oracle(pipe, options, num_samples: int, seed: int, batch_size: int) -
     from muse_jax.sample import sample_tokens
 
     source = _eval_source(pipe, "shapes_oracle")
-    captions = [shapes.caption(source.objects(i)) for i in range(num_samples)]
+    captions = [source.get_caption(i) for i in range(num_samples)]
     tokens = sample_tokens(pipe, captions, options, seed, batch_size=batch_size, progress=True)
     return shapes.score_batch(_to_uint8(pipe.decode(tokens)), captions)
 

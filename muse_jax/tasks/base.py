@@ -154,8 +154,9 @@ class BaseTask:
         from muse_jax.text.records import EmbeddingRecords
 
         c = self.config
-        for directory in (c.data.train_text_embeddings, c.data.eval_text_embeddings):
-            records = EmbeddingRecords(directory)
+        directories = (c.data.train_text_embeddings, c.data.eval_text_embeddings)
+        train, eval_ = (EmbeddingRecords(d) for d in directories)
+        for directory, records in zip(directories, (train, eval_)):
             if records.dim != c.model.text_dim:
                 raise ConfigError(f"{directory} holds {records.dim}-wide embeddings, "
                                   f"model.text_dim is {c.model.text_dim}")
@@ -167,7 +168,7 @@ class BaseTask:
                 logging.warning("%s was encoded by %s %r, but config.text (which sampling "
                                 "encodes prompts with) names %s %r", directory, encoder["encoder"],
                                 encoder["path"], c.text.encoder, c.text.path)
-        return EmbeddingRecords(c.data.train_text_embeddings)
+        return train
 
     # ---------------------------------------------------------------- inputs
     def prepare_batch(self, local: dict) -> dict:
