@@ -32,7 +32,9 @@ EXTRAS_REQUIRE = {
     "tpu": ["jax[tpu]==0.10.2"],
     # Test-only: PyTorch references (transformers / diffusers) and the runner.
     # torch==2.13.0 (CPU) is installed by the Makefile from the local wheel.
-    "test": ["pytest==9.2.0", "pytest-xdist==3.8.0"],
+    # nbclient/nbformat/ipykernel run notebooks/muse_jax_colab.ipynb (tests/test_notebook.py).
+    "test": ["pytest==9.2.0", "pytest-xdist==3.8.0", "nbclient==0.11.0", "nbformat==5.11.1",
+             "ipykernel==7.4.0"],
     # benchmarks/: the PyTorch peers they compare against. muse-maskgit-pytorch (the
     # MaskGitTransformer of benchmarks/base_step.py) is not listed: its requirements pull
     # torchvision, whose PyPI wheels are CUDA builds pinned to another torch. Install it with
@@ -40,7 +42,9 @@ EXTRAS_REQUIRE = {
     # beartype and memory-efficient-attention-pytorch below are what its transformer imports;
     # base_step.py stubs its VQGAN/trainer-only imports (torchvision, vector-quantize-pytorch,
     # accelerate, ema-pytorch) when they are missing.
-    "bench": ["diffusers==0.42.1", "beartype==0.23.1", "memory-efficient-attention-pytorch==0.1.6"],
+    # scikit-image: the real sample photos benchmarks/input_pipeline.py converts and reads.
+    "bench": ["diffusers==0.42.1", "beartype==0.23.1", "memory-efficient-attention-pytorch==0.1.6",
+              "scikit-image==0.26.0"],
 }
 
 setuptools.setup(

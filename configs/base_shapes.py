@@ -1,7 +1,7 @@
 """Base masked transformer for the shapes set on a CPU: 16x16 tokens, MiniLM captions.
 
 The reference config (base_256.py) with smaller numbers; every key is documented there.
-Needs the shapes tokenizer first (`make demo` trains it into workdirs/vqgan_shapes):
+Needs a shapes tokenizer first, in workdirs/vqgan_shapes (configs/vqgan_shapes.py):
 
   python -m muse_jax.train --config=configs/base_shapes.py --workdir=workdirs/base_shapes
 """
@@ -63,6 +63,14 @@ def get_config(arg=None):
         c.train.log_every = 1
         c.train.eval_every = 4
         c.train.checkpoint_every = 2
+        c.data.shapes_train_size = 64  # finite, so the demo's inputs can be precomputed
+    elif variant == "demo":  # `make demo` (muse_jax/demo.py): trains from precomputed inputs
+        c.data.shapes_train_size = 10_000  # 1 MiniLM pass over 10k captions, then ~2 epochs
+        c.data.eval_size = 128
+        c.optim.warmup_steps = 100
+        c.train.num_steps = 600
+        c.train.eval_every = 600
+        c.train.checkpoint_every = 200
     elif variant:
-        raise ValueError(f"unknown variant {variant!r} of base_shapes (known: tiny)")
+        raise ValueError(f"unknown variant {variant!r} of base_shapes (known: tiny, demo)")
     return c

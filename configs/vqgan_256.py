@@ -18,8 +18,17 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.seed = 0  # init, data order and every per-step RNG derive from it (and the step)
 
     c.data = ml_collections.ConfigDict()
-    c.data.source = "image_folder"  # shapes | image_folder (ArrayRecord/TFDS: see README)
-    c.data.path = ""  # dataset directory for file-based sources
+    # shapes | image_folder (images + same-name .txt captions, one a line) | array_record
+    # (written by `python -m muse_jax.data.convert`) | tfds (a prepared TFDS dataset)
+    c.data.source = "image_folder"
+    c.data.path = ""  # image_folder, array_record (local or gs://): directory; tfds: data_dir
+    c.data.eval_path = ""  # array_record: converted eval dir ("": last eval_size of path)
+    c.data.tfds_name = ""  # tfds: name[/config], e.g. coco_captions/2014 (never downloaded)
+    c.data.tfds_train_split = "train"  # tfds: split to train on
+    c.data.tfds_eval_split = ""  # tfds: eval split ("": last eval_size of the train split)
+    c.data.min_size = 32  # images with a shorter side below this are skipped (and counted)
+    c.data.max_aspect_ratio = 3.0  # skip images whose long/short side ratio exceeds this (0: any)
+    c.data.random_flip = False  # horizontal flips (off: they swap "left"/"right" in captions)
     c.data.image_size = 256  # training resolution (shorter side resized, then cropped)
     c.data.batch_size = 256  # global batch, split over processes and the data/fsdp mesh axes
     c.data.eval_batch_size = 64  # global eval batch
@@ -80,7 +89,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.train.log_every = 100  # steps between scalar summaries
     c.train.eval_every = 10_000  # steps between evaluations (and at the end)
     c.train.checkpoint_every = 5_000  # steps between checkpoints (and at the end)
-    c.train.keep_checkpoints = 3  # how many recent checkpoints to keep
+    c.train.keep_checkpoints = 3  # recent checkpoints to keep (one more on disk: see checkpoint.py)
+    c.train.max_consecutive_nonfinite = 20  # stop after this many NaN/inf steps (skipped) in a row
     c.train.progress_every_secs = 60.0  # seconds between steps/s + ETA reports
 
     variant = parse_variant(arg)

@@ -52,6 +52,11 @@ def get_config(arg=None):
         c.train.log_every = 1
         c.train.eval_every = 6
         c.train.checkpoint_every = 2
+    elif variant == "demo":  # `make demo`: a shorter run, so the whole demo fits 15 minutes
+        c.train.num_steps = 500
+        c.optim.warmup_steps = 50
+        c.train.eval_every = 500
+        c.train.checkpoint_every = 250
     elif variant:
-        raise ValueError(f"unknown variant {variant!r} of vqgan_shapes (known: tiny)")
+        raise ValueError(f"unknown variant {variant!r} of vqgan_shapes (known: tiny, demo)")
     return c

@@ -5,7 +5,9 @@ file, a mesh that does not fit. `run(main)` (use it instead of `absl.app.run`) t
 `error: <message>` on stderr and exit status 2, and does the same for bad flags, including
 `--config` files that do not exist and `--config.x.y=...` overrides of unknown keys or of the
 wrong type, which absl would otherwise report with a traceback. Genuine bugs still raise with
-their traceback.
+their traceback. A training run stopped by SIGTERM (a preemption notice) after saving its
+checkpoint raises `Preempted`, which becomes `preempted: <message>` and exit status 143
+(128 + SIGTERM, what a shell reports for a process that SIGTERM ended): not done, rerun it.
 """
 from __future__ import annotations
 
@@ -16,10 +18,15 @@ import sys
 from absl import app, flags
 
 EXIT_USER_ERROR = 2
+EXIT_PREEMPTED = 143
 
 
 class UserError(Exception):
     """An error in what the user asked for; its message is the whole story, in one line."""
+
+
+class Preempted(Exception):
+    """Stopped on a preemption notice with a checkpoint saved; the same command resumes."""
 
 
 def _fail(message: str):
@@ -36,6 +43,9 @@ def cli_main(main):
             return main(argv)
         except UserError as e:
             _fail(str(e))
+        except Preempted as e:
+            print(f"preempted: {e}", file=sys.stderr, flush=True)
+            sys.exit(EXIT_PREEMPTED)
 
     return wrapped
 

@@ -8,6 +8,7 @@ from typing import Any, Mapping
 import jax
 import numpy as np
 from clu import metric_writers
+from etils import epath
 from PIL import Image
 
 
@@ -15,7 +16,7 @@ class JsonlWriter(metric_writers.interface.MetricWriter):
     """Appends scalars as one JSON object a line to `<workdir>/metrics.jsonl`, for scripts."""
 
     def __init__(self, path: str):
-        self._file = open(path, "a")
+        self._file = epath.Path(path).open("a")  # a gs:// file is rewritten at each flush
 
     def write_scalars(self, step: int, scalars: Mapping[str, Any]):
         record = {"step": int(step), **{k: float(v) for k, v in scalars.items()}}
@@ -80,6 +81,11 @@ def image_grid(*rows: np.ndarray, columns: int = 8) -> np.ndarray:
 
 
 def save_png(path: str, grid: np.ndarray) -> None:
+    """Writes atomically where the file system can (locally); to gs:// in one upload."""
+    if "://" in path:
+        with epath.Path(path).open("wb") as f:
+            Image.fromarray(grid).save(f, format="PNG")
+        return
     tmp = path + ".tmp.png"
     Image.fromarray(grid).save(tmp)
     os.replace(tmp, path)

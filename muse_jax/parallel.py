@@ -156,6 +156,25 @@ def global_batch(local: Any, sharding: NamedSharding) -> Any:
                         local)
 
 
+def put(tree: Any, shardings: Any) -> Any:
+    """Host values (numpy, or arrays of this process) placed as global arrays with `shardings`.
+
+    `jax.device_put` cannot do this in a multi-process run: it refuses arrays committed to a
+    device (a cross-host transfer) and checks numpy inputs equal across processes with one
+    collective a leaf. Here each process cuts its own shards from its copy, so every process
+    must pass the same values (frozen weights read from the same files). `shardings` is one
+    sharding for every leaf or a tree of them.
+    """
+    if isinstance(shardings, jax.sharding.Sharding):
+        shardings = jax.tree.map(lambda _: shardings, tree)
+
+    def place(x, sharding):
+        x = np.asarray(x)
+        return jax.make_array_from_callback(x.shape, sharding, lambda index: x[index])
+
+    return jax.tree.map(place, tree, shardings)
+
+
 def per_device_bytes(abstract: Any) -> int:
     """Bytes the largest-loaded device holds for a tree of sharded ShapeDtypeStructs."""
     totals: dict[Any, int] = {}

@@ -11,10 +11,14 @@ tokens given in the canvas (inpainting, outpainting) never change at all.
 Classifier-free guidance (Muse 2.7): logits = (1 + t) l_cond - t l_uncond with the scale t
 rising from 0 to `guidance` over the steps; the unconditional pass sees the empty caption's
 embedding, or a negative prompt's. Both passes run as one batch.
+
+`make_cascade` chains the base model, the super-resolution model (Muse 2.4, conditioned on the
+base model's tokens) and the high-res VQGAN decoder in one compiled call, guided in both stages.
 """
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Callable
 
 import jax
@@ -107,32 +111,68 @@ def decode(logits_fn: Callable, canvas, mask_id: int, rng, options: SamplingOpti
     return tokens
 
 
+def _generate(model, options: SamplingOptions, params, emb, mask, uncond_emb, uncond_mask, rng,
+              canvas, low_res=None):
+    """`decode` with `model`'s logits under guidance; the conditioning encoded once, first."""
+    uncond_emb = jnp.broadcast_to(uncond_emb, emb.shape).astype(emb.dtype)
+    uncond_mask = jnp.broadcast_to(uncond_mask, mask.shape)
+    text = jnp.concatenate([emb, uncond_emb], axis=0)
+    text_mask = jnp.concatenate([mask, uncond_mask], axis=0)
+    # The SR model's unconditional branch keeps the low-res tokens and drops only the caption,
+    # as its training's caption dropout does.
+    extra = () if low_res is None else (jnp.concatenate([low_res, low_res], axis=0),)
+    # The text (and low-res) side of every cross-attention, once per prompt, outside the loop:
+    # each step then runs the token pass alone.
+    context_kv = model.apply({"params": params}, text, text_mask, *extra, method="encode_context")
+
+    def logits_fn(tokens):
+        return model.apply({"params": params}, tokens, context_kv=context_kv)
+
+    return decode(logits_fn, canvas, model.mask_id, rng, options)
+
+
 def make_generate(model, options: SamplingOptions) -> Callable:
-    """A jit-compiled `generate(params, emb, mask, uncond_emb, uncond_mask, rng, canvas)`.
+    """A jit-compiled `generate(params, emb, mask, uncond_emb, uncond_mask, rng, canvas[, low_res])`.
 
     emb/mask: the prompts' text embeddings [B,L,D] and masks [B,L]; uncond_*: the empty
     caption's (or negative prompts'), broadcastable to the same shapes; canvas: [B, N] ids with
-    `model.mask_id` where tokens are to be generated. Returns tokens [B, N]. The text's
-    cross-attention keys and values (`model.encode_context`) are computed once, before the loop.
+    `model.mask_id` where tokens are to be generated; low_res: [B, n] low-res tokens, for a
+    `SuperResTransformer` only. Returns tokens [B, N]. The cross-attention keys and values
+    (`model.encode_context`) are computed once, before the loop.
     """
     options.check()
+    return jax.jit(functools.partial(_generate, model, options))
+
+
+def make_cascade(base, sr, base_options: SamplingOptions, sr_options: SamplingOptions,
+                 decoder=None) -> Callable:
+    """Muse's two stages as one compiled call (Muse 2.4; 24 base + 8 SR steps in the paper):
+    `cascade(params, emb, mask, uncond_emb, uncond_mask, rng, canvas)`.
+
+    params: {"base": ..., "sr": ...} and, with a `decoder` (the high-res VQGAN), "decoder";
+    canvas: the base model's [B, n] (all [MASK] to generate). The base model fills the canvas,
+    the SR model generates high-res tokens conditioned on them and the same prompts, with
+    guidance in both, and the decoder (if any) turns them into pixels. Both models must read
+    the same text embeddings. Returns {"low_res": [B, n], "tokens": [B, N], "images": [B,H,W,3]}.
+    """
+    base_options.check()
+    sr_options.check()
 
     @jax.jit
-    def generate(params, emb, mask, uncond_emb, uncond_mask, rng, canvas):
-        uncond_emb = jnp.broadcast_to(uncond_emb, emb.shape).astype(emb.dtype)
-        uncond_mask = jnp.broadcast_to(uncond_mask, mask.shape)
-        text = jnp.concatenate([emb, uncond_emb], axis=0)
-        text_mask = jnp.concatenate([mask, uncond_mask], axis=0)
-        # The text side of every cross-attention, once per prompt, outside the loop: each step
-        # then runs the token pass alone.
-        context_kv = model.apply({"params": params}, text, text_mask, method="encode_context")
+    def cascade(params, emb, mask, uncond_emb, uncond_mask, rng, canvas):
+        rng_base, rng_sr = jax.random.split(rng)
+        low_res = _generate(base, base_options, params["base"], emb, mask, uncond_emb,
+                            uncond_mask, rng_base, canvas)
+        blank = jnp.full((canvas.shape[0], sr.grid[0] * sr.grid[1]), sr.mask_id, jnp.int32)
+        tokens = _generate(sr, sr_options, params["sr"], emb, mask, uncond_emb, uncond_mask,
+                           rng_sr, blank, low_res)
+        out = {"low_res": low_res, "tokens": tokens}
+        if decoder is not None:
+            ids = tokens.reshape(tokens.shape[0], *sr.grid)
+            out["images"] = decoder.apply({"params": params["decoder"]}, ids, method=decoder.decode)
+        return out
 
-        def logits_fn(tokens):
-            return model.apply({"params": params}, tokens, context_kv=context_kv)
-
-        return decode(logits_fn, canvas, model.mask_id, rng, options)
-
-    return generate
+    return cascade
 
 
 def edit_tokens(resample: Callable, tokens, iterations: int, mask_rate: float, mask_id: int,

@@ -45,8 +45,8 @@ def test_tiny_base_run_trains_and_evaluates(tokenizer_dir, tmp_path):
 def test_gradient_accumulation_matches_one_pass(tokenizer_dir):
     config = _base(tokenizer_dir, **{"model.dropout": 0.0, "masking.label_smoothing": 0.0})
     task = tasks.create(config)
-    frozen = task.load_frozen(jax.sharding.Mesh(np.array(jax.devices()[:1]).reshape(1, 1, 1),
-                                                ("data", "fsdp", "tensor")))
+    task.load_frozen(jax.sharding.Mesh(np.array(jax.devices()[:1]).reshape(1, 1, 1),
+                                         ("data", "fsdp", "tensor")))
     import flax.linen as nn
     params = nn.unbox(task.init_state(jax.random.key(0))).params
     rng = np.random.default_rng(0)
@@ -85,8 +85,8 @@ def test_bad_tokenizer_or_encoder_settings(tokenizer_dir, tmp_path):
 @pytest.mark.parametrize("variant,low,high", [("", 0.55e9, 0.75e9), (":3B", 2.8e9, 3.4e9)])
 def test_dry_run_paper_scale_base(variant, low, high):
     result = run_module("muse_jax.train", f"--config=configs/base_256.py{variant}", "--dry_run",
-                        "--num_devices=8", "--config.mesh.fsdp=8", env={"XLA_FLAGS": ""},
-                        check=True)
+                        "--dry_run_json", "--num_devices=8", "--config.mesh.fsdp=8",
+                        env={"XLA_FLAGS": ""}, check=True)
     report = json.loads(result.stdout)
     assert low < report["params"]["total"] < high, report["params"]["total"]
     assert report["per_device_bytes"]["params"] < 4 * report["params"]["total"] / 4

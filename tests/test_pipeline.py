@@ -1,6 +1,5 @@
 """The Grain pipeline: deterministic, split across processes, and resumable mid-epoch."""
 import numpy as np
-import orbax.checkpoint as ocp
 import pytest
 
 from muse_jax import checkpoint

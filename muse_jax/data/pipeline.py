@@ -1,24 +1,32 @@
-"""Grain input pipeline: seeded shuffle, per-process shard, preprocess, batch, prefetch.
+"""Grain input pipeline: seeded shuffle, skip unusable examples, preprocess, per-process rows.
 
 The training iterator is a `grain.DatasetIterator` whose state is saved beside the model in
 every checkpoint, so a resumed run sees exactly the batches an uninterrupted one would.
+Everything random or conditional (shuffle, which examples are skipped and what replaces them,
+crops, caption choice) is a function of an example's position in the global stream, and each
+process reads its own contiguous rows of every global batch: the same seed gives the same
+global batches on any number of processes that divides the batch.
 Precomputed inputs (base stage: `data.{train,eval}_text_embeddings`, `data.{train,eval}_tokens`)
 are joined to the source by index before shuffling, so they follow the same order.
 """
 from __future__ import annotations
 
-import dataclasses
 from typing import Iterator
 
 import grain
 import jax
 import numpy as np
-from PIL import Image
+from absl import logging
 
 from muse_jax.data import sources
+from muse_jax.data.transforms import COUNTERS, PRECOMPUTED, Filter, Preprocess  # noqa: F401
 from muse_jax.errors import UserError
 
-PRECOMPUTED = ("tokens", "text_emb", "text_mask")  # passed through Preprocess untouched
+MAX_CONSECUTIVE_SKIPS = 64  # more unusable examples in a row than this: the config is wrong
+# Elements are whole batches here: grain's default (16 threads, 500 elements read ahead) is
+# sized for small records and would hold hundreds of batches. Two batches in flight per
+# process (main or worker); PIL releases the GIL while decoding and resizing.
+READ_OPTIONS = grain.ReadOptions(num_threads=2, prefetch_buffer_size=2)
 
 
 class Precomputed:
@@ -77,36 +85,85 @@ def create_source(data, split: str, seed: int):
     return Precomputed(source, embeddings, tokens)
 
 
-@dataclasses.dataclass(frozen=True)
-class Preprocess:
-    """Resize the shorter side to `size`, crop a square (random for training), scale to [-1, 1].
+class Checked(grain.MapDataset):
+    """Example i, or if it is unusable (see transforms.Filter) the next usable one after it.
 
-    Precomputed fields pass through; an example without an image (tokens instead) keeps none.
+    Replacing rather than dropping keeps every batch full and the stream a function of the
+    position alone, which is what makes batches independent of the process count. Each
+    example carries `_skipped` (1 if it stands in for an unusable one) and `_repaired` (1 if
+    its image was converted, e.g. CMYK or 16-bit to 8-bit RGB).
     """
-    size: int
-    random_crop: bool
-    keep_caption: bool = False
 
-    def __call__(self, example: dict, rng: np.random.Generator | None = None) -> dict:
-        out = {k: example[k] for k in PRECOMPUTED if k in example}
-        if self.keep_caption:
-            out["caption"] = example["caption"]
-        if "image" not in example:
-            return out
-        image = example["image"]
-        h, w = image.shape[:2]
-        if min(h, w) != self.size:
-            scale = self.size / min(h, w)
-            nh, nw = max(self.size, round(h * scale)), max(self.size, round(w * scale))
-            image = np.asarray(Image.fromarray(image).resize((nw, nh), Image.BICUBIC))
-            h, w = nh, nw
-        if self.random_crop and rng is not None:
-            top, left = rng.integers(0, h - self.size + 1), rng.integers(0, w - self.size + 1)
-        else:
-            top, left = (h - self.size) // 2, (w - self.size) // 2
-        image = image[top:top + self.size, left:left + self.size]
-        out["image"] = image.astype(np.float32) / 127.5 - 1.0
-        return out
+    def __init__(self, parent: grain.MapDataset, check: Filter):
+        super().__init__(parent)
+        self._check = check
+
+    def __len__(self) -> int:
+        return len(self._parent)
+
+    def __str__(self) -> str:
+        return f"Checked({self._check})"
+
+    def __getitem__(self, index):
+        if isinstance(index, slice):
+            return self.slice(index)
+        n = len(self._parent)
+        for tries in range(MAX_CONSECUTIVE_SKIPS):
+            example = self._parent[(index + tries) % n]
+            reason = self._check.reason(example)
+            if not reason:
+                repaired = example.get("image") is not None and bool(example.get("note"))
+                return {**example, "_skipped": np.int32(tries > 0), "_repaired": np.int32(repaired)}
+            logging.log_every_n_seconds(logging.WARNING, "data: skipping example %d: %s", 10,
+                                        (index + tries) % n, reason)
+        raise UserError(f"{MAX_CONSECUTIVE_SKIPS} examples in a row are unusable (last: {reason}); "
+                        "check config.data.min_size / max_aspect_ratio and the data itself")
+
+
+class ProcessRows(grain.MapDataset):
+    """Process `index` of `count`: rows [index*b, (index+1)*b) of every global batch of B = b*count.
+
+    Concatenating the processes' batches gives the single-process batch, row for row.
+    """
+
+    def __init__(self, parent: grain.MapDataset, global_batch: int, index: int, count: int):
+        super().__init__(parent)
+        self._global, self._index, self._local = global_batch, index, global_batch // count
+
+    def __len__(self) -> int:
+        return len(self._parent) // self._global * self._local
+
+    def __str__(self) -> str:
+        return f"ProcessRows(batch={self._global}, rows={self._index * self._local}+{self._local})"
+
+    def __getitem__(self, index):
+        if isinstance(index, slice):
+            return self.slice(index)
+        step, row = divmod(index, self._local)
+        return self._parent[step * self._global + self._index * self._local + row]
+
+
+class CountSkips:
+    """Removes the per-example counters from batches, totals them, and logs the totals."""
+
+    def __init__(self, split: str):
+        self.split, self.examples, self.skipped, self.repaired = split, 0, 0, 0
+
+    def __call__(self, batch: dict) -> dict:
+        batch = dict(batch)
+        skipped, repaired = (int(np.sum(batch.pop(k))) for k in COUNTERS)
+        self.examples += len(next(iter(batch.values())))
+        self.skipped, self.repaired = self.skipped + skipped, self.repaired + repaired
+        if skipped or repaired:
+            logging.log_every_n_seconds(
+                logging.INFO, "data (%s): %d unusable examples replaced, %d images repaired, "
+                "of %d read in this process", 60, self.split, self.skipped, self.repaired,
+                self.examples)
+        return batch
+
+
+def _filter(data) -> Filter:
+    return Filter(data.get("min_size", 0), data.get("max_aspect_ratio", 0.0))
 
 
 def _process(process_index, process_count):
@@ -121,14 +178,15 @@ def train_iterator(config, process_index: int | None = None, process_count: int 
     index, count = _process(process_index, process_count)
     data = config.data
     ds = grain.MapDataset.source(create_source(data, "train", config.seed))
-    ds = ds.seed(config.seed).shuffle().repeat()
-    ds = ds[index::count]
-    ds = ds.random_map(Preprocess(data.image_size, random_crop=True, keep_caption=keep_caption))
+    ds = Checked(ds.seed(config.seed).shuffle().repeat(), _filter(data))
+    ds = ds.random_map(Preprocess(data.image_size, random_crop=True, keep_caption=keep_caption,
+                                  random_flip=data.get("random_flip", False)))
+    ds = ProcessRows(ds, data.batch_size, index, count)
     ds = ds.batch(data.batch_size // count, drop_remainder=True)
-    it = ds.to_iter_dataset()
+    it = ds.to_iter_dataset(READ_OPTIONS)
     if data.num_workers > 0:
         it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=data.num_workers))
-    return iter(it)
+    return iter(it.map(CountSkips("train")))
 
 
 def eval_batches(config, process_index: int | None = None, process_count: int | None = None,
@@ -137,6 +195,7 @@ def eval_batches(config, process_index: int | None = None, process_count: int | 
     index, count = _process(process_index, process_count)
     data = config.data
     ds = grain.MapDataset.source(create_source(data, "eval", config.seed))
-    ds = ds[:data.eval_size][index::count]
+    ds = Checked(ds[:data.eval_size], _filter(data))
     ds = ds.map(Preprocess(data.image_size, random_crop=False, keep_caption=keep_caption))
-    return iter(ds.batch(data.eval_batch_size // count, drop_remainder=True))
+    ds = ProcessRows(ds, data.eval_batch_size, index, count)
+    return iter(ds.batch(data.eval_batch_size // count, drop_remainder=True).map(CountSkips("eval")))

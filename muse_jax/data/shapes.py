@@ -317,7 +317,10 @@ class ShapesSource:
 
     Record `i` is drawn from `np.random.default_rng([seed, split_id, i])`, so it does not depend on
     which worker reads it or in what order; "train" and "eval" are independent streams (of
-    jitter, mostly: there are only ~0.8M distinct 1-3 object captions).
+    jitter, mostly: there are only ~0.8M distinct 1-3 object captions). Sizes and shifts are
+    drawn in units of a cell, so record `i` is the same scene at every `image_size`: the
+    super-resolution stage scores its 128 px outputs against the 128 px render of the scenes
+    it was shown at 64 px.
     """
 
     def __init__(self, image_size: int = 64, split: str = "train", seed: int = 0,

@@ -10,22 +10,21 @@ directory holds
                                           directory without it is an interrupted run
   PREFIX-00000-of-000NN.array_record      `shard_size` records a file, one record a chunk
 
-What a record holds (bytes, usually a flax msgpack map) is up to the writer.
+What a record holds (bytes, usually a flax msgpack map) is up to the writer. Shards may hold
+different numbers of records (converted images: muse_jax/data/convert.py writes whatever
+survived of each input shard). Readers take local paths or `gs://...` (etils.epath for the
+metadata, array_record's own file layer for the shards).
 """
 from __future__ import annotations
 
-import bisect
 import json
 import math
 from pathlib import Path
 
-import numpy as np
-
 from muse_jax.errors import UserError
 
 METADATA = "metadata.json"
-# Random access: no read-ahead; one record per chunk so a read decodes one record.
-READ_OPTIONS = "readahead_buffer_size:0,max_parallelism:0"
+# One record per chunk so a random read decodes one record.
 WRITE_OPTIONS = "group_size:1"
 
 
@@ -76,8 +75,27 @@ class ShardWriter:
             self._writer.close()
         if self._written != self.num_records:
             raise RuntimeError(f"wrote {self._written} records, expected {self.num_records}")
-        full = {**metadata, "num_records": self.num_records, "shards": self.shards}
-        (self.out / METADATA).write_text(json.dumps(full, indent=2) + "\n")
+        write_metadata(self.out, metadata, self.shards)
+
+
+def write_records(path: Path, records) -> int:
+    """Writes one shard at `path` atomically (a .tmp file renamed at the end); returns the count."""
+    from array_record.python.array_record_module import ArrayRecordWriter
+
+    tmp = path.with_name(path.name + ".tmp")
+    writer, count = ArrayRecordWriter(str(tmp), WRITE_OPTIONS), 0
+    for record in records:
+        writer.write(record)
+        count += 1
+    writer.close()
+    tmp.replace(path)
+    return count
+
+
+def write_metadata(out: Path, metadata: dict, shards: list[dict]) -> None:
+    """metadata.json: `metadata` plus `num_records` and `shards` ([{file, records}], in order)."""
+    full = {**metadata, "num_records": sum(s["records"] for s in shards), "shards": shards}
+    (Path(out) / METADATA).write_text(json.dumps(full, indent=2) + "\n")
 
 
 class ShardReader:
@@ -88,18 +106,22 @@ class ShardReader:
     """
 
     def __init__(self, directory: str | Path, what: str, tool: str):
-        self.directory = Path(directory)
+        from etils import epath
+
+        self.directory = epath.Path(directory)  # keeps the gs:// of a bucket path
         path = self.directory / METADATA
         if not path.is_file():
-            raise UserError(f"{self.directory} holds no precomputed {what} (no {METADATA}); "
+            raise UserError(f"{directory} holds no precomputed {what} (no {METADATA}); "
                             f"write them with `python -m {tool}`")
         self.metadata = json.loads(path.read_text())
-        self._shards = [self.directory / s["file"] for s in self.metadata["shards"]]
-        self._starts = np.cumsum([0] + [s["records"] for s in self.metadata["shards"]]).tolist()
-        self._readers: dict[int, object] = {}
+        # "file[0:n]" tells array_record the count, so no shard is opened until it is read.
+        shards = [s for s in self.metadata["shards"] if s["records"]]
+        self._paths = [f"{self.directory / s['file']}[0:{s['records']}]" for s in shards]
+        self._len = sum(s["records"] for s in shards)
+        self._source = None
 
     def __len__(self) -> int:
-        return self._starts[-1]
+        return self._len
 
     def read(self, index: int) -> bytes:
         index = int(index)
@@ -107,22 +129,18 @@ class ShardReader:
             index += len(self)
         if not 0 <= index < len(self):
             raise IndexError(f"record {index} out of range for {len(self)} records")
-        shard = bisect.bisect_right(self._starts, index) - 1
-        return self._reader(shard).read([index - self._starts[shard]])[0]
-
-    def _reader(self, shard: int):
-        if shard not in self._readers:
-            from array_record.python.array_record_module import ArrayRecordReader
-            self._readers[shard] = ArrayRecordReader(str(self._shards[shard]), READ_OPTIONS)
-        return self._readers[shard]
+        if self._source is None:
+            from array_record.python.array_record_data_source import ArrayRecordDataSource
+            self._source = ArrayRecordDataSource(self._paths, {"max_parallelism": "0"})
+        return self._source[index]
 
     def close(self) -> None:
-        for reader in self._readers.values():
-            reader.close()
-        self._readers.clear()
+        if self._source is not None:
+            self._source.__exit__(None, None, None)
+            self._source = None
 
     def __getstate__(self):
-        return {**self.__dict__, "_readers": {}}
+        return {**self.__dict__, "_source": None}
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({str(self.directory)!r}, {len(self)} records)"

@@ -1,17 +1,21 @@
-"""Random-access data sources: `len(source)` and `source[i] -> {"image": uint8 HWC, "caption": str}`.
+"""Random-access data sources: `len(source)` and `source[i]` -> an example dict.
 
-Grain shuffles, shards and prefetches them (see pipeline.py). `get_caption(i)` reads a caption
-alone, for tools that precompute caption embeddings. The shapes source is procedural
-and needs no files; the image-folder source reads a directory of images with optional
-same-name `.txt` captions. ArrayRecord and TFDS sources come with the data converters.
+Every example has "image" (uint8 HWC RGB) and "caption" (str). Sources of real images add
+"captions" (all of an image's captions, the first being "caption") and "note" (decode.py's
+repair, or the reason "image" is None); the pipeline skips None images and counts notes.
+Grain shuffles, shards and prefetches them (see pipeline.py). `get_caption(i)` reads the first
+caption alone, for tools that precompute caption embeddings.
+
+  shapes        procedural, no files (shapes.py)
+  image_folder  a directory of images with optional same-name .txt captions, one a line
+  array_record  shards written by `python -m muse_jax.data.convert`, local or gs://
+  tfds          a prepared TFDS dataset (tfds_source.py)
 """
 from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
-from PIL import Image
-
+from muse_jax.data import decode
 from muse_jax.data.shapes import ShapesSource
 from muse_jax.errors import UserError
 
@@ -25,7 +29,8 @@ class DatasetError(UserError):
 class ImageFolderSource:
     """Images under a directory (sorted, recursive); the last `eval_size` files are held out."""
 
-    def __init__(self, path: str, split: str = "train", eval_size: int = 0):
+    def __init__(self, path: str, split: str = "train", eval_size: int = 0, min_side: int = 0):
+        self.min_side = min_side  # JPEGs may decode at a reduced scale down to this shorter side
         root = Path(path)
         if not path or not root.is_dir():
             raise DatasetError(f"dataset path {path!r} does not exist or is not a directory "
@@ -40,14 +45,24 @@ class ImageFolderSource:
         return len(self._files)
 
     def __getitem__(self, index: int) -> dict:
-        path = self._files[index]
-        with Image.open(path) as im:
-            image = np.asarray(im.convert("RGB"))
-        return {"image": image, "caption": self.get_caption(index)}
+        try:
+            data = self._files[index].read_bytes()
+        except OSError as e:
+            image, note = None, f"unreadable file ({type(e).__name__})"
+        else:
+            image, note, _ = decode.decode_image(data, self.min_side)
+        captions = self.captions(index)
+        return {"image": image, "caption": captions[0], "captions": captions, "note": note}
+
+    def captions(self, index: int) -> tuple[str, ...]:
+        caption_file = self._files[index].with_suffix(".txt")
+        if not caption_file.exists():
+            return ("",)
+        captions, _ = decode.clean_captions(caption_file.read_bytes().splitlines())
+        return tuple(captions)
 
     def get_caption(self, index: int) -> str:
-        caption_file = self._files[index].with_suffix(".txt")
-        return caption_file.read_text(errors="replace").strip() if caption_file.exists() else ""
+        return self.captions(index)[0]
 
 
 def create(data, split: str, seed: int):
@@ -57,9 +72,23 @@ def create(data, split: str, seed: int):
         return ShapesSource(image_size=data.image_size, split=split, seed=seed,
                             max_objects=data.shapes_max_objects,
                             size=data.eval_size if split == "eval" else train_size)
+    # Decoding JPEGs at a reduced scale stops at the training size (or the minimum-size filter).
+    min_side = max(data.image_size, data.get("min_size", 0))
     if data.source == "image_folder":
-        return ImageFolderSource(data.path, split, data.eval_size)
-    raise DatasetError(f"config.data.source must be 'shapes' or 'image_folder', got {data.source!r}")
+        return ImageFolderSource(data.path, split, data.eval_size, min_side)
+    if data.source == "array_record":
+        from muse_jax.data.image_records import ArrayRecordSource
+        return ArrayRecordSource(data.path, split, data.eval_size, data.get("eval_path", ""),
+                                 min_side)
+    if data.source == "tfds":
+        from muse_jax.data.tfds_source import TfdsSource
+        eval_split = data.get("tfds_eval_split", "")
+        if split == "eval" and eval_split:
+            return TfdsSource(data.get("tfds_name", ""), data.path, eval_split, None, min_side)
+        return TfdsSource(data.get("tfds_name", ""), data.path, data.get("tfds_train_split", "train"),
+                          None if eval_split else (split, data.eval_size), min_side)
+    raise DatasetError("config.data.source must be one of shapes, image_folder, array_record, "
+                       f"tfds; got {data.source!r}")
 
 
 def create_finite(data, split: str, seed: int):

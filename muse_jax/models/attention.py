@@ -1,11 +1,13 @@
 """Multi-head attention shared by every transformer in muse_jax.
 
-Self-attention over image tokens, cross-attention to text, and (later) the super-resolution
-stage's multi-axis attention all go through `MultiHeadAttention`, whose core is the plain
-function `dot_product_attention`: a faster kernel (splash / flash attention on TPU or GPU)
-replaces that one function, not the modules.
+Self-attention over image tokens, cross-attention to text, and the super-resolution stage's
+multi-axis attention (models/multi_axis.py) all go through `MultiHeadAttention`, whose core is
+a plain function, `dot_product_attention` unless `attention_fn` names another: a faster kernel
+(splash / flash attention on TPU or GPU) replaces that one function, not the modules.
 """
 from __future__ import annotations
+
+from typing import Callable
 
 import flax.linen as nn
 import jax
@@ -39,6 +41,8 @@ class MultiHeadAttention(nn.Module):
     num_heads: int
     head_dim: int
     dtype: jnp.dtype = jnp.float32
+    # (q, k, v, mask) -> out, all [B,L,H,D]; None: dot_product_attention. Same parameters either way.
+    attention_fn: Callable | None = None
 
     def key_value(self, context):
         """Keys and values [B,Lk,H,D] of `context`, to pass back as `__call__(..., kv=)`.
@@ -64,7 +68,7 @@ class MultiHeadAttention(nn.Module):
         k, v = kv if kv is not None else (project("key", context), project("value", context))
         if x is None:
             return k, v
-        out = dot_product_attention(q, k, v, mask)
+        out = (self.attention_fn or dot_product_attention)(q, k, v, mask)
         init_out = nn.initializers.xavier_uniform(in_axis=(0, 1), out_axis=2)
         kernel = self.param("out", nn.with_logical_partitioning(init_out, ("heads", "kv", "embed")),
                             (self.num_heads, self.head_dim, x.shape[-1]))

@@ -9,4 +9,7 @@ def create(config):
     if config.stage == "base":
         from muse_jax.tasks.base import BaseTask
         return BaseTask(config)
-    raise ConfigError(f"stage {config.stage!r} is not implemented yet (known: vqgan, base)")
+    if config.stage == "sr":
+        from muse_jax.tasks.sr import SRTask
+        return SRTask(config)
+    raise ConfigError(f"stage {config.stage!r} is not implemented (known: vqgan, base, sr)")

@@ -23,7 +23,7 @@ import numpy as np
 import optax
 from absl import logging
 
-from muse_jax import masking, optimizers
+from muse_jax import masking, optimizers, parallel
 from muse_jax.config import ConfigError
 from muse_jax.models.transformer import MaskedTransformer
 from muse_jax.tasks import vqgan as vqgan_task
@@ -111,11 +111,11 @@ class BaseTask:
                 raise ConfigError(f"model.grid_size {c.model.grid_size} does not match data."
                                   f"image_size {c.data.image_size} / the tokenizer's factor {factor}")
             self.tokenizer = model
-            frozen["tokenizer"] = jax.device_put(params, replicated)
+            frozen["tokenizer"] = parallel.put(params, replicated)
         if self.precomputed_text:
             empty, empty_mask = self._check_embeddings().empty_caption()
-            frozen["empty_emb"] = jax.device_put(empty[None].astype(np.float32), replicated)
-            frozen["empty_mask"] = jax.device_put(empty_mask[None], replicated)
+            frozen["empty_emb"] = parallel.put(empty[None].astype(np.float32), replicated)
+            frozen["empty_mask"] = parallel.put(empty_mask[None], replicated)
             return frozen
         from muse_jax.text import create_encoder
 
@@ -125,8 +125,8 @@ class BaseTask:
                               f"encoder's width {self.text_encoder.dim}")
         empty_ids, empty_mask = self.text_encoder.tokenize([""])
         return {**frozen, "text": self.text_encoder.params,
-                "empty_ids": jax.device_put(empty_ids, replicated),
-                "empty_mask": jax.device_put(empty_mask, replicated)}
+                "empty_ids": parallel.put(empty_ids, replicated),
+                "empty_mask": parallel.put(empty_mask, replicated)}
 
     def _check_tokens(self) -> None:
         """Precomputed tokens must fit the model; sampling decodes with `tokenizer.workdir`."""
@@ -195,6 +195,16 @@ class BaseTask:
         return (jax.lax.stop_gradient(tokens), emb.astype(jnp.float32), batch["text_mask"],
                 empty.astype(jnp.float32), frozen["empty_mask"])
 
+    def _extra_inputs(self, batch, frozen) -> dict:
+        """Per-example conditioning besides the text, as arrays with a leading batch axis (the
+        SR stage's low-res tokens); the base stage has none."""
+        return {}
+
+    def _logits(self, params, part: dict, **kwargs):
+        """The model on `part` ("inputs", "emb", "text_mask" and the `_extra_inputs`)."""
+        return self.model.apply({"params": params}, part["inputs"], part["emb"], part["text_mask"],
+                                **kwargs)
+
     # ---------------------------------------------------------------- steps
     def train_step(self, state: BaseState, batch, rng, frozen) -> tuple[BaseState, dict]:
         c = self.config
@@ -208,14 +218,12 @@ class BaseTask:
         inputs = jnp.where(mask, c.model.codebook_size, tokens)  # [MASK] id = codebook_size
 
         def loss_fn(params, part, key):
-            logits = self.model.apply({"params": params}, part["inputs"], part["emb"],
-                                      part["text_mask"], deterministic=False,
-                                      rngs={"dropout": key})
+            logits = self._logits(params, part, deterministic=False, rngs={"dropout": key})
             return masking.masked_cross_entropy(logits, part["tokens"], part["mask"],
                                                 c.masking.label_smoothing)
 
         parts = {"inputs": inputs, "emb": emb, "text_mask": text_mask, "tokens": tokens,
-                 "mask": mask}
+                 "mask": mask, **self._extra_inputs(batch, frozen)}
         (loss, aux), grads = optimizers.accumulate_gradients(
             loss_fn, state.params, parts, rng_dropout, c.optim.accum_steps)
         updates, opt_state = self.tx.update(grads, state.opt_state, state.params)
@@ -232,6 +240,7 @@ class BaseTask:
         """Sums at each fixed mask rate (EMA weights, full captions), plus token counts."""
         c = self.config
         tokens, emb, text_mask, _, _ = self._inputs(batch, frozen)
+        extra = self._extra_inputs(batch, frozen)
         batch_size = tokens.shape[0]
         out = {"count": jnp.asarray(batch_size, jnp.float32),
                "token_counts": jnp.bincount(tokens.reshape(-1), length=c.model.codebook_size)}
@@ -239,7 +248,8 @@ class BaseTask:
             rate = jnp.full((batch_size,), r, jnp.float32)
             mask = masking.random_mask(jax.random.fold_in(rng, i), batch_size, self.num_tokens, rate)
             inputs = jnp.where(mask, c.model.codebook_size, tokens)
-            logits = self.model.apply({"params": state.ema_params}, inputs, emb, text_mask)
+            logits = self._logits(state.ema_params, {"inputs": inputs, "emb": emb,
+                                                     "text_mask": text_mask, **extra})
             loss, aux = masking.masked_cross_entropy(logits, tokens, mask)
             masked = jnp.sum(mask).astype(jnp.float32)
             key = f"{round(r * 100)}"

@@ -19,6 +19,7 @@ import ml_collections
 import numpy as np
 import optax
 from absl import logging
+from etils import epath
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from muse_jax import checkpoint, optimizers
@@ -104,6 +105,12 @@ class VQGANTask:
         zero initialisation, so the model starts out reconstructing exactly as the old one.
         """
         source = self.config.finetune.init_from
+        source_config = os.path.join(source, "config.json")
+        if os.path.isfile(source_config):
+            with open(source_config) as f:
+                stage = json.load(f).get("stage")
+            if stage != "vqgan":
+                raise ConfigError(f"finetune.init_from {source} is a {stage!r} run, not a tokenizer")
         saved = checkpoint.load_state(f"{source.rstrip('/')}/checkpoints")
         params = _merge(state.params, saved["params"], source)
         disc_params = state.disc_params
@@ -233,13 +240,12 @@ def build_model(config) -> VQGAN:
 
 def load_tokenizer(workdir: str) -> tuple[VQGAN, Any, ml_collections.ConfigDict]:
     """The trained tokenizer of a VQGAN run: (model, params, its config), for later stages."""
-    config_file = os.path.join(workdir, "config.json")
-    if not os.path.isfile(config_file):
+    config_file = epath.Path(workdir or ".", "config.json")  # local or gs://
+    if not config_file.is_file():
         raise ConfigError(f"tokenizer workdir {workdir!r} has no config.json: train one with "
                           f"python -m muse_jax.train --config=configs/vqgan_shapes.py "
                           f"--workdir={workdir or 'DIR'}")
-    with open(config_file) as f:
-        config = ml_collections.ConfigDict(json.load(f))
+    config = ml_collections.ConfigDict(json.loads(config_file.read_text()))
     if config.stage != "vqgan":
         raise ConfigError(f"{config_file} is the config of a {config.stage!r} run, not a tokenizer")
     params = checkpoint.load_state(os.path.join(workdir, "checkpoints"))["params"]

@@ -156,5 +156,5 @@ def create_encoder(text_config, mesh: jax.sharding.Mesh | None = None) -> TextEn
         ids = jnp.zeros((1, max_length), jnp.int32)
         boxed = jax.eval_shape(module.init, jax.random.key(0), ids, jnp.ones((1, max_length), bool))
         shardings = parallel.logical_shardings(boxed["params"], mesh)
-        params = jax.device_put(params, shardings)
+        params = parallel.put(params, shardings)  # multi-process safe, no collectives
     return TextEncoder(name, module, params, tokenizer, max_length, batch_size, mesh)

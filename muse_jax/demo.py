@@ -1,0 +1,341 @@
+"""The main job on a CPU, end to end: what `make demo` runs.
+
+    python -m muse_jax.demo --workdir=workdirs/demo --out=demo
+
+Trains the shapes tokenizer (configs/vqgan_shapes.py:demo), encodes the captions with MiniLM
+and the images with that tokenizer once (muse_jax.text.precompute, muse_jax.data.precompute_tokens),
+trains the base model from them (configs/base_shapes.py:demo), then writes to --out:
+  samples.png   generated images for 8 held-out prompts, each prompt under its image;
+  inpaint.png, outpaint.png, edit.png   before / after, with the prompts;
+  report.md     oracle accuracy on held-out prompts, sampling settings, each phase's time.
+Running it again reuses every finished phase (a stopped run resumes where it stopped).
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import os
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+from absl import flags, logging
+
+from muse_jax import errors
+from muse_jax.errors import UserError
+
+FLAGS = flags.FLAGS
+NUM_PROMPTS = 8  # images in samples.png
+SCALE = 3  # 64 px shapes are shown at 192 px
+
+
+def define_flags() -> None:
+    flags.DEFINE_string("workdir", "workdirs/demo", "Where the trained stages live.")
+    flags.DEFINE_string("out", "demo", "Where the images and the report go.")
+    flags.DEFINE_integer("num_eval", 64, "Held-out prompts scored by the shapes oracle.")
+    flags.DEFINE_integer("steps", 24, "Decoding steps (Muse's base model: 24).")
+    flags.DEFINE_float("guidance", 4.0, "Final guidance scale, reached at the last step.")
+
+
+def configs(workdir: str, variant: str = "demo"):
+    """The tokenizer and base configs, the base one reading the precomputed inputs.
+
+    `variant` names the variant of both config files: "demo", or "tiny" for the tests."""
+    from muse_jax import config as config_lib
+
+    vq = config_lib.load_file(config_lib.CONFIG_DIR / "vqgan_shapes.py", variant)
+    base = config_lib.load_file(config_lib.CONFIG_DIR / "base_shapes.py", variant)
+    base.tokenizer.workdir = os.path.join(workdir, "vqgan_shapes")
+    for split in ("train", "eval"):
+        base.data[f"{split}_text_embeddings"] = os.path.join(workdir, f"minilm_{split}")
+        base.data[f"{split}_tokens"] = os.path.join(workdir, f"tokens_{split}")
+    return vq, base
+
+
+@dataclasses.dataclass
+class Phase:
+    name: str
+    seconds: float = 0.0
+    reused: bool = False
+
+
+class Timer:
+    """Wall time of each phase of this run, for the report."""
+
+    def __init__(self):
+        self.phases: list[Phase] = []
+
+    @contextlib.contextmanager
+    def phase(self, name: str):
+        entry = Phase(name)
+        self.phases.append(entry)
+        print(f"== {name}", flush=True)
+        start = time.perf_counter()
+        yield entry
+        entry.seconds = time.perf_counter() - start
+        print(f"== {name}: {entry.seconds:.0f} s{' (reused)' if entry.reused else ''}", flush=True)
+
+
+def _trained(config, workdir: str) -> bool:
+    """The run reached its last step and evaluated there (train.py writes eval.json last)."""
+    path = os.path.join(workdir, "eval.json")
+    if not os.path.isfile(path):
+        return False
+    with open(path) as f:
+        return json.load(f).get("step") == config.train.num_steps
+
+
+def train_stage(config, workdir: str, phase: Phase) -> None:
+    from muse_jax import train
+
+    if _trained(config, workdir):
+        phase.reused = True
+        return
+    train.train_and_evaluate(config, workdir, progress_bar=True)
+
+
+def precompute(base, phase: Phase) -> None:
+    """Caption embeddings and VQ tokens of both splits; a directory with metadata.json is done."""
+    from muse_jax.data import precompute_tokens, sources
+    from muse_jax.text import precompute as text_precompute
+
+    done = 0
+    for split in ("train", "eval"):
+        emb_dir = Path(base.data[f"{split}_text_embeddings"])
+        if not (emb_dir / "metadata.json").is_file():
+            captions = sources.captions(sources.create_finite(base.data, split, base.seed))
+            text_precompute.precompute(base.text, captions, emb_dir, overwrite=True)
+        else:
+            done += 1
+        tok_dir = Path(base.data[f"{split}_tokens"])
+        if not (tok_dir / "metadata.json").is_file():
+            precompute_tokens.precompute_tokens(base, split, tok_dir, overwrite=True)
+        else:
+            done += 1
+    phase.reused = done == 4
+
+
+# ---------------------------------------------------------------------- pictures
+def _font(size: int = 11):
+    from PIL import ImageFont
+    return ImageFont.load_default(size=size)
+
+
+def captioned(image: np.ndarray, text: str, width_chars: int = 30) -> np.ndarray:
+    """uint8 [H, W, 3] enlarged SCALE times with `text` wrapped beneath it."""
+    from PIL import Image, ImageDraw
+
+    big = Image.fromarray(image).resize((image.shape[1] * SCALE, image.shape[0] * SCALE),
+                                        Image.NEAREST)
+    lines = textwrap.wrap(text, width_chars) or [""]
+    line_height = 13
+    canvas = Image.new("RGB", (big.width, big.height + 6 + line_height * len(lines)), "white")
+    canvas.paste(big, (0, 0))
+    draw = ImageDraw.Draw(canvas)
+    for i, line in enumerate(lines):
+        draw.text((3, big.height + 3 + i * line_height), line, fill="black", font=_font())
+    return np.asarray(canvas)
+
+
+def tile(panels: list[np.ndarray], columns: int, gap: int = 6) -> np.ndarray:
+    """Panels of equal width (heights may differ) in rows of `columns`, on white."""
+    height = max(p.shape[0] for p in panels)
+    width = panels[0].shape[1]
+    rows = -(-len(panels) // columns)
+    out = np.full((rows * (height + gap) + gap, columns * (width + gap) + gap, 3), 255, np.uint8)
+    for i, panel in enumerate(panels):
+        y, x = gap + (i // columns) * (height + gap), gap + (i % columns) * (width + gap)
+        out[y:y + panel.shape[0], x:x + panel.shape[1]] = panel
+    return out
+
+
+def _save(path: Path, grid: np.ndarray) -> None:
+    from muse_jax import metrics
+    metrics.save_png(str(path), grid)
+
+
+# ---------------------------------------------------------------------- sampling and editing
+def _uint8(images) -> np.ndarray:
+    return np.clip((np.asarray(images) + 1.0) * 127.5 + 0.5, 0, 255).astype(np.uint8)
+
+
+def _first(source, want, start: int = 0) -> int:
+    """The first held-out index from `start` whose objects satisfy `want`."""
+    index = start
+    while not want(source.objects(index)):
+        index += 1
+    return index
+
+
+def samples(pipe, source, options, out: Path) -> list[dict]:
+    from muse_jax.data import shapes
+    from muse_jax.sample import sample_tokens
+
+    # Held-out prompts beyond those the oracle scores, so the grid is not cherry-picked from them.
+    prompts = [source.get_caption(9000 + i) for i in range(NUM_PROMPTS)]
+    images = _uint8(pipe.decode(sample_tokens(pipe, prompts, options, seed=0,
+                                              batch_size=NUM_PROMPTS)))
+    _save(out / "samples.png", tile([captioned(im, p) for im, p in zip(images, prompts)], 4))
+    return [{"prompt": p, **shapes.score(im, p)} for p, im in zip(prompts, images)]
+
+
+def edits(pipe, source, options, out: Path) -> dict:
+    """One inpainting, one outpainting and one mask-free edit of held-out images (Muse 3.3)."""
+    from muse_jax import sampling
+    from muse_jax.data import shapes
+    from muse_jax.sample import sample_tokens, shift_canvas, token_mask_from_pixels
+
+    size, grid, mask_id = pipe.config.data.image_size, pipe.grid, pipe.model.mask_id
+    rng = np.random.default_rng(0)
+
+    def other(obj: shapes.ShapeObject, cell: str | None = None) -> shapes.ShapeObject:
+        return shapes.ShapeObject(rng.choice([c for c in shapes.COLORS if c != obj.color]),
+                                  rng.choice([s for s in shapes.SHAPES if s != obj.shape]),
+                                  cell or obj.cell)
+
+    def start(index: int):
+        image = source[index]["image"]
+        return image, pipe.tokens_of(image[None].astype(np.float32) / 127.5 - 1.0)
+
+    def panel(name: str, before, before_caption: str, after_tokens, prompt: str) -> dict:
+        after = _uint8(pipe.decode(after_tokens))[0]
+        _save(out / f"{name}.png", tile([captioned(before, "before: " + before_caption),
+                                         captioned(after, "after: " + prompt)], 2))
+        return {"before": before_caption, "prompt": prompt, **shapes.score(after, prompt)}
+
+    results = {}
+    # Inpainting: the cell of the first object is masked and refilled with another object.
+    i = _first(source, lambda objs: len(objs) >= 2, 9100)
+    objects = source.objects(i)
+    image, tokens = start(i)
+    new = [other(objects[0]), *objects[1:]]
+    mask = token_mask_from_pixels(shapes.cell_mask(objects[0].cell, size), grid)
+    canvas = np.where(mask[None], mask_id, tokens).astype(np.int32)
+    prompt = shapes.caption(new)
+    results["inpaint"] = panel("inpaint", image, shapes.caption(objects),
+                               sample_tokens(pipe, [prompt], options, 0, canvas=canvas), prompt)
+
+    # Outpainting: the picture moves one cell (5 of 16 token columns) right; the freed left
+    # column is generated, here with a new object in its middle cell.
+    shift = {"top left": "top center", "middle left": "center", "bottom left": "bottom center",
+             "top center": "top right", "center": "middle right", "bottom center": "bottom right"}
+    i = _first(source, lambda objs: all(o.cell in shift for o in objs), 9200)
+    objects = source.objects(i)
+    image, tokens = start(i)
+    moved = [shapes.ShapeObject(o.color, o.shape, shift[o.cell]) for o in objects]
+    prompt = shapes.caption([other(objects[0], "middle left"), *moved])
+    canvas = shift_canvas(tokens, grid, "left", round(grid / 3), mask_id)
+    results["outpaint"] = panel("outpaint", image, shapes.caption(objects),
+                                sample_tokens(pipe, [prompt], options, 0, canvas=canvas), prompt)
+
+    # Mask-free editing: the prompt recolours one object; no mask is given.
+    i = _first(source, lambda objs: len(objs) >= 2, 9300)
+    objects = source.objects(i)
+    image, tokens = start(i)
+    recoloured = shapes.ShapeObject(other(objects[0]).color, objects[0].shape, objects[0].cell)
+    prompt = shapes.caption([recoloured, *objects[1:]])
+    edited = sampling.edit_tokens(lambda c, s: sample_tokens(pipe, [prompt], options, s, canvas=c),
+                                  tokens, iterations=4, mask_rate=0.5, mask_id=mask_id, seed=0)
+    results["edit"] = panel("edit", image, shapes.caption(objects), edited, prompt)
+    return results
+
+
+# ---------------------------------------------------------------------- report
+def write_report(out: Path, timer: Timer, options, oracle: dict, grid: list[dict],
+                 edited: dict, vq_config, base_config, workdir: str) -> None:
+    phases = "\n".join(f"| {p.name} | {p.seconds:.0f} s{' (reused)' if p.reused else ''} |"
+                       for p in timer.phases)
+    total = sum(p.seconds for p in timer.phases)
+    prompts = "\n".join(f"| {g['prompt']} | {'yes' if g['match'] else 'no'} |" for g in grid)
+    edit_rows = "\n".join(f"| {name} | {e['before']} | {e['prompt']} | "
+                          f"{'yes' if e['match'] else 'no'} |" for name, e in edited.items())
+    text = f"""# muse_jax demo
+
+Shapes tokenizer ({vq_config.train.num_steps} steps) and base model ({base_config.train.num_steps}
+steps, {base_config.model.depth} layers of width {base_config.model.width}, MiniLM captions),
+trained on this machine's CPU under `{workdir}`.
+
+## Held-out prompts: shapes-oracle accuracy
+
+{oracle['num_samples']} held-out captions, one image each, {options.steps} decoding steps, guidance
+rising linearly to {options.guidance}: **{oracle['match']:.1%}** of the images show exactly the
+caption's objects (per object: colour {oracle['color']:.1%}, shape {oracle['shape']:.1%},
+cell {oracle['cell']:.1%}).
+
+![samples](samples.png)
+
+| prompt | oracle says the image matches |
+|---|---|
+{prompts}
+
+## Editing without fine-tuning (Muse 3.3)
+
+| edit | before | prompt | oracle says the result matches |
+|---|---|---|---|
+{edit_rows}
+
+![inpaint](inpaint.png) ![outpaint](outpaint.png) ![edit](edit.png)
+
+## Time
+
+| phase | wall time |
+|---|---|
+{phases}
+| total | {total:.0f} s |
+"""
+    (out / "report.md").write_text(text)
+    with open(out / "report.json", "w") as f:
+        json.dump({"oracle": oracle, "samples": grid, "edits": edited,
+                   "sampling": dataclasses.asdict(options),
+                   "phases": [dataclasses.asdict(p) for p in timer.phases]}, f, indent=2)
+
+
+def run(workdir: str, out: str, num_eval: int, options, variant: str = "demo") -> dict:
+    from muse_jax import evaluate
+    from muse_jax.data import shapes
+    from muse_jax.sample import load_pipeline
+
+    options.check()
+    if num_eval < 1:
+        raise UserError(f"--num_eval must be >= 1, got {num_eval}")
+    out_dir = Path(out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    vq, base = configs(workdir, variant)
+    timer = Timer()
+    with timer.phase("train the shapes tokenizer") as phase:
+        train_stage(vq, base.tokenizer.workdir, phase)
+    with timer.phase("encode captions (MiniLM) and images (tokenizer) once") as phase:
+        precompute(base, phase)
+    base_dir = os.path.join(workdir, "base_shapes")
+    with timer.phase("train the base model") as phase:
+        train_stage(base, base_dir, phase)
+    with timer.phase("sample held-out prompts and score them") as phase:
+        pipe = load_pipeline(base_dir)
+        source = shapes.ShapesSource(image_size=base.data.image_size, split="eval", seed=base.seed,
+                                     max_objects=base.data.shapes_max_objects)
+        oracle = {"num_samples": num_eval,
+                  **evaluate.shapes_oracle(pipe, options, num_eval, 0, batch_size=64)}
+        grid = samples(pipe, source, options, out_dir)
+    with timer.phase("inpaint, outpaint, edit"):
+        edited = edits(pipe, source, options, out_dir)
+    write_report(out_dir, timer, options, oracle, grid, edited, vq, base, workdir)
+    print(f"oracle accuracy {oracle['match']:.1%} on {num_eval} held-out prompts; "
+          f"report: {out_dir / 'report.md'}")
+    return {"oracle": oracle, "phases": timer.phases}
+
+
+def main(argv) -> None:
+    if len(argv) > 1:
+        raise UserError(f"unexpected arguments: {' '.join(argv[1:])}")
+    from muse_jax import sampling
+
+    logging.set_verbosity(logging.WARNING)
+    options = sampling.SamplingOptions(steps=FLAGS.steps, guidance=FLAGS.guidance)
+    run(FLAGS.workdir, FLAGS.out, FLAGS.num_eval, options)
+
+
+if __name__ == "__main__":
+    define_flags()
+    errors.run(main)

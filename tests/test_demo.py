@@ -1,0 +1,52 @@
+"""`make demo`'s job (muse_jax/demo.py) end to end on the tiny configs, and its pictures."""
+import json
+
+import numpy as np
+import pytest
+
+from muse_jax import demo, sampling
+
+
+def test_captioned_puts_the_enlarged_image_above_its_prompt():
+    image = np.zeros((16, 16, 3), np.uint8)
+    image[4:8, 4:8] = (255, 0, 0)
+    panel = demo.captioned(image, "a red square at the top left and some more words to wrap")
+    size = 16 * demo.SCALE
+    assert panel.shape[1] == size and panel.shape[0] > size + 20  # two lines of text below
+    np.testing.assert_array_equal(panel[:size, :size], np.kron(image, np.ones((3, 3, 1), np.uint8)))
+    text = panel[size:]
+    assert (text.min(axis=-1) < 128).sum() > 50  # dark glyphs on white
+
+
+def test_tile_places_panels_in_rows():
+    panels = [np.full((10, 8, 3), i * 40, np.uint8) for i in range(5)]
+    out = demo.tile(panels, columns=2, gap=2)
+    assert out.shape == (3 * 12 + 2, 2 * 10 + 2, 3)
+    np.testing.assert_array_equal(out[2 + 12:2 + 12 + 10, 2 + 10:2 + 10 + 8], panels[3])
+
+
+@pytest.mark.slow
+def test_demo_runs_end_to_end_and_reuses_what_it_trained(tmp_path):
+    options = sampling.SamplingOptions(steps=2, guidance=1.0)
+    work, out = tmp_path / "work", tmp_path / "out"
+    first = demo.run(str(work), str(out), num_eval=4, options=options, variant="tiny")
+    for name in ("samples.png", "inpaint.png", "outpaint.png", "edit.png", "report.md"):
+        assert (out / name).stat().st_size > 0, name
+    report = json.loads((out / "report.json").read_text())
+    assert len(report["samples"]) == demo.NUM_PROMPTS
+    assert set(report["edits"]) == {"inpaint", "outpaint", "edit"}
+    assert 0.0 <= first["oracle"]["match"] <= 1.0 and report["oracle"]["num_samples"] == 4
+    assert not any(p.reused for p in first["phases"])
+    text = (out / "report.md").read_text()
+    assert f"{first['oracle']['match']:.1%}" in text and "train the base model" in text
+
+    again = demo.run(str(work), str(out), num_eval=4, options=options, variant="tiny")
+    reused = {p.name: p.reused for p in again["phases"]}
+    assert reused == {name: name.startswith(("train", "encode")) for name in reused}
+    assert again["oracle"] == first["oracle"]  # same weights, same seeds
+
+
+def test_demo_rejects_bad_settings(tmp_path):
+    with pytest.raises(demo.UserError, match="num_eval"):
+        demo.run(str(tmp_path), str(tmp_path / "out"), num_eval=0,
+                 options=sampling.SamplingOptions(), variant="tiny")

@@ -1,0 +1,186 @@
+"""The super-resolution stage: configs, the model's conditioning, one training run, and the
+two-stage sampler (base -> SR -> high-res decoder) in-process and through `muse_jax.sample`."""
+import json
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import run_module
+from muse_jax import config as config_lib
+from muse_jax import sampling, tasks, train
+from muse_jax.config import ConfigError
+from muse_jax.data import shapes
+from muse_jax.models.transformer import MaskedTransformer, SuperResTransformer
+from muse_jax.tasks import sr as sr_task
+
+
+def _sr_config(tokenizer_dir, **overrides):
+    """sr_shapes:tiny with the tiny 64 px tokenizer on both sides (convolutional: it tokenises
+    128 px images into 32x32 tokens as readily)."""
+    c = config_lib.load_file(config_lib.CONFIG_DIR / "sr_shapes.py", "tiny")
+    c.tokenizer.workdir = c.low_res.tokenizer_workdir = str(tokenizer_dir)
+    for key, value in overrides.items():
+        block, name = key.split(".")
+        c[block][name] = value
+    return c
+
+
+@pytest.mark.parametrize("name,variant", [("sr_512.py", None), ("sr_shapes.py", None),
+                                          ("sr_shapes.py", "tiny"), ("vqgan_512.py", None),
+                                          ("vqgan_shapes_hr.py", None)])
+def test_configs_validate(name, variant):
+    config = config_lib.load_file(config_lib.CONFIG_DIR / name, variant)
+    config_lib.validate(config)
+    if config.stage == "sr":
+        tasks.create(config).check_config()
+
+
+def test_vqgan_512_makes_64x64_tokens_from_8192_codes():
+    c = config_lib.load_file(config_lib.CONFIG_DIR / "vqgan_512.py")
+    assert c.data.image_size // 2 ** (len(c.model.channel_mult) - 1) == 64
+    assert c.model.codebook_size == 8192
+
+
+@pytest.mark.parametrize("overrides,message", [
+    ({"low_res.image_size": 48}, "must divide data.image_size"),
+    ({"model.attention_window": 5}, "must divide model.grid_size"),
+    ({"data.train_tokens": "/tmp/x", "data.eval_tokens": "/tmp/y"}, "tokenises images itself"),
+])
+def test_bad_sr_configs(overrides, message):
+    c = _sr_config("unused", **overrides)
+    with pytest.raises(ConfigError, match=message):
+        tasks.create(c).check_config()
+
+
+def test_low_res_box_filter_matches_a_low_res_render():
+    """The low-res condition of training (a box-filtered 128 px image) is the 64 px render of the
+    same scene that sampling and evaluation start from, up to rounding."""
+    high, low = (shapes.ShapesSource(image_size=s, split="eval") for s in (128, 64))
+    for i in range(4):
+        assert shapes.parse_image(high[i]["image"]) == shapes.parse_image(low[i]["image"])
+        down = sr_task.downsample(high[i]["image"][None].astype(np.float32), 64)[0]
+        mse = np.mean((down - low[i]["image"].astype(np.float32)) ** 2)
+        assert 10 * np.log10(255 ** 2 / mse) > 45
+
+
+def _tiny_models(low_res_skip=False):
+    base = MaskedTransformer(codebook_size=64, grid=(16, 16), width=32, depth=1, num_heads=2,
+                             mlp_dim=64)
+    sr = SuperResTransformer(codebook_size=64, grid=(32, 32), low_res_codebook_size=64,
+                             low_res_grid=(16, 16), width=32, depth=1, low_res_depth=1,
+                             num_heads=2, mlp_dim=64, window=8, low_res_skip=low_res_skip)
+    return base, sr
+
+
+def test_sr_logits_read_the_low_res_tokens_and_the_precomputed_context():
+    """With `low_res_skip` (the cascade test covers the model without it)."""
+    _, sr = _tiny_models(low_res_skip=True)
+    emb, mask = jnp.ones((2, 5, 12)), jnp.ones((2, 5), bool)
+    low = jax.random.randint(jax.random.key(0), (2, 256), 0, 64)
+    high = jnp.full((2, 1024), sr.mask_id, jnp.int32)
+    variables = sr.init(jax.random.key(1), high, low, emb, mask)
+    # Every parameter carries logical axis names.
+    for leaf in jax.tree.leaves(variables, is_leaf=lambda x: isinstance(x, nn.Partitioned)):
+        assert isinstance(leaf, nn.Partitioned), leaf
+    params = nn.unbox(variables)["params"]
+
+    @jax.jit
+    def run(params, low):
+        direct = sr.apply({"params": params}, high, low, emb, mask)
+        context = sr.apply({"params": params}, emb, mask, low, method="encode_context")
+        return direct, sr.apply({"params": params}, high, context_kv=context)
+
+    assert params["low_res_skip"]["kernel"].shape == (32, 32)
+    direct, cached = run(params, low)
+    assert direct.shape == (2, 1024, 64)
+    np.testing.assert_allclose(direct, cached, atol=1e-5)
+    other, _ = run(params, low.at[:, 0].set((low[:, 0] + 1) % 64))
+    assert float(jnp.max(jnp.abs(other - direct))) > 1e-4
+
+
+@pytest.mark.slow
+def test_cascade_gives_low_res_tokens_high_res_tokens_and_images(tokenizer_dir):
+    from muse_jax.tasks import vqgan as vqgan_task
+    base, sr = _tiny_models()
+    decoder, decoder_params, _ = vqgan_task.load_tokenizer(str(tokenizer_dir))
+    b = 3
+    emb, mask = jax.random.normal(jax.random.key(2), (b, 5, 12)), jnp.ones((b, 5), bool)
+    canvas = jnp.full((b, 256), base.mask_id, jnp.int32)
+    params = {"base": nn.unbox(base.init(jax.random.key(3), canvas, emb, mask))["params"],
+              "sr": nn.unbox(sr.init(jax.random.key(4), jnp.zeros((1, 1024), jnp.int32),
+                                     canvas[:1], emb[:1], mask[:1]))["params"],
+              "decoder": decoder_params}
+    cascade = sampling.make_cascade(base, sr, sampling.SamplingOptions(steps=3),
+                                    sampling.SamplingOptions(steps=2, guidance=2.0), decoder)
+    out = cascade(params, emb, mask, jnp.zeros((1, 5, 12)), mask[:1], jax.random.key(5), canvas)
+    assert out["low_res"].shape == (b, 256) and out["tokens"].shape == (b, 1024)
+    assert out["images"].shape == (b, 128, 128, 3)
+    for tokens in (out["low_res"], out["tokens"]):
+        assert int(jnp.min(tokens)) >= 0 and int(jnp.max(tokens)) < 64  # no [MASK] left
+    # The SR stage is conditioned on the base stage's tokens: with other low-res tokens (the
+    # same rng), it generates other high-res tokens.
+    rng_sr = jax.random.split(jax.random.key(5))[1]
+    again = sampling.make_generate(sr, sampling.SamplingOptions(steps=2, guidance=2.0))
+    blank = jnp.full((b, 1024), sr.mask_id, jnp.int32)
+    same = again(params["sr"], emb, mask, jnp.zeros((1, 5, 12)), mask[:1], rng_sr, blank,
+                 out["low_res"])
+    np.testing.assert_array_equal(same, out["tokens"])
+    other = again(params["sr"], emb, mask, jnp.zeros((1, 5, 12)), mask[:1], rng_sr, blank,
+                  (out["low_res"] + 1) % 64)
+    assert not np.array_equal(other, out["tokens"])
+
+
+@pytest.fixture(scope="module")
+def runs(tokenizer_dir, tmp_path_factory):
+    """A tiny base run and a tiny SR run (2 steps each) on the tiny tokenizer."""
+    root = tmp_path_factory.mktemp("sr_runs")
+    base = config_lib.load_file(config_lib.CONFIG_DIR / "base_shapes.py", "tiny")
+    base.tokenizer.workdir = str(tokenizer_dir)
+    base.train.num_steps = base.train.eval_every = 2
+    train.train_and_evaluate(base, str(root / "base"))
+    result = train.train_and_evaluate(_sr_config(tokenizer_dir), str(root / "sr"))
+    return root, result
+
+
+@pytest.mark.slow
+def test_tiny_sr_run_trains_evaluates_and_samples_in_two_stages(runs, tmp_path):
+    root, result = runs
+    for rate in (50, 90):
+        assert 0.0 <= result[f"eval_accuracy_mask{rate}"] <= 1.0
+        assert np.isfinite(result[f"eval_loss_mask{rate}"])
+    logged = [json.loads(line) for line in (root / "sr" / "metrics.jsonl").read_text().splitlines()]
+    losses = [r["loss"] for r in logged if "loss" in r]
+    assert len(losses) == 2 and all(np.isfinite(losses))
+    out = tmp_path / "grid.png"
+    run_module("muse_jax.sample", f"--workdir={root / 'base'}", f"--sr_workdir={root / 'sr'}",
+               "--prompt=a red circle at the center", "--prompt=a blue square at the top left",
+               "--num_images=2", "--steps=2", "--sr_steps=2", f"--out={out}",
+               env={"XLA_FLAGS": ""}, check=True)
+    with Image.open(out) as grid:
+        assert grid.size[1] >= 2 * 128 and grid.size[0] >= 2 * 128  # 2x2 images of 128 px
+        assert grid.size[1] < 2 * 2 * 128  # not twice as many rows: one row a prompt
+    settings = json.loads(out.with_suffix(".json").read_text())
+    assert settings["sr_steps"] == 2 and settings["sr_workdir"] == str(root / "sr")
+
+
+@pytest.mark.slow
+def test_shapes_sr_evaluation_and_mismatched_runs(runs):
+    from muse_jax import evaluate
+    from muse_jax.errors import UserError
+    root, _ = runs
+    options = sampling.SamplingOptions(steps=2)
+    result = evaluate.evaluate(str(root / "base"), "shapes_sr", 4, options, batch_size=4,
+                               sr_workdir=str(root / "sr"),
+                               sr_options=sampling.SamplingOptions(steps=2))
+    for part in ("real", "generated"):
+        assert 0.0 <= result[part]["parse_agreement"] <= 1.0
+    real = result["real"]
+    assert 0 < real["psnr"] < 60 and 0 < real["psnr_bicubic"] < 60 and 0 < real["psnr_tokenizer"] < 60
+    with pytest.raises(UserError, match="needs a base-stage run"):
+        evaluate.evaluate(str(root / "sr"), "shapes_oracle", 1, options)
+    with pytest.raises(UserError, match="needs --sr_workdir"):
+        evaluate.evaluate(str(root / "base"), "shapes_sr", 1, options)
