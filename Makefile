@@ -30,8 +30,8 @@ test-fast: $(STAMP)
 
 # The main job on the offline default: train the shapes tokenizer, write reconstructions.
 demo: $(STAMP)
-	$(BIN)/python -m muse_jax.train --config=configs/vqgan_shapes.py --workdir=$(WORKDIR)/vqgan_shapes
-	@echo "reconstructions: $(WORKDIR)/vqgan_shapes/reconstructions.png"
+	$(BIN)/python -m muse_jax.demo --workdir=$(WORKDIR)/demo --out=demo
+	@echo "report: demo/report.md"
 
 clean:
 	rm -rf $(VENV) $(WORKDIR)
