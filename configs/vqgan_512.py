@@ -9,25 +9,16 @@ documented there.
 """
 from pathlib import Path
 
-from muse_jax.config import load_file, parse_variant
+from muse_jax.config import load_file
 
 
 def get_config(arg=None):
-    c = load_file(Path(__file__).with_name("vqgan_256.py"))
+    # Variants (finetune: decoder fine-tuning, Muse 2.5) are vqgan_256.py's, applied first.
+    c = load_file(Path(__file__).with_name("vqgan_256.py"), arg)
     c.data.image_size = 512
     c.data.batch_size = 64  # 4x the pixels of a 256 px image: the same pixels a step
     c.data.eval_batch_size = 16
     c.data.eval_size = 1024
     c.model.channel_mult = (1, 1, 2, 4)  # three stride-2 stages: f=8, 64x64 tokens
     c.model.codebook_size = 8192  # Muse: 8192 for both tokenizers
-
-    variant = parse_variant(arg)
-    if variant == "finetune":  # decoder fine-tuning (Muse 2.5), as in vqgan_256.py
-        c.finetune.decoder_only = True
-        c.finetune.extra_decoder_blocks = 1
-        c.gan.start_step = 0
-        c.optim.warmup_steps = 1_000
-        c.train.num_steps = 100_000
-    elif variant:
-        raise ValueError(f"unknown variant {variant!r} of vqgan_512 (known: finetune)")
     return c
