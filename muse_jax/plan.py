@@ -107,6 +107,8 @@ def transformer_activation_bytes(*, batch, tokens, width, mlp, heads, depth, spa
 def activation_estimate(config, batch_per_device: float) -> tuple[int | None, str]:
     """(bytes, how) for the stage's training step; (None, why not) where no estimate exists."""
     m = config.model
+    if config.stage not in ("base", "sr"):
+        return None, f"no analytic estimate for the {config.stage} stage"
     accum = max(int(config.optim.get("accum_steps", 1)), 1)
     batch = batch_per_device / accum
     dtype_bytes = jnp.dtype(m.get("dtype", "float32")).itemsize
