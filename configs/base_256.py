@@ -82,6 +82,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
     c.eval = ml_collections.ConfigDict()
     c.eval.mask_rates = (0.5, 0.9)  # fixed mask rates of the held-out loss and accuracy
+    c.eval.num_samples = 8  # images generated from eval captions at each evaluation (0: none)
+    c.eval.sample_steps = 24  # decoding steps of those samples (Muse: 24 base, 8 SR)
 
     c.mesh = ml_collections.ConfigDict()
     c.mesh.data = -1  # data-parallel axis (-1: all devices left over)

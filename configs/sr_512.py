@@ -53,6 +53,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # For short runs such as sr_shapes.py; see SuperResTransformer in models/transformer.py.
     c.model.low_res_skip = False  # not in Muse: add the upsampled low-res encoding to the token embeddings
 
+    c.eval.sample_steps = 8  # the SR samples of each evaluation start from real low-res tokens
+
     c.train.num_steps = 1_000_000  # optimiser steps (Muse trains its SR model as long as the base)
 
     variant = parse_variant(arg)

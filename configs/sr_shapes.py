@@ -82,6 +82,8 @@ def get_config(arg=None):
         c.model.mlp_dim = 64
         c.train.num_steps = 2
         c.train.log_every = 1
+        c.eval.num_samples = 2
+        c.eval.sample_steps = 2
         c.train.eval_every = 2
         c.train.checkpoint_every = 2
     elif variant:

@@ -199,8 +199,10 @@ def load_state(directory: str, sharding: jax.sharding.Sharding | None = None) ->
         directory = os.path.abspath(directory)
         if not os.path.isdir(directory):
             raise CheckpointError(f"no checkpoint found under {directory}")
-    manager = ocp.CheckpointManager(directory,
-                                    item_handlers={"state": ocp.StandardCheckpointHandler()})
+    # "data" (the iterator state) is registered only so that orbax does not warn that it
+    # cannot restore it: it is not read.
+    manager = ocp.CheckpointManager(directory, item_handlers={
+        "state": ocp.StandardCheckpointHandler(), "data": grain.checkpoint.CheckpointHandler()})
     sharding = sharding or jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
 
     def args(step):

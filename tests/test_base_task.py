@@ -4,6 +4,7 @@ import json
 import jax
 import numpy as np
 import pytest
+from PIL import Image
 
 from conftest import run_module
 from muse_jax import config as config_lib
@@ -39,6 +40,11 @@ def test_tiny_base_run_trains_and_evaluates(tokenizer_dir, tmp_path):
     assert all(0.0 < logged[s]["mask_rate"] <= 1.0 for s in range(1, 5))
     saved = json.loads((tmp_path / "base" / "eval.json").read_text())
     assert saved["step"] == 4
+    # The sample grid of the evaluation: 2 eval images (tokenizer renders) above 2 samples.
+    with Image.open(tmp_path / "base" / "samples.png") as grid:
+        assert grid.size == (2 * 64, 2 * 64)
+        rows = np.asarray(grid, np.float32).reshape(2, 64, 2 * 64, 3)
+    assert not np.array_equal(rows[0], rows[1])
 
 
 @pytest.mark.slow

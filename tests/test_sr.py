@@ -155,6 +155,9 @@ def test_tiny_sr_run_trains_evaluates_and_samples_in_two_stages(runs, tmp_path):
     logged = [json.loads(line) for line in (root / "sr" / "metrics.jsonl").read_text().splitlines()]
     losses = [r["loss"] for r in logged if "loss" in r]
     assert len(losses) == 2 and all(np.isfinite(losses))
+    # The evaluation's grid: 128 px originals, their 64 px low-res inputs upsampled, SR samples.
+    with Image.open(root / "sr" / "samples.png") as grid:
+        assert grid.size == (2 * 128, 3 * 128)
     out = tmp_path / "grid.png"
     run_module("muse_jax.sample", f"--workdir={root / 'base'}", f"--sr_workdir={root / 'sr'}",
                "--prompt=a red circle at the center", "--prompt=a blue square at the top left",

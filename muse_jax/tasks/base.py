@@ -23,7 +23,7 @@ import numpy as np
 import optax
 from absl import logging
 
-from muse_jax import masking, optimizers, parallel
+from muse_jax import masking, metrics, optimizers, parallel, sampling
 from muse_jax.config import ConfigError
 from muse_jax.models.transformer import MaskedTransformer
 from muse_jax.tasks import vqgan as vqgan_task
@@ -59,6 +59,8 @@ class BaseTask:
         self.tx = optimizers.create(config.optim, config.train.num_steps)
         self.text_encoder = None  # loaded by load_frozen: it needs files, a dry run does not
         self.tokenizer = None
+        self._replicated = None  # set by load_frozen
+        self._summarize = None  # the compiled sample-grid function, built at the first eval
 
     # ---------------------------------------------------------------- config
     def check_config(self) -> None:
@@ -98,10 +100,12 @@ class BaseTask:
         """
         c = self.config
         replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+        self._replicated = replicated
         frozen = {}
         if self.precomputed_tokens:
             self._check_tokens()
-        else:
+        if not self.precomputed_tokens or (c.eval.num_samples and c.tokenizer.workdir):
+            # (with precomputed tokens, only the sample grid needs the tokenizer: to decode)
             model, params, vq_config = vqgan_task.load_tokenizer(c.tokenizer.workdir)
             factor = model.downsample_factor
             if vq_config.model.codebook_size != c.model.codebook_size:
@@ -269,4 +273,38 @@ class BaseTask:
         return result
 
     def summary_images(self, state, batch, frozen) -> dict[str, np.ndarray]:
-        return {}  # samples come with the sampler
+        """`samples`: the first `eval.num_samples` eval images as the tokenizer renders them, above
+        images generated from their captions (EMA weights, `eval.sample_steps` steps, guidance
+        rising to 4): what the model makes of held-out prompts, at every evaluation."""
+        n = min(self.config.eval.num_samples, self.config.data.eval_batch_size)
+        if not n or self.tokenizer is None:
+            return {}
+        if self._summarize is None:
+            generate = sampling.make_generate(
+                self.model, sampling.SamplingOptions(steps=self.config.eval.sample_steps))
+
+            def summarize(params, batch, frozen):
+                batch = jax.tree.map(lambda x: x[:n], batch)
+                tokens, emb, text_mask, empty, empty_mask = self._inputs(batch, frozen)
+                extra = self._extra_inputs(batch, frozen)
+                canvas = jnp.full(tokens.shape, self.model.mask_id, jnp.int32)
+                generated = generate(params, emb, text_mask, empty, empty_mask,
+                                     jax.random.key(0), canvas, *extra.values())
+                return [self._render(tokens, frozen), *self._condition_images(extra, frozen),
+                        self._render(generated, frozen)]
+
+            # Replicated, so that every process can read the grid in a multi-host run.
+            self._summarize = jax.jit(summarize, out_shardings=self._replicated)
+        rows = jax.device_get(self._summarize(state.ema_params, batch, frozen))
+        return {"samples": metrics.image_grid(*rows)}
+
+    def _render(self, tokens, frozen):
+        """Images [B,H,W,3] of token ids [B, N] by the tokenizer's decoder."""
+        grid = self.config.model.grid_size
+        ids = tokens.reshape(tokens.shape[0], grid, grid)
+        return self.tokenizer.apply({"params": frozen["tokenizer"]}, ids,
+                                    method=self.tokenizer.decode)
+
+    def _condition_images(self, extra: dict, frozen) -> list:
+        """Rows of the sample grid showing the `_extra_inputs` (the SR stage's low-res images)."""
+        return []

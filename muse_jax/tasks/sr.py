@@ -99,3 +99,12 @@ class SRTask(BaseTask):
     def _logits(self, params, part: dict, **kwargs):
         return self.model.apply({"params": params}, part["inputs"], part["low_res"], part["emb"],
                                 part["text_mask"], **kwargs)
+
+    def _condition_images(self, extra: dict, frozen) -> list:
+        """The low-res input, decoded by the low-res tokenizer and upsampled to the high-res size."""
+        grid = self.config.model.low_res_grid_size
+        ids = extra["low_res"].reshape(-1, grid, grid)
+        low = self.low_res_tokenizer.apply({"params": frozen["low_res_tokenizer"]}, ids,
+                                           method=self.low_res_tokenizer.decode)
+        size = self.config.data.image_size
+        return [jax.image.resize(low, (low.shape[0], size, size, low.shape[-1]), "nearest")]
