@@ -29,7 +29,8 @@ test: $(STAMP)
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q -m "not slow" tests
 
-# The main job on the offline default: train the shapes tokenizer, write reconstructions.
+# The main job on the offline default: shapes tokenizer, then text-to-image base model (MiniLM),
+# then demo/: samples, inpaint, outpaint, edit and report.md. A rerun reuses what was trained.
 demo: $(STAMP)
 	$(BIN)/python -m muse_jax.demo --workdir=$(WORKDIR)/demo --out=demo
 	@echo "report: demo/report.md"

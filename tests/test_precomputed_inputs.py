@@ -71,7 +71,9 @@ def test_precomputed_step_matches_the_frozen_models(tokenizer_dir, dirs):
     expected_train = task._inputs(train_batch, frozen)
     expected_eval = task._inputs(eval_batch, frozen)
 
-    task, frozen, train_batch, eval_batch = _first_batches(_base(tokenizer_dir, dirs))
+    # (eval.num_samples 0: no sample grid, whose images the tokenizer would decode)
+    no_grid = {"eval.num_samples": 0}
+    task, frozen, train_batch, eval_batch = _first_batches(_base(tokenizer_dir, dirs, **no_grid))
     assert task.text_encoder is None and task.tokenizer is None  # neither loaded nor run
     assert set(train_batch) == {"tokens", "text_emb", "text_mask"}
     assert train_batch["tokens"].shape == (8, 16, 16) and train_batch["tokens"].dtype == np.uint16
@@ -84,7 +86,7 @@ def test_precomputed_step_matches_the_frozen_models(tokenizer_dir, dirs):
     # One kind precomputed, the other from its frozen model: the same inputs again.
     for kind in ("text_embeddings", "tokens"):
         keys = {k: v for k, v in dirs.items() if k.endswith(kind)}
-        task, frozen, train_batch, _ = _first_batches(_base(tokenizer_dir, keys))
+        task, frozen, train_batch, _ = _first_batches(_base(tokenizer_dir, keys, **no_grid))
         assert (task.text_encoder is None, task.tokenizer is None) == (
             kind == "text_embeddings", kind == "tokens")
         _assert_same_inputs(task._inputs(train_batch, frozen), expected_train, kind)
@@ -130,9 +132,12 @@ def test_mismatched_directories_give_one_line_errors(tokenizer_dir, dirs, tmp_pa
 
 @pytest.mark.slow
 def test_train_and_evaluate_from_precomputed_inputs(tokenizer_dir, dirs, tmp_path):
-    # No tokenizer at tokenizer.workdir: a run from precomputed tokens never loads one.
+    # No tokenizer at tokenizer.workdir: a run from precomputed tokens needs one only to decode
+    # its sample grid, and goes on without the grid.
     config = _base(tokenizer_dir, dirs, **{"tokenizer.workdir": str(tmp_path / "none")})
+    assert config.eval.num_samples > 0
     result = train.train_and_evaluate(config, str(tmp_path / "base"))
+    assert not (tmp_path / "base" / "samples.png").exists()
     assert np.isfinite(result["eval_loss_mask50"]) and 0.0 < result["eval_mode_accuracy"] <= 1.0
     logged = metrics.read_jsonl(str(tmp_path / "base" / "metrics.jsonl"))
     assert all(np.isfinite(logged[s]["loss"]) for s in range(1, 5))

@@ -25,6 +25,7 @@ from absl import logging
 
 from muse_jax import masking, metrics, optimizers, parallel, sampling
 from muse_jax.config import ConfigError
+from muse_jax.errors import UserError
 from muse_jax.models.transformer import MaskedTransformer
 from muse_jax.tasks import vqgan as vqgan_task
 
@@ -95,27 +96,24 @@ class BaseTask:
     def load_frozen(self, mesh) -> dict:
         """What the steps need of the frozen models, placed on `mesh`.
 
-        The tokenizer's weights unless tokens are precomputed; the text encoder's weights and the
+        The tokenizer's weights (with precomputed tokens only for the sample grid, and only if
+        `tokenizer.workdir` holds one); the text encoder's weights and the
         empty caption's ids, or with precomputed embeddings the empty caption's embedding.
         """
         c = self.config
         replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
         self._replicated = replicated
         frozen = {}
-        if self.precomputed_tokens:
+        if not self.precomputed_tokens:
+            self._load_tokenizer(frozen)
+        else:
             self._check_tokens()
-        if not self.precomputed_tokens or (c.eval.num_samples and c.tokenizer.workdir):
-            # (with precomputed tokens, only the sample grid needs the tokenizer: to decode)
-            model, params, vq_config = vqgan_task.load_tokenizer(c.tokenizer.workdir)
-            factor = model.downsample_factor
-            if vq_config.model.codebook_size != c.model.codebook_size:
-                raise ConfigError(f"model.codebook_size {c.model.codebook_size} differs from the "
-                                  f"tokenizer's {vq_config.model.codebook_size} ({c.tokenizer.workdir})")
-            if c.data.image_size // factor != c.model.grid_size or c.data.image_size % factor:
-                raise ConfigError(f"model.grid_size {c.model.grid_size} does not match data."
-                                  f"image_size {c.data.image_size} / the tokenizer's factor {factor}")
-            self.tokenizer = model
-            frozen["tokenizer"] = parallel.put(params, replicated)
+            if c.eval.num_samples:  # only the sample grid needs the tokenizer then: to decode
+                try:
+                    self._load_tokenizer(frozen)
+                except UserError as e:
+                    logging.warning("no sample grids (eval.num_samples=%d): %s",
+                                    c.eval.num_samples, e)
         if self.precomputed_text:
             empty, empty_mask = self._check_embeddings().empty_caption()
             frozen["empty_emb"] = parallel.put(empty[None].astype(np.float32), replicated)
@@ -131,6 +129,20 @@ class BaseTask:
         return {**frozen, "text": self.text_encoder.params,
                 "empty_ids": parallel.put(empty_ids, replicated),
                 "empty_mask": parallel.put(empty_mask, replicated)}
+
+    def _load_tokenizer(self, frozen: dict) -> None:
+        """Sets `self.tokenizer` and `frozen["tokenizer"]` from `tokenizer.workdir`."""
+        c = self.config
+        model, params, vq_config = vqgan_task.load_tokenizer(c.tokenizer.workdir)
+        factor = model.downsample_factor
+        if vq_config.model.codebook_size != c.model.codebook_size:
+            raise ConfigError(f"model.codebook_size {c.model.codebook_size} differs from the "
+                              f"tokenizer's {vq_config.model.codebook_size} ({c.tokenizer.workdir})")
+        if c.data.image_size // factor != c.model.grid_size or c.data.image_size % factor:
+            raise ConfigError(f"model.grid_size {c.model.grid_size} does not match data."
+                              f"image_size {c.data.image_size} / the tokenizer's factor {factor}")
+        self.tokenizer = model
+        frozen["tokenizer"] = parallel.put(params, self._replicated)
 
     def _check_tokens(self) -> None:
         """Precomputed tokens must fit the model; sampling decodes with `tokenizer.workdir`."""
