@@ -69,6 +69,9 @@ def get_config(arg=None):
     elif variant == "demo":  # `make demo` (muse_jax/demo.py): trains from precomputed inputs
         c.data.shapes_train_size = 10_000  # 1 MiniLM pass over 10k captions, then ~2 epochs
         c.data.eval_size = 128
+        # 600 steps fit the demo's 15 minutes; at that length lr 2e-3 beats 1e-3 and 3e-3 on the
+        # shapes oracle (64 held-out prompts, measured 2026-11-27: 62.5%, 32.8%, 46.9%).
+        c.optim.lr = 2e-3
         c.optim.warmup_steps = 100
         c.train.num_steps = 600
         c.train.eval_every = 600
