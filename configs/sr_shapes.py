@@ -8,18 +8,18 @@ base_256.py. Needs the base stage's tokenizer (workdirs/vqgan_shapes, `make demo
   python -m muse_jax.evaluate --eval=shapes_sr --workdir=workdirs/base_shapes \\
       --sr_workdir=workdirs/sr_shapes --num_samples=128 --sr_guidance=1 --temperature=0.3
 
-Measured on 2026-11-27 (1000 steps, 25 min on 2 cores shared with other jobs, with the
-`make demo` tokenizer, 28.5 dB, as --config.low_res.tokenizer_workdir=workdirs/demo/vqgan_shapes
-and vqgan_shapes_hr fine-tuned from it; 128 held-out captions, 8 SR steps): from real low-res
-tokens, with --sr_guidance=1 --temperature=0.3, 88.3% of SR outputs parse like their decoded
-low-res input and 93.0% match their caption (the 64 px tokenizer's own reconstructions match
-90.6%: the SR model also repairs some of its input's errors, which the agreement counts against
-it); 28.2 dB against the 128 px renders, where bicubic upsampling of the decoded low-res image
-gets 27.5 dB and the 128 px tokenizer itself 31.1 dB. The paper's sampling settings do worse
-here: guidance rising to 4 at temperature 1 gives 67% agreement and 25.8 dB (64 captions);
-no guidance at temperature 1, 78% and 27.4 dB. 250 steps (2026-11-25) gave 75% agreement.
-From the demo base model's own samples (600 steps, 33% oracle accuracy) instead of real
-tokens: 50% agreement. Without `low_res_skip`, 250 steps reached 0% agreement and 16 dB.
+Measured on 2026-11-27, 1000 steps (13 min alone on 2 cores, 1.3 steps/s) on the full
+vqgan_shapes tokenizer (30.7 dB) and vqgan_shapes_hr fine-tuned from it, 128 held-out captions,
+8 SR steps, --sr_guidance=1 --temperature=0.3, from real low-res tokens: 96.1% of SR outputs
+parse like their decoded low-res input, 95.3% match their caption; 29.3 dB against the 128 px
+renders, where bicubic upsampling of the decoded low-res image gets 29.1 dB and the 128 px
+tokenizer itself 33.4 dB. On the weaker `make demo` tokenizer (28.5 dB) the same recipe gave
+88.3% agreement (93.0% caption match): the agreement is bounded by how well the low-res
+tokenizer draws the input. The paper's sampling settings do worse here (demo tokenizer, 64
+captions): guidance rising to 4 at temperature 1 gives 67% agreement and 25.8 dB; no guidance
+at temperature 1, 78% and 27.4 dB. From the demo base model's own samples (600 steps, 33%
+oracle accuracy) instead of real tokens: 50% agreement. 250 steps (2026-11-25) gave 75%;
+without `low_res_skip`, 250 steps reached 0% agreement and 16 dB.
 """
 from pathlib import Path
 
@@ -69,7 +69,7 @@ def get_config(arg=None):
     c.optim.warmup_steps = 25
     c.optim.ema_decay = 0.99
 
-    c.train.num_steps = 1000  # ~0.7 steps/s on 2 cores shared with another job
+    c.train.num_steps = 1000  # 1.3 steps/s on 2 quiet cores
     c.train.log_every = 25
     c.train.eval_every = 500
     c.train.checkpoint_every = 100
