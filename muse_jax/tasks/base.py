@@ -302,21 +302,22 @@ class BaseTask:
                 canvas = jnp.full(tokens.shape, self.model.mask_id, jnp.int32)
                 generated = generate(params, emb, text_mask, empty, empty_mask,
                                      jax.random.key(0), canvas, *extra.values())
-                return [self._render(tokens, frozen), *self._condition_images(extra, frozen),
-                        self._render(generated, frozen)]
+                grid, vq = self.config.model.grid_size, frozen["tokenizer"]
+                return [render_tokens(self.tokenizer, vq, tokens, grid),
+                        *self._condition_images(extra, frozen),
+                        render_tokens(self.tokenizer, vq, generated, grid)]
 
             # Replicated, so that every process can read the grid in a multi-host run.
             self._summarize = jax.jit(summarize, out_shardings=self._replicated)
         rows = jax.device_get(self._summarize(state.ema_params, batch, frozen))
         return {"samples": metrics.image_grid(*rows)}
 
-    def _render(self, tokens, frozen):
-        """Images [B,H,W,3] of token ids [B, N] by the tokenizer's decoder."""
-        grid = self.config.model.grid_size
-        ids = tokens.reshape(tokens.shape[0], grid, grid)
-        return self.tokenizer.apply({"params": frozen["tokenizer"]}, ids,
-                                    method=self.tokenizer.decode)
-
     def _condition_images(self, extra: dict, frozen) -> list:
         """Rows of the sample grid showing the `_extra_inputs` (the SR stage's low-res images)."""
         return []
+
+
+def render_tokens(tokenizer, params, tokens, grid: int):
+    """Images [B,H,W,3] of token ids [B, grid * grid] by `tokenizer`'s decoder (traceable)."""
+    ids = tokens.reshape(tokens.shape[0], grid, grid)
+    return tokenizer.apply({"params": params}, ids, method=tokenizer.decode)

@@ -17,7 +17,7 @@ import jax.numpy as jnp
 from muse_jax.config import ConfigError
 from muse_jax.models.transformer import SuperResTransformer
 from muse_jax.tasks import vqgan as vqgan_task
-from muse_jax.tasks.base import BaseState, BaseTask
+from muse_jax.tasks.base import BaseState, BaseTask, render_tokens
 
 
 def build_model(config) -> SuperResTransformer:
@@ -102,9 +102,7 @@ class SRTask(BaseTask):
 
     def _condition_images(self, extra: dict, frozen) -> list:
         """The low-res input, decoded by the low-res tokenizer and upsampled to the high-res size."""
-        grid = self.config.model.low_res_grid_size
-        ids = extra["low_res"].reshape(-1, grid, grid)
-        low = self.low_res_tokenizer.apply({"params": frozen["low_res_tokenizer"]}, ids,
-                                           method=self.low_res_tokenizer.decode)
+        low = render_tokens(self.low_res_tokenizer, frozen["low_res_tokenizer"], extra["low_res"],
+                            self.config.model.low_res_grid_size)
         size = self.config.data.image_size
         return [jax.image.resize(low, (low.shape[0], size, size, low.shape[-1]), "nearest")]
