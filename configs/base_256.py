@@ -71,9 +71,13 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.optim = ml_collections.ConfigDict()
     c.optim.name = "adafactor"  # adamw | adafactor (Muse trains with Adafactor)
     c.optim.lr = 1e-4  # peak learning rate
-    c.optim.b1 = 0.9  # Adam beta1 (adamw only)
-    c.optim.b2 = 0.96  # Adam beta2 (adamw only; MaskGIT's value)
-    c.optim.weight_decay = 0.045  # decoupled weight decay (MaskGIT's value)
+    c.optim.b1 = 0.9  # momentum (Adam beta1; Adafactor's momentum, 0: none). Muse: 0.9
+    c.optim.b2 = 0.96  # second-moment decay (Adam beta2; Adafactor's, from step 56). Muse: 0.96
+    c.optim.weight_decay = 0.045  # decoupled, x the scheduled lr each step (Muse: 0.045)
+    # adafactor only: scale each update by its parameter's RMS, making lr relative to the
+    # weights' size (optax's default). Off: lr is absolute, as Muse's 1e-4 reads (with it on,
+    # 1e-4 of init-scale weights barely moves them; measured in tests/test_paper_recipe.py).
+    c.optim.multiply_by_parameter_scale = False
     c.optim.warmup_steps = 5_000  # linear warmup from 0
     c.optim.schedule = "cosine"  # cosine | constant, after warmup
     c.optim.grad_clip = 1.0  # global-norm clipping (0: off)
