@@ -23,8 +23,9 @@ from pathlib import Path
 import numpy as np
 from absl import flags, logging
 
-from muse_jax import errors
+from muse_jax import errors, sampling_flags
 from muse_jax.errors import UserError
+from muse_jax.images import to_model, to_uint8
 
 FLAGS = flags.FLAGS
 NUM_PROMPTS = 8  # images in samples.png
@@ -35,8 +36,7 @@ def define_flags() -> None:
     flags.DEFINE_string("workdir", "workdirs/demo", "Where the trained stages live.")
     flags.DEFINE_string("out", "demo", "Where the images and the report go.")
     flags.DEFINE_integer("num_eval", 64, "Held-out prompts scored by the shapes oracle.")
-    flags.DEFINE_integer("steps", 24, "Decoding steps (Muse's base model: 24).")
-    flags.DEFINE_float("guidance", 4.0, "Final guidance scale, reached at the last step.")
+    sampling_flags.define(sr=False)
 
 
 def configs(workdir: str, variant: str = "demo"):
@@ -157,10 +157,6 @@ def _save(path: Path, grid: np.ndarray) -> None:
 
 
 # ---------------------------------------------------------------------- sampling and editing
-def _uint8(images) -> np.ndarray:
-    return np.clip((np.asarray(images) + 1.0) * 127.5 + 0.5, 0, 255).astype(np.uint8)
-
-
 def _first(source, want, start: int = 0) -> int:
     """The first held-out index from `start` whose objects satisfy `want`."""
     index = start
@@ -171,21 +167,20 @@ def _first(source, want, start: int = 0) -> int:
 
 def samples(pipe, source, options, out: Path) -> list[dict]:
     from muse_jax.data import shapes
-    from muse_jax.sample import sample_tokens
+    from muse_jax.inference import sample_tokens
 
     # Held-out prompts beyond those the oracle scores, so the grid is not cherry-picked from them.
     prompts = [source.get_caption(9000 + i) for i in range(NUM_PROMPTS)]
-    images = _uint8(pipe.decode(sample_tokens(pipe, prompts, options, seed=0,
+    images = to_uint8(pipe.decode(sample_tokens(pipe, prompts, options, seed=0,
                                               batch_size=NUM_PROMPTS)))
     _save(out / "samples.png", tile([captioned(im, p) for im, p in zip(images, prompts)], 4))
     return [{"prompt": p, **shapes.score(im, p)} for p, im in zip(prompts, images)]
 
 
-def edits(pipe, source, options, out: Path) -> dict:
+def edits(pipe, source, options, edit_options, out: Path) -> dict:
     """One inpainting, one outpainting and one mask-free edit of held-out images (Muse 3.3)."""
-    from muse_jax import sampling
     from muse_jax.data import shapes
-    from muse_jax.sample import sample_tokens, shift_canvas, token_mask_from_pixels
+    from muse_jax.inference import edit, sample_tokens, shift_canvas, token_mask_from_pixels
 
     size, grid, mask_id = pipe.config.data.image_size, pipe.grid, pipe.model.mask_id
     rng = np.random.default_rng(0)
@@ -197,10 +192,10 @@ def edits(pipe, source, options, out: Path) -> dict:
 
     def start(index: int):
         image = source[index]["image"]
-        return image, pipe.tokens_of(image[None].astype(np.float32) / 127.5 - 1.0)
+        return image, pipe.tokens_of(to_model(image[None]))
 
     def panel(name: str, before, before_caption: str, after_tokens, prompt: str) -> dict:
-        after = _uint8(pipe.decode(after_tokens))[0]
+        after = to_uint8(pipe.decode(after_tokens))[0]
         _save(out / f"{name}.png", tile([captioned(before, "before: " + before_caption),
                                          captioned(after, "after: " + prompt)], 2))
         return {"before": before_caption, "prompt": prompt, **shapes.score(after, prompt)}
@@ -236,8 +231,7 @@ def edits(pipe, source, options, out: Path) -> dict:
     image, tokens = start(i)
     recoloured = shapes.ShapeObject(other(objects[0]).color, objects[0].shape, objects[0].cell)
     prompt = shapes.caption([recoloured, *objects[1:]])
-    edited = sampling.edit_tokens(lambda c, s: sample_tokens(pipe, [prompt], options, s, canvas=c),
-                                  tokens, iterations=4, mask_rate=0.5, mask_id=mask_id, seed=0)
+    edited = edit(pipe, tokens, [prompt], options, edit_options, seed=0)
     results["edit"] = panel("edit", image, shapes.caption(objects), edited, prompt)
     return results
 
@@ -292,12 +286,13 @@ cell {oracle['cell']:.1%}).
                    "phases": [dataclasses.asdict(p) for p in timer.phases]}, f, indent=2)
 
 
-def run(workdir: str, out: str, num_eval: int, options, variant: str = "demo") -> dict:
-    from muse_jax import evaluate
+def run(workdir: str, out: str, num_eval: int, options, edit_options=None,
+        variant: str = "demo") -> dict:
+    from muse_jax import inference, sampling, shapes_evals
     from muse_jax.data import shapes
-    from muse_jax.sample import load_pipeline
 
     options.check()
+    edit_options = edit_options or sampling.EditOptions()
     if num_eval < 1:
         raise UserError(f"--num_eval must be >= 1, got {num_eval}")
     out_dir = Path(out)
@@ -312,14 +307,14 @@ def run(workdir: str, out: str, num_eval: int, options, variant: str = "demo") -
     with timer.phase("train the base model") as phase:
         train_stage(base, base_dir, phase)
     with timer.phase("sample held-out prompts and score them") as phase:
-        pipe = load_pipeline(base_dir)
+        pipe = inference.load(base_dir)
         source = shapes.ShapesSource(image_size=base.data.image_size, split="eval", seed=base.seed,
                                      max_objects=base.data.shapes_max_objects)
         oracle = {"num_samples": num_eval,
-                  **evaluate.shapes_oracle(pipe, options, num_eval, 0, batch_size=64)}
+                  **shapes_evals.shapes_oracle(pipe, options, num_eval, 0, batch_size=64)}
         grid = samples(pipe, source, options, out_dir)
     with timer.phase("inpaint, outpaint, edit"):
-        edited = edits(pipe, source, options, out_dir)
+        edited = edits(pipe, source, options, edit_options, out_dir)
     write_report(out_dir, timer, options, oracle, grid, edited, vq, base, workdir)
     print(f"oracle accuracy {oracle['match']:.1%} on {num_eval} held-out prompts; "
           f"report: {out_dir / 'report.md'}")
@@ -329,11 +324,9 @@ def run(workdir: str, out: str, num_eval: int, options, variant: str = "demo") -
 def main(argv) -> None:
     if len(argv) > 1:
         raise UserError(f"unexpected arguments: {' '.join(argv[1:])}")
-    from muse_jax import sampling
-
     logging.set_verbosity(logging.WARNING)
-    options = sampling.SamplingOptions(steps=FLAGS.steps, guidance=FLAGS.guidance)
-    run(FLAGS.workdir, FLAGS.out, FLAGS.num_eval, options)
+    run(FLAGS.workdir, FLAGS.out, FLAGS.num_eval, sampling_flags.options(),
+        sampling_flags.edit_options())
 
 
 if __name__ == "__main__":

@@ -1,4 +1,7 @@
-"""Images and masks that users hand to `muse_jax.sample` for editing, loaded and checked.
+"""Pixel conversion, and the images and masks that users hand to `muse_jax.sample`, checked.
+
+Models see images as float32 in [-1, 1]; files and the shapes oracle hold uint8.
+`to_model` and `to_uint8` are the one conversion between the two.
 
 Everything a user can get wrong here fails with one line naming the file and the numbers:
 a missing or unreadable file, more than 8 bits a channel (converting would silently clip),
@@ -16,6 +19,25 @@ from muse_jax.errors import UserError
 
 # Grey levels a mask pixel may have and still count as black or white (JPEG ringing).
 MASK_TOLERANCE = 16
+
+
+def to_model(images) -> np.ndarray:
+    """uint8 pixels (any shape) -> float32 in [-1, 1]."""
+    return np.asarray(images, np.float32) / 127.5 - 1.0
+
+
+def to_uint8(images) -> np.ndarray:
+    """Model images in [-1, 1] -> uint8, rounded to nearest and clipped."""
+    return np.clip((np.asarray(images, np.float32) + 1.0) * 127.5 + 0.5, 0, 255).astype(np.uint8)
+
+
+def psnr(images, targets, peak: float = 255.0):
+    """Per-image PSNR in dB of images [B, ...] against targets, numpy or traced jax arrays;
+    `peak` is the value range (255 for uint8, 2 for [-1, 1])."""
+    import jax.numpy as jnp
+    diff = jnp.asarray(images, jnp.float32) - jnp.asarray(targets, jnp.float32)
+    mse = jnp.mean(jnp.square(diff), axis=tuple(range(1, diff.ndim)))
+    return 10.0 * jnp.log10(peak ** 2 / jnp.maximum(mse, 1e-10))
 
 
 class ImageError(UserError):
@@ -62,7 +84,7 @@ def load_image(path: str, size: int) -> np.ndarray:
             raise ImageError(f"image {path} has {transparent} transparent pixels of "
                              f"{alpha.size}; use an opaque image and mark what to regenerate "
                              f"with --mask")
-    return np.asarray(image.convert("RGB"), np.float32) / 127.5 - 1.0
+    return to_model(np.asarray(image.convert("RGB")))
 
 
 def load_mask(path: str, size: int) -> np.ndarray:

@@ -11,6 +11,8 @@ from clu import metric_writers
 from etils import epath
 from PIL import Image
 
+from muse_jax.images import to_uint8
+
 
 class JsonlWriter(metric_writers.interface.MetricWriter):
     """Appends scalars as one JSON object a line to `<workdir>/metrics.jsonl`, for scripts."""
@@ -76,8 +78,7 @@ def image_grid(*rows: np.ndarray, columns: int = 8) -> np.ndarray:
     for batch in rows:
         batch = np.asarray(batch[:columns], np.float32)
         strips.append(np.concatenate(list(batch), axis=1))
-    grid = np.concatenate(strips, axis=0)
-    return np.clip((grid + 1.0) * 127.5 + 0.5, 0, 255).astype(np.uint8)
+    return to_uint8(np.concatenate(strips, axis=0))
 
 
 def save_png(path: str, grid: np.ndarray) -> None:

@@ -14,6 +14,7 @@ embedding, or a negative prompt's. Both passes run as one batch.
 
 `make_cascade` chains the base model, the super-resolution model (Muse 2.4, conditioned on the
 base model's tokens) and the high-res VQGAN decoder in one compiled call, guided in both stages.
+`make_edit` is mask-free editing (Muse 3.3), all its rounds in one compiled call too.
 """
 from __future__ import annotations
 
@@ -51,6 +52,8 @@ class SamplingOptions:
             raise UserError(f"temperature must be > 0, got {self.temperature}")
         if self.top_k < 0:
             raise UserError(f"top_k must be >= 0, got {self.top_k}")
+        if self.choice_temperature < 0:
+            raise UserError(f"choice_temperature must be >= 0, got {self.choice_temperature}")
 
 
 def guidance_scale(options: SamplingOptions, step) -> jax.Array:
@@ -73,21 +76,25 @@ def _top_k(logits, k: int):
 def decode(logits_fn: Callable, canvas, mask_id: int, rng, options: SamplingOptions):
     """Fills the [MASK] positions of `canvas` [B, N] int32; returns the finished tokens [B, N].
 
-    `logits_fn(tokens [2B, N]) -> [2B, N, K]` runs the conditional (first B rows) and the
-    unconditional (last B rows) pass in one call; pure, so the loop compiles as a whole.
+    `logits_fn(tokens [R, N]) -> [R, N, K]`, pure, so the loop compiles as a whole. With
+    guidance it gets 2B rows, the conditional pass (first B) and the unconditional one (last
+    B) in one call; with `options.guidance == 0` only the B conditional rows (half the work).
     """
     batch, num_tokens = canvas.shape
     unknown0 = jnp.sum(canvas == mask_id, axis=-1)  # [B] masked at the start
+    guided_pass = options.guidance > 0
 
     def body(step, carry):
         tokens, rng = carry
         rng, rng_sample, rng_gumbel = jax.random.split(rng, 3)
         masked = tokens == mask_id
-        both = jnp.concatenate([tokens, tokens], axis=0)
-        logits = logits_fn(both).astype(jnp.float32)
-        cond, uncond = logits[:batch], logits[batch:]
-        t = guidance_scale(options, step)
-        guided = (1.0 + t) * cond - t * uncond
+        if guided_pass:
+            logits = logits_fn(jnp.concatenate([tokens, tokens], axis=0)).astype(jnp.float32)
+            cond, uncond = logits[:batch], logits[batch:]
+            t = guidance_scale(options, step)
+            guided = (1.0 + t) * cond - t * uncond
+        else:
+            guided = logits_fn(tokens).astype(jnp.float32)
         guided = _top_k(guided / options.temperature, options.top_k)
         sampled = jax.random.categorical(rng_sample, guided, axis=-1).astype(jnp.int32)
         log_probs = jax.nn.log_softmax(guided, axis=-1)
@@ -111,23 +118,29 @@ def decode(logits_fn: Callable, canvas, mask_id: int, rng, options: SamplingOpti
     return tokens
 
 
+def _logits_fn(model, options: SamplingOptions, params, emb, mask, uncond_emb, uncond_mask,
+               low_res=None) -> Callable:
+    """`decode`'s logits function for `model` and these prompts. The text (and low-res) side of
+    every cross-attention is encoded here, once per prompt, outside the decoding loop; each
+    step then runs the token pass alone. Without guidance only the prompts are encoded."""
+    if options.guidance > 0:
+        uncond_emb = jnp.broadcast_to(uncond_emb, emb.shape).astype(emb.dtype)
+        uncond_mask = jnp.broadcast_to(uncond_mask, mask.shape)
+        emb = jnp.concatenate([emb, uncond_emb], axis=0)
+        mask = jnp.concatenate([mask, uncond_mask], axis=0)
+        # The SR model's unconditional branch keeps the low-res tokens and drops only the
+        # caption, as its training's caption dropout does.
+        if low_res is not None:
+            low_res = jnp.concatenate([low_res, low_res], axis=0)
+    extra = () if low_res is None else (low_res,)
+    context_kv = model.apply({"params": params}, emb, mask, *extra, method="encode_context")
+    return lambda tokens: model.apply({"params": params}, tokens, context_kv=context_kv)
+
+
 def _generate(model, options: SamplingOptions, params, emb, mask, uncond_emb, uncond_mask, rng,
               canvas, low_res=None):
     """`decode` with `model`'s logits under guidance; the conditioning encoded once, first."""
-    uncond_emb = jnp.broadcast_to(uncond_emb, emb.shape).astype(emb.dtype)
-    uncond_mask = jnp.broadcast_to(uncond_mask, mask.shape)
-    text = jnp.concatenate([emb, uncond_emb], axis=0)
-    text_mask = jnp.concatenate([mask, uncond_mask], axis=0)
-    # The SR model's unconditional branch keeps the low-res tokens and drops only the caption,
-    # as its training's caption dropout does.
-    extra = () if low_res is None else (jnp.concatenate([low_res, low_res], axis=0),)
-    # The text (and low-res) side of every cross-attention, once per prompt, outside the loop:
-    # each step then runs the token pass alone.
-    context_kv = model.apply({"params": params}, text, text_mask, *extra, method="encode_context")
-
-    def logits_fn(tokens):
-        return model.apply({"params": params}, tokens, context_kv=context_kv)
-
+    logits_fn = _logits_fn(model, options, params, emb, mask, uncond_emb, uncond_mask, low_res)
     return decode(logits_fn, canvas, model.mask_id, rng, options)
 
 
@@ -147,25 +160,28 @@ def make_generate(model, options: SamplingOptions) -> Callable:
 def make_cascade(base, sr, base_options: SamplingOptions, sr_options: SamplingOptions,
                  decoder=None) -> Callable:
     """Muse's two stages as one compiled call (Muse 2.4; 24 base + 8 SR steps in the paper):
-    `cascade(params, emb, mask, uncond_emb, uncond_mask, rng, canvas)`.
+    `cascade(params, emb, mask, uncond_emb, uncond_mask, rng, canvas, sr_canvas)`.
 
     params: {"base": ..., "sr": ...} and, with a `decoder` (the high-res VQGAN), "decoder";
-    canvas: the base model's [B, n] (all [MASK] to generate). The base model fills the canvas,
-    the SR model generates high-res tokens conditioned on them and the same prompts, with
-    guidance in both, and the decoder (if any) turns them into pixels. Both models must read
-    the same text embeddings. Returns {"low_res": [B, n], "tokens": [B, N], "images": [B,H,W,3]}.
+    canvas: the base model's [B, n], sr_canvas: the SR model's [B, N], each with [MASK] where
+    tokens are to be generated (all [MASK] to generate an image). The base model fills the
+    canvas, the SR model fills its canvas conditioned on those tokens and the same prompts, with
+    guidance in both, and the decoder (if any) turns them into pixels. Inpainting as Muse does
+    it (its text-guided inpainting): both canvases hold the input's tokens, at the two
+    resolutions, with the region masked in both, so everything outside it is kept at both.
+    Both models must read the same text embeddings.
+    Returns {"low_res": [B, n], "tokens": [B, N], "images": [B,H,W,3]}.
     """
     base_options.check()
     sr_options.check()
 
     @jax.jit
-    def cascade(params, emb, mask, uncond_emb, uncond_mask, rng, canvas):
+    def cascade(params, emb, mask, uncond_emb, uncond_mask, rng, canvas, sr_canvas):
         rng_base, rng_sr = jax.random.split(rng)
         low_res = _generate(base, base_options, params["base"], emb, mask, uncond_emb,
                             uncond_mask, rng_base, canvas)
-        blank = jnp.full((canvas.shape[0], sr.grid[0] * sr.grid[1]), sr.mask_id, jnp.int32)
         tokens = _generate(sr, sr_options, params["sr"], emb, mask, uncond_emb, uncond_mask,
-                           rng_sr, blank, low_res)
+                           rng_sr, sr_canvas, low_res)
         out = {"low_res": low_res, "tokens": tokens}
         if decoder is not None:
             ids = tokens.reshape(tokens.shape[0], *sr.grid)
@@ -175,20 +191,52 @@ def make_cascade(base, sr, base_options: SamplingOptions, sr_options: SamplingOp
     return cascade
 
 
-def edit_tokens(resample: Callable, tokens, iterations: int, mask_rate: float, mask_id: int,
-                seed: int):
-    """Mask-free editing (Muse 3.3): `iterations` times, re-mask a random `mask_rate` share of
-    the tokens and let `resample(canvas, seed)` fill them in under the new prompt, so the image
-    drifts towards the prompt while keeping most of its structure at each iteration."""
-    import numpy as np
+@dataclasses.dataclass(frozen=True)
+class EditOptions:
+    """Mask-free editing (Muse 3.3): the paper resamples 8% of the tokens per iteration for 100
+    iterations with guidance 4 and top-k 3; guidance comes from the `SamplingOptions`."""
+    iterations: int = 100  # re-mask-and-fill rounds
+    mask_rate: float = 0.08  # share of the tokens re-masked (at random) each round
+    # Decoding steps that fill one round's re-masked tokens. Not in the paper, which does not
+    # say; 8% of the tokens need far fewer than a full decode's 24 (see `sample --edit_steps`).
+    steps: int = 4
+    top_k: int = 3  # sample each re-masked token among its k most likely
 
-    from muse_jax.errors import UserError
-    if iterations < 1 or not 0.0 < mask_rate <= 1.0:
-        raise UserError(f"editing needs iterations >= 1 and 0 < mask rate <= 1, got "
-                        f"{iterations} and {mask_rate}")
-    rng = np.random.default_rng(seed)
-    tokens = np.asarray(tokens)
-    for i in range(iterations):
-        canvas = np.where(rng.random(tokens.shape) < mask_rate, mask_id, tokens).astype(np.int32)
-        tokens = np.asarray(resample(canvas, seed + i + 1))
-    return tokens
+    def check(self) -> None:
+        from muse_jax.errors import UserError
+        if self.iterations < 1:
+            raise UserError(f"edit iterations must be >= 1, got {self.iterations}")
+        if not 0.0 < self.mask_rate <= 1.0:
+            raise UserError(f"edit mask rate must be in (0, 1], got {self.mask_rate}")
+        if self.steps < 1:
+            raise UserError(f"edit steps must be >= 1, got {self.steps}")
+        if self.top_k < 0:
+            raise UserError(f"edit top_k must be >= 0, got {self.top_k}")
+
+
+def make_edit(model, options: SamplingOptions, edit: EditOptions) -> Callable:
+    """Mask-free editing as one compiled call:
+    `edit(params, emb, mask, uncond_emb, uncond_mask, rng, tokens) -> tokens [B, N]`.
+
+    `edit.iterations` times, a random `edit.mask_rate` share of the tokens is re-masked and
+    filled in `edit.steps` decoding steps under the new prompt (guidance and temperature from
+    `options`, top-k from `edit`), so the image drifts towards the prompt while each round keeps
+    most of its structure. The prompts are encoded once, for all rounds.
+    """
+    edit.check()
+    step_options = dataclasses.replace(options, steps=edit.steps, top_k=edit.top_k)
+    step_options.check()
+
+    @jax.jit
+    def run(params, emb, mask, uncond_emb, uncond_mask, rng, tokens):
+        logits_fn = _logits_fn(model, step_options, params, emb, mask, uncond_emb, uncond_mask)
+
+        def body(i, tokens):
+            rng_mask, rng_decode = jax.random.split(jax.random.fold_in(rng, i))
+            remask = jax.random.uniform(rng_mask, tokens.shape) < edit.mask_rate
+            canvas = jnp.where(remask, model.mask_id, tokens)
+            return decode(logits_fn, canvas, model.mask_id, rng_decode, step_options)
+
+        return jax.lax.fori_loop(0, edit.iterations, body, tokens.astype(jnp.int32))
+
+    return run

@@ -186,7 +186,7 @@ def train_and_evaluate(config, workdir: str, progress_bar: bool = False) -> dict
     from clu import periodic_actions
     from etils import epath
 
-    from muse_jax import checkpoint, metrics, parallel, tasks
+    from muse_jax import checkpoint, metrics, parallel, runs, tasks
     from muse_jax import config as config_lib
     from muse_jax.data import pipeline
 
@@ -195,7 +195,7 @@ def train_and_evaluate(config, workdir: str, progress_bar: bool = False) -> dict
     task.check_config()
     prepare_workdir(workdir)
     if jax.process_index() == 0:
-        epath.Path(workdir, "config.json").write_text(config.to_json_best_effort(indent=2))
+        runs.save_config(workdir, config)
     t = config.train
     if t.max_consecutive_nonfinite < 1:
         raise config_lib.ConfigError(f"train.max_consecutive_nonfinite must be >= 1, got "

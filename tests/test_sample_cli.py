@@ -8,7 +8,7 @@ from PIL import Image
 from conftest import run_module
 from muse_jax import config as config_lib
 from muse_jax import sampling, train
-from muse_jax.sample import load_pipeline, sample_tokens, shift_canvas, token_mask_from_pixels
+from muse_jax.inference import load, sample_tokens, shift_canvas, token_mask_from_pixels
 
 ONE_DEVICE = {"XLA_FLAGS": ""}
 
@@ -28,7 +28,7 @@ def base_dir(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def pipe(base_dir):
-    return load_pipeline(str(base_dir))
+    return load(str(base_dir))
 
 
 def test_same_seed_same_tokens(pipe):
@@ -115,3 +115,29 @@ def test_inpaint_eval_regenerates_only_the_masked_cell(base_dir):
                                sampling.SamplingOptions(steps=2), seed=0, batch_size=4)
     assert result["eval"] == "shapes_inpaint" and result["kept_tokens"] == 1.0
     assert all(0.0 <= result[k] <= 1.0 for k in ("match", "region", "color", "shape", "cell"))
+
+
+def test_edit_eval_scores_the_changed_object_and_the_rest(base_dir):
+    from muse_jax import evaluate
+
+    edit = sampling.EditOptions(iterations=3, steps=2)
+    result = evaluate.evaluate(str(base_dir), "shapes_edit", 4, sampling.SamplingOptions(),
+                               seed=0, batch_size=4, edit_options=edit)
+    assert result["eval"] == "shapes_edit" and result["edit_iterations"] == 3
+    assert all(0.0 <= result[k] <= 1.0 for k in ("match", "changed", "rest_kept"))
+    # 3 rounds of 8% re-masked: at most 1 - 0.92^3 = 22% of the tokens can change.
+    assert 0.0 < result["changed_tokens"] < 0.3 and result["seconds_per_edit"] > 0
+
+
+@pytest.mark.slow
+def test_sample_cli_edits_with_the_papers_settings_and_choice_temperature(base_dir, tmp_path):
+    Image.new("RGB", (64, 64), (24, 24, 24)).save(tmp_path / "in.png")
+    out = tmp_path / "edited.png"
+    run_module("muse_jax.sample", f"--workdir={base_dir}", "--prompt=a red circle at the center",
+               f"--image={tmp_path / 'in.png'}", "--edit", "--edit_iterations=5",
+               "--num_images=2", "--choice_temperature=1.5", f"--out={out}", env=ONE_DEVICE,
+               check=True)
+    assert Image.open(out).size == (2 * 64, 64)
+    settings = json.loads(out.with_suffix(".json").read_text())
+    assert settings["choice_temperature"] == 1.5
+    assert settings["edit_options"] == {"iterations": 5, "mask_rate": 0.08, "steps": 4, "top_k": 3}

@@ -10,12 +10,13 @@ from muse_jax.errors import UserError
 K, N, MASK = 8, 16, 8
 
 
-def _logits_fn(preferred_cond, preferred_uncond, strength=3.0):
-    """Conditional rows prefer one token everywhere, unconditional rows another."""
+def _logits_fn(preferred_cond, preferred_uncond, batch, strength=3.0):
+    """The first `batch` rows (conditional) prefer one token everywhere, the rest
+    (unconditional, present only with guidance) another."""
     def fn(tokens):
-        half = tokens.shape[0] // 2
-        cond = jax.nn.one_hot(jnp.full((half, N), preferred_cond), K) * strength
-        uncond = jax.nn.one_hot(jnp.full((half, N), preferred_uncond), K) * strength
+        rows = tokens.shape[0]
+        cond = jax.nn.one_hot(jnp.full((batch, N), preferred_cond), K) * strength
+        uncond = jax.nn.one_hot(jnp.full((rows - batch, N), preferred_uncond), K) * strength
         return jnp.concatenate([cond, uncond], axis=0)
     return fn
 
@@ -24,7 +25,7 @@ def _logits_fn(preferred_cond, preferred_uncond, strength=3.0):
 def test_every_mask_is_filled(steps):
     canvas = jnp.full((3, N), MASK, jnp.int32)
     options = sampling.SamplingOptions(steps=steps, guidance=0.0)
-    out = sampling.decode(_logits_fn(2, 5), canvas, MASK, jax.random.key(0), options)
+    out = sampling.decode(_logits_fn(2, 5, 3), canvas, MASK, jax.random.key(0), options)
     assert out.shape == (3, N) and int(jnp.sum(out == MASK)) == 0
     assert int(out.max()) < K
 
@@ -34,7 +35,7 @@ def test_given_tokens_never_change():
     canvas = rng.integers(0, K, (4, N)).astype(np.int32)
     hole = rng.random((4, N)) < 0.5
     canvas[hole] = MASK
-    out = np.asarray(sampling.decode(_logits_fn(2, 5), jnp.asarray(canvas), MASK, jax.random.key(1),
+    out = np.asarray(sampling.decode(_logits_fn(2, 5, 4), jnp.asarray(canvas), MASK, jax.random.key(1),
                                      sampling.SamplingOptions(steps=6)))
     np.testing.assert_array_equal(out[~hole], canvas[~hole])
     assert not np.any(out == MASK)
@@ -44,9 +45,9 @@ def test_guidance_pushes_away_from_the_unconditional_prediction():
     canvas = jnp.full((64, N), MASK, jnp.int32)
     # Conditional is uninformative (uniform); unconditional prefers token 5.
     def fn(tokens):
-        half = tokens.shape[0] // 2
-        return jnp.concatenate([jnp.zeros((half, N, K)),
-                                jax.nn.one_hot(jnp.full((half, N), 5), K) * 2.0], axis=0)
+        rest = tokens.shape[0] - 64
+        return jnp.concatenate([jnp.zeros((64, N, K)),
+                                jax.nn.one_hot(jnp.full((rest, N), 5), K) * 2.0], axis=0)
     share = lambda g: float(jnp.mean(sampling.decode(  # noqa: E731
         fn, canvas, MASK, jax.random.key(2), sampling.SamplingOptions(steps=4, guidance=g)) == 5))
     assert share(0.0) > 0.08  # ~1/8 without guidance
@@ -131,3 +132,80 @@ def test_text_is_projected_once_before_the_loop_not_at_every_step():
     assert len(_text_projections(whole, 2 * b, length)) == expected
     tokens = sampling.make_generate(model, options)(*args)
     assert tokens.shape == (b, N) and int(jnp.sum(tokens == model.mask_id)) == 0
+
+
+def test_guidance_zero_runs_the_conditional_pass_alone():
+    canvas = jnp.full((3, N), MASK, jnp.int32)
+    rows = []
+
+    def fn(tokens):
+        rows.append(tokens.shape[0])  # at trace time: once per compiled loop body
+        return jnp.zeros((tokens.shape[0], N, K))
+
+    sampling.decode(fn, canvas, MASK, jax.random.key(0), sampling.SamplingOptions(guidance=0.0))
+    sampling.decode(fn, canvas, MASK, jax.random.key(0), sampling.SamplingOptions(guidance=2.0))
+    assert rows == [3, 6]
+
+
+def test_generate_without_guidance_encodes_and_runs_only_the_prompts():
+    from flax import linen as nn
+
+    from muse_jax.models.transformer import MaskedTransformer
+    model = MaskedTransformer(codebook_size=K, grid=(4, 4), width=32, depth=2, num_heads=4, mlp_dim=64)
+    b, length = 2, 5
+    emb, mask = jnp.ones((b, length, 12)), jnp.ones((b, length), bool)
+    canvas = jnp.full((b, N), model.mask_id, jnp.int32)
+    params = nn.unbox(model.init(jax.random.key(0), canvas, emb, mask)["params"])
+    args = (params, emb, mask, emb[:1] * 0, mask[:1], jax.random.key(0), canvas)
+    for guidance, rows in ((0.0, b), (3.0, 2 * b)):
+        generate = sampling.make_generate(model, sampling.SamplingOptions(steps=3, guidance=guidance))
+        jaxpr = jax.make_jaxpr(generate)(*args).jaxpr
+        assert len(_text_projections(jaxpr, rows, length)) == 1 + 2 * 2
+        assert _text_projections(jaxpr, 2 * b + b - rows, length) == []  # not the other count
+        tokens = generate(*args)
+        assert tokens.shape == (b, N) and int(jnp.sum(tokens == model.mask_id)) == 0
+
+
+class _PromptModel:
+    """A stand-in transformer: every position prefers the token id the prompt's first feature
+    holds, strongly; its context is the prompt embedding itself."""
+    mask_id = MASK
+
+    def apply(self, variables, *args, method=None, context_kv=None):
+        if method == "encode_context":
+            return args[0]
+        preferred = context_kv[:, 0, 0].astype(jnp.int32)
+        return jnp.broadcast_to(jax.nn.one_hot(preferred, K)[:, None] * 20.0,
+                                (args[0].shape[0], N, K))
+
+
+def _edit(iterations, mask_rate, batch=64):
+    edit = sampling.make_edit(_PromptModel(), sampling.SamplingOptions(guidance=0.0),
+                              sampling.EditOptions(iterations=iterations, mask_rate=mask_rate,
+                                                   steps=2, top_k=1))
+    emb = jnp.full((batch, 1, 1), 2.0)  # the new prompt wants token 2 everywhere
+    tokens = jnp.full((batch, N), 5, jnp.int32)
+    return np.asarray(edit({}, emb, jnp.ones((batch, 1), bool), emb[:1] * 0, jnp.ones((1, 1), bool),
+                           jax.random.key(0), tokens))
+
+
+def test_each_edit_round_resamples_its_share_of_the_tokens():
+    out = _edit(iterations=1, mask_rate=0.25)
+    assert set(np.unique(out)) <= {2, 5}
+    assert 0.2 < np.mean(out == 2) < 0.3  # 1024 tokens, 25% re-masked: std 1.4%
+    out = _edit(iterations=40, mask_rate=0.25)
+    assert np.mean(out == 2) > 0.99  # 1 - 0.75^40 of the tokens were re-masked at least once
+
+
+def test_edit_defaults_are_the_papers():
+    edit = sampling.EditOptions()
+    assert (edit.iterations, edit.mask_rate, edit.top_k) == (100, 0.08, 3)
+    assert sampling.SamplingOptions().guidance == 4.0
+
+
+@pytest.mark.parametrize("field,value,message", [("iterations", 0, "iterations must be >= 1"),
+                                                 ("mask_rate", 0.0, "mask rate"),
+                                                 ("steps", 0, "edit steps")])
+def test_bad_edit_options(field, value, message):
+    with pytest.raises(UserError, match=message):
+        sampling.EditOptions(**{field: value}).check()

@@ -116,7 +116,9 @@ def test_cascade_gives_low_res_tokens_high_res_tokens_and_images(tokenizer_dir):
               "decoder": decoder_params}
     cascade = sampling.make_cascade(base, sr, sampling.SamplingOptions(steps=3),
                                     sampling.SamplingOptions(steps=2, guidance=2.0), decoder)
-    out = cascade(params, emb, mask, jnp.zeros((1, 5, 12)), mask[:1], jax.random.key(5), canvas)
+    blank = jnp.full((b, 1024), sr.mask_id, jnp.int32)
+    out = cascade(params, emb, mask, jnp.zeros((1, 5, 12)), mask[:1], jax.random.key(5), canvas,
+                  blank)
     assert out["low_res"].shape == (b, 256) and out["tokens"].shape == (b, 1024)
     assert out["images"].shape == (b, 128, 128, 3)
     for tokens in (out["low_res"], out["tokens"]):
@@ -125,7 +127,6 @@ def test_cascade_gives_low_res_tokens_high_res_tokens_and_images(tokenizer_dir):
     # same rng), it generates other high-res tokens.
     rng_sr = jax.random.split(jax.random.key(5))[1]
     again = sampling.make_generate(sr, sampling.SamplingOptions(steps=2, guidance=2.0))
-    blank = jnp.full((b, 1024), sr.mask_id, jnp.int32)
     same = again(params["sr"], emb, mask, jnp.zeros((1, 5, 12)), mask[:1], rng_sr, blank,
                  out["low_res"])
     np.testing.assert_array_equal(same, out["tokens"])
@@ -187,3 +188,54 @@ def test_shapes_sr_evaluation_and_mismatched_runs(runs):
         evaluate.evaluate(str(root / "sr"), "shapes_oracle", 1, options)
     with pytest.raises(UserError, match="needs --sr_workdir"):
         evaluate.evaluate(str(root / "base"), "shapes_sr", 1, options)
+
+
+@pytest.mark.slow
+def test_sr_inpainting_and_outpainting_keep_every_token_outside_the_region(runs, tmp_path):
+    """Muse's text-guided inpainting at two resolutions: the input decimated and tokenized at
+    the base resolution, tokenized at the SR one, the region masked in both and regenerated;
+    every token outside the region is the input's, in both grids."""
+    from muse_jax import evaluate, inference
+    root, _ = runs
+    pipe = inference.load(str(root / "base"))
+    sr_pipe = inference.load_sr(str(root / "sr"), pipe)
+    images = np.random.default_rng(0).uniform(-1, 1, (2, 128, 128, 3)).astype(np.float32)
+    masks = np.zeros((2, 128, 128), bool)
+    masks[:, 40:90, 10:60] = True
+    canvas, sr_canvas = inference.inpaint_canvases(pipe, sr_pipe, images, masks)
+    hole_low, hole_high = canvas == pipe.mask_id, sr_canvas == sr_pipe.mask_id
+    # Patches of 8 px (low grid, in 128 px units) and 4 px (high grid) touching the region:
+    # rows 40..89 and columns 10..59 are patches 5..11 and 1..7, and 10..22 and 2..14.
+    assert hole_low.reshape(2, 16, 16)[0].sum() == 7 * 7
+    assert hole_high.reshape(2, 32, 32)[0].sum() == 13 * 13
+    np.testing.assert_array_equal(canvas[~hole_low],
+                                  pipe.tokens_of(inference.decimate(images, 64))[~hole_low])
+    np.testing.assert_array_equal(sr_canvas[~hole_high], sr_pipe.tokens_of(images)[~hole_high])
+    options = sampling.SamplingOptions(steps=3)
+    out = inference.sample_two_stage(pipe, sr_pipe, ["a red circle at the center"] * 2, options,
+                                     sampling.SamplingOptions(steps=2), seed=0, canvas=canvas,
+                                     sr_canvas=sr_canvas)
+    np.testing.assert_array_equal(out["low_res"][~hole_low], canvas[~hole_low])
+    np.testing.assert_array_equal(out["tokens"][~hole_high], sr_canvas[~hole_high])
+    assert (out["tokens"] != sr_pipe.mask_id).all() and (out["low_res"] != pipe.mask_id).all()
+
+    canvas, sr_canvas = inference.outpaint_canvases(pipe, sr_pipe, images[:1], "left", 4)
+    assert (canvas.reshape(16, 16)[:, :4] == pipe.mask_id).all()
+    assert (sr_canvas.reshape(32, 32)[:, :8] == sr_pipe.mask_id).all()
+    assert (sr_canvas.reshape(32, 32)[:, 8:] != sr_pipe.mask_id).all()
+
+    result = evaluate.evaluate(str(root / "base"), "shapes_inpaint", 4, options, batch_size=4,
+                               sr_workdir=str(root / "sr"),
+                               sr_options=sampling.SamplingOptions(steps=2))
+    assert result["kept_tokens"] == 1.0 and result["kept_tokens_low_res"] == 1.0
+    assert 0.0 <= result["region"] <= 1.0 and result["sr_steps"] == 2
+
+    Image.fromarray(((images[0] + 1) * 127.5).astype(np.uint8)).save(tmp_path / "in.png")
+    Image.fromarray(masks[0].astype(np.uint8) * 255).save(tmp_path / "mask.png")
+    out_png = tmp_path / "inpainted.png"
+    run_module("muse_jax.sample", f"--workdir={root / 'base'}", f"--sr_workdir={root / 'sr'}",
+               "--prompt=a red circle at the center", "--num_images=1", "--steps=2",
+               "--sr_steps=2", f"--image={tmp_path / 'in.png'}", f"--mask={tmp_path / 'mask.png'}",
+               f"--out={out_png}", env={"XLA_FLAGS": ""}, check=True)
+    with Image.open(out_png) as grid:
+        assert grid.size == (128, 128)

@@ -1,0 +1,102 @@
+"""A trained run's directory: written by training, opened by everything that uses a run.
+
+A run is its `config.json` and `checkpoints/` under one directory, local or any URL that
+`etils.epath` reads (gs://...). Training, sampling, evaluation, the demo and the dry run all
+open runs here, so the checks (is there a run, is it the stage wanted, is there a checkpoint)
+and their messages are the same everywhere.
+
+Paths a run depends on (its tokenizer, the low-res tokenizer of an SR run, ...) are written
+to config.json relative to the run's own directory when both are local, and resolved against
+it when read: a run opens from any current directory, and a set of runs moved or copied
+together keeps working.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from typing import Any
+
+import ml_collections
+from etils import epath
+
+from muse_jax import checkpoint
+from muse_jax.errors import UserError
+
+# Config keys that name another local path a run reads. `data.*` paths matter to a resumed
+# training run only, which reads them from its config file; the record is kept consistent.
+PATH_KEYS = ("tokenizer.workdir", "low_res.tokenizer_workdir", "finetune.init_from",
+             "text.path", "loss.perceptual_weights", "data.path", "data.eval_path",
+             "data.train_text_embeddings", "data.eval_text_embeddings", "data.train_tokens",
+             "data.eval_tokens")
+# What trains a run of each stage, for the message when there is none.
+_EXAMPLE_CONFIG = {"vqgan": "configs/vqgan_shapes.py", "base": "configs/base_shapes.py",
+                   "sr": "configs/sr_shapes.py"}
+
+
+def _is_url(path: str) -> bool:
+    return "://" in path
+
+
+def _keys(config: ml_collections.ConfigDict):
+    for key in PATH_KEYS:
+        block, name = key.split(".")
+        if block in config and name in config[block] and config[block][name]:
+            yield block, name
+
+
+def save_config(workdir: str, config: ml_collections.ConfigDict) -> None:
+    """Writes `workdir/config.json`, local dependency paths relative to `workdir`."""
+    record = config.copy_and_resolve_references()
+    if not _is_url(workdir):
+        with record.unlocked():
+            for block, name in _keys(record):
+                value = record[block][name]
+                if not _is_url(value):
+                    record[block][name] = os.path.relpath(os.path.abspath(value),
+                                                          os.path.abspath(workdir))
+    epath.Path(workdir, "config.json").write_text(record.to_json_best_effort(indent=2))
+
+
+def resolve(workdir: str, path: str) -> str:
+    """A path named in `workdir`'s config.json, as this process can open it."""
+    if not path or _is_url(path) or os.path.isabs(path):
+        return path
+    if _is_url(workdir):
+        return str(epath.Path(workdir) / path)
+    return os.path.normpath(os.path.join(os.path.abspath(workdir), path))
+
+
+@dataclasses.dataclass(frozen=True)
+class Run:
+    """An opened run: where it is and its config, dependency paths resolved against it."""
+    path: str
+    config: ml_collections.ConfigDict
+
+    def state(self, sharding=None) -> Any:
+        """The latest readable train state (see `checkpoint.load_state`)."""
+        try:
+            return checkpoint.load_state(str(epath.Path(self.path) / "checkpoints"), sharding)
+        except (FileNotFoundError, checkpoint.CheckpointError):
+            raise UserError(f"no readable checkpoint under {self.path}/checkpoints") from None
+
+
+def open_run(workdir: str | None, stage: str, what: str = "--workdir") -> Run:
+    """The run in `workdir`, checked to be of `stage`; `what` names it in messages (a flag or
+    a config key), e.g. `error: tokenizer.workdir 'x' has no config.json: train ...`."""
+    config_file = epath.Path(workdir or ".") / "config.json"
+    if not workdir or not config_file.is_file():
+        raise UserError(f"{what} {workdir!r} has no config.json: train a {stage} run first "
+                        f"(python -m muse_jax.train --config={_EXAMPLE_CONFIG[stage]} "
+                        f"--workdir=DIR)")
+    try:
+        config = ml_collections.ConfigDict(json.loads(config_file.read_text()))
+    except json.JSONDecodeError as e:
+        raise UserError(f"{config_file} is not valid JSON: {e}") from None
+    if config.get("stage") != stage:
+        raise UserError(f"{workdir} is a {config.get('stage')!r} run; {what} needs a "
+                        f"{stage}-stage run")
+    with config.unlocked():
+        for block, name in _keys(config):
+            config[block][name] = resolve(workdir, config[block][name])
+    return Run(path=workdir if _is_url(workdir) else os.path.abspath(workdir), config=config)

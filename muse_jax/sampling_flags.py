@@ -1,0 +1,68 @@
+"""The sampling flags of `sample`, `evaluate` and `demo`, defined once, and what they build.
+
+Defaults are the paper's: 24 base and 8 SR decoding steps, guidance rising to 4, MaskGIT's
+choice temperature 4.5; mask-free editing resamples 8% of the tokens for 100 rounds at
+top-k 3 (`sampling.EditOptions`).
+"""
+from __future__ import annotations
+
+from absl import flags
+
+from muse_jax import sampling
+
+FLAGS = flags.FLAGS
+_DEFAULT = sampling.SamplingOptions()
+_EDIT = sampling.EditOptions()
+
+
+def define(sr: bool = True, edit: bool = True) -> None:
+    """Defines the decoding flags, and those of the SR stage and of editing when asked."""
+    flags.DEFINE_integer("steps", _DEFAULT.steps, "Decoding steps (Muse: 24 for the base model).")
+    flags.DEFINE_float("guidance", _DEFAULT.guidance,
+                       "Final classifier-free guidance scale (0: off, one pass a step).")
+    flags.DEFINE_enum("guidance_schedule", _DEFAULT.guidance_schedule,
+                      ["linear", "cosine", "constant"], "How the guidance scale rises over the steps.")
+    flags.DEFINE_float("temperature", _DEFAULT.temperature, "Token sampling temperature.")
+    flags.DEFINE_integer("top_k", _DEFAULT.top_k, "Sample among the k most likely tokens (0: all).")
+    flags.DEFINE_float("choice_temperature", _DEFAULT.choice_temperature,
+                       "Gumbel noise on the confidence that picks which tokens to keep, annealed "
+                       "to 0 over the steps (MaskGIT: 4.5).")
+    flags.DEFINE_integer("seed", 0, "Random seed.")
+    if sr:
+        flags.DEFINE_string("sr_workdir", None, "Workdir of a trained super-resolution run: the "
+                            "base model's tokens are then super-resolved and decoded at its size.")
+        flags.DEFINE_integer("sr_steps", 8, "Super-resolution decoding steps (Muse: 8).")
+        flags.DEFINE_float("sr_guidance", _DEFAULT.guidance,
+                           "Final guidance scale of the super-resolution stage.")
+    if edit:
+        flags.DEFINE_integer("edit_iterations", _EDIT.iterations,
+                             "Mask-free editing: re-mask-and-fill rounds (Muse: 100).")
+        flags.DEFINE_float("edit_mask_rate", _EDIT.mask_rate,
+                           "Mask-free editing: share of tokens re-masked each round (Muse: 8%).")
+        flags.DEFINE_integer("edit_steps", _EDIT.steps,
+                             "Mask-free editing: decoding steps that fill each round's tokens.")
+        flags.DEFINE_integer("edit_top_k", _EDIT.top_k,
+                             "Mask-free editing: sample among the k most likely (Muse: 3).")
+
+
+def options() -> sampling.SamplingOptions:
+    out = sampling.SamplingOptions(steps=FLAGS.steps, guidance=FLAGS.guidance,
+                                   guidance_schedule=FLAGS.guidance_schedule,
+                                   temperature=FLAGS.temperature, top_k=FLAGS.top_k,
+                                   choice_temperature=FLAGS.choice_temperature)
+    out.check()
+    return out
+
+
+def sr_options() -> sampling.SamplingOptions:
+    import dataclasses
+    out = dataclasses.replace(options(), steps=FLAGS.sr_steps, guidance=FLAGS.sr_guidance)
+    out.check()
+    return out
+
+
+def edit_options() -> sampling.EditOptions:
+    out = sampling.EditOptions(iterations=FLAGS.edit_iterations, mask_rate=FLAGS.edit_mask_rate,
+                               steps=FLAGS.edit_steps, top_k=FLAGS.edit_top_k)
+    out.check()
+    return out
