@@ -98,20 +98,22 @@ def train_stage(config, workdir: str, phase: Phase) -> None:
 
 def precompute(base, phase: Phase) -> None:
     """Caption embeddings and VQ tokens of both splits; a directory with metadata.json is done."""
-    from muse_jax.data import precompute_tokens, sources
-    from muse_jax.text import precompute as text_precompute
+    from muse_jax.data import sources, tokens
+    from muse_jax.tasks import vqgan as vqgan_task
+    from muse_jax.text import embeddings
 
     done = 0
     for split in ("train", "eval"):
         emb_dir = Path(base.data[f"{split}_text_embeddings"])
         if not (emb_dir / "metadata.json").is_file():
             captions = sources.captions(sources.create_finite(base.data, split, base.seed))
-            text_precompute.precompute(base.text, captions, emb_dir, overwrite=True)
+            embeddings.precompute(base.text, captions, emb_dir, overwrite=True)
         else:
             done += 1
         tok_dir = Path(base.data[f"{split}_tokens"])
         if not (tok_dir / "metadata.json").is_file():
-            precompute_tokens.precompute_tokens(base, split, tok_dir, overwrite=True)
+            tokens.precompute_tokens(base, split, tok_dir, vqgan_task.load_tokenizer,
+                                     overwrite=True)
         else:
             done += 1
     phase.reused = done == 4

@@ -9,10 +9,11 @@ from muse_jax import config as config_lib
 from muse_jax import metrics, tasks, train
 from muse_jax.config import ConfigError
 from muse_jax.data import pipeline, sources
-from muse_jax.data.precompute_tokens import TokenRecords, precompute_tokens
+from muse_jax.data.shards import EmbeddingRecords, TokenRecords
+from muse_jax.data.tokens import precompute_tokens
 from muse_jax.errors import UserError
-from muse_jax.text import records
-from muse_jax.text.precompute import precompute
+from muse_jax.tasks.vqgan import load_tokenizer
+from muse_jax.text.embeddings import precompute
 
 TRAIN_SIZE = 16  # two tiny batches; eval is the tiny config's 32 examples
 
@@ -38,7 +39,7 @@ def dirs(tokenizer_dir, tmp_path_factory):
         out[f"data.{split}_text_embeddings"] = str(precompute(
             config.text, captions, root / f"{split}_emb", "float32", shard_size=10))
         out[f"data.{split}_tokens"] = str(precompute_tokens(
-            config, split, root / f"{split}_tokens", batch_size=16, shard_size=10))
+            config, split, root / f"{split}_tokens", load_tokenizer, batch_size=16, shard_size=10))
     return out
 
 
@@ -95,7 +96,7 @@ def test_precomputed_step_matches_the_frozen_models(tokenizer_dir, dirs):
 def test_records_hold_the_split_in_source_order(tokenizer_dir, dirs):
     source = sources.create(_base(tokenizer_dir).data, "eval", 0)
     tokens = TokenRecords(dirs["data.eval_tokens"])
-    embeddings = records.EmbeddingRecords(dirs["data.eval_text_embeddings"])
+    embeddings = EmbeddingRecords(dirs["data.eval_text_embeddings"])
     assert len(tokens) == len(embeddings) == len(source) == 32
     assert tokens.grid_size == 16 and tokens.codebook_size == 64
     for i in (0, 13, 31):
@@ -156,7 +157,7 @@ def test_clis_write_a_split(tokenizer_dir, dirs, tmp_path):
         np.testing.assert_array_equal(written[i]["tokens"], expected[i]["tokens"])
     result = run_module("muse_jax.text.precompute", *config, "--split=eval",
                         f"--out={tmp_path / 'emb'}", check=True)
-    assert records.EmbeddingRecords(tmp_path / "emb")[31]["caption"] == expected[31]["caption"]
+    assert EmbeddingRecords(tmp_path / "emb")[31]["caption"] == expected[31]["caption"]
     endless = run_module("muse_jax.data.precompute_tokens", *config, "--split=train",
                          "--config.data.shapes_train_size=0", f"--out={tmp_path / 'x'}")
     assert endless.returncode == 2 and "Traceback" not in endless.stderr

@@ -6,9 +6,11 @@ import numpy as np
 import pytest
 from conftest import run_module
 
+from muse_jax.data.shards import EmbeddingRecords
 from muse_jax.errors import UserError
-from muse_jax.text import create_encoder, default_config, records
-from muse_jax.text.precompute import precompute, read_captions
+from muse_jax.text import create_encoder, default_config
+from muse_jax.text.embeddings import precompute
+from muse_jax.text.precompute import read_captions
 
 CAPTIONS = ["a red square", "", "two blue circles on the left of a green triangle",
             "big yellow star " * 40, "a cat"]
@@ -37,7 +39,7 @@ def test_cli_writes_shards_that_read_back_as_the_encoder_output(tmp_path):
     assert "1 of 5 prompts truncated" in result.stderr
     assert len(list(out.glob("embeddings-*-of-00003.array_record"))) == 3
 
-    data = records.EmbeddingRecords(out)
+    data = EmbeddingRecords(out)
     assert len(data) == 5 and data.dim == 384 and data.max_length == 32
     expected, masks = create_encoder(default_config()).encode(CAPTIONS)
     for i in (0, 1, 2, 3, 4, -1):
@@ -75,7 +77,7 @@ def test_cli_reports_a_missing_checkpoint_in_one_line(tmp_path):
 
 def test_float16_records_are_smaller_and_close(tmp_path):
     out16 = precompute(default_config(), CAPTIONS[:3], tmp_path / "f16", "float16", shard_size=10)
-    item = records.EmbeddingRecords(out16)[2]
+    item = EmbeddingRecords(out16)[2]
     assert item["embedding"].dtype == np.float16 and item["mask"].sum() == 12
     ref, _ = create_encoder(default_config()).encode(CAPTIONS[2:3])
     np.testing.assert_allclose(item["embedding"].astype(np.float32), ref[0], atol=5e-3)

@@ -19,6 +19,7 @@ import numpy as np
 from absl import logging
 
 from muse_jax.data import sources
+from muse_jax.data.shards import EmbeddingRecords, TokenRecords
 from muse_jax.data.transforms import COUNTERS, PRECOMPUTED, Filter, Preprocess  # noqa: F401
 from muse_jax.errors import UserError
 
@@ -74,9 +75,6 @@ def create_source(data, split: str, seed: int):
     embeddings, tokens = data.get(f"{split}_text_embeddings"), data.get(f"{split}_tokens")
     if not embeddings and not tokens:
         return source
-    from muse_jax.data.precompute_tokens import TokenRecords
-    from muse_jax.text.records import EmbeddingRecords
-
     embeddings = EmbeddingRecords(embeddings) if embeddings else None
     tokens = TokenRecords(tokens) if tokens else None
     for records in (embeddings, tokens):

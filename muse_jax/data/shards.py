@@ -1,9 +1,13 @@
-"""Numbered ArrayRecord shards plus a metadata.json: the layout of every precomputed input.
+"""Precomputed records: numbered ArrayRecord shards plus a metadata.json, and their readers.
 
-Caption embeddings (muse_jax/text/records.py) and image tokens
-(muse_jax/data/precompute_tokens.py) are written once, in example order, and read back by
-example index, so record i always belongs to example i of the split they came from. A
-directory holds
+The one place for the shard layout, its writer and its readers, and for the two precomputed
+inputs a base run can read instead of running a frozen model: caption embeddings
+(`EmbeddingRecords`, written by `python -m muse_jax.text.precompute` through
+muse_jax/text/embeddings.py) and image tokens (`TokenRecords`, written by `python -m
+muse_jax.data.precompute_tokens` through muse_jax/data/tokens.py). Converted images
+(muse_jax/data/image_records.py) use the same layout. Records are written once, in example
+order, and read back by example index, so record i always belongs to example i of the split
+they came from. A directory holds
 
   metadata.json                           what wrote it, plus `num_records` and `shards`
                                           ([{file, records}], in order); written last, so a
@@ -14,6 +18,18 @@ What a record holds (bytes, usually a flax msgpack map) is up to the writer. Sha
 different numbers of records (converted images: muse_jax/data/convert.py writes whatever
 survived of each input shard). Readers take local paths or `gs://...` (etils.epath for the
 metadata, array_record's own file layer for the shards).
+
+Caption embeddings (prefix `embeddings`): each record is a msgpack map (flax.serialization)
+{caption: str, length: int, embedding: [length, dim] float16|float32}: only the unpadded
+tokens are stored, which for T5-XXL (width 4096, 128 tokens) cuts the size several-fold; the
+reader pads back to max_length. metadata.json adds the encoder config, dim, max_length and
+embedding_dtype, and `empty_caption.npz` holds the "" embedding [max_length, dim] float32 and
+its mask: guidance's unconditional input, so no encoder is needed.
+
+Image tokens (prefix `tokens`): each record is a msgpack map {caption: str, tokens: [grid,
+grid] uint16, or int32 for codebooks over 65536}; the caption lets training check that record
+i still belongs to example i. metadata.json adds grid_size, codebook_size, image_size,
+tokenizer_workdir, source, split and tokens_dtype.
 """
 from __future__ import annotations
 
@@ -21,9 +37,14 @@ import json
 import math
 from pathlib import Path
 
+import numpy as np
+
 from muse_jax.errors import UserError
 
 METADATA = "metadata.json"
+EMBEDDINGS = "embeddings"  # shard prefix of caption embeddings
+EMPTY_CAPTION = "empty_caption.npz"  # beside them: the "" embedding and its mask
+TOKENS = "tokens"  # shard prefix of image tokens
 # One record per chunk so a random read decodes one record.
 WRITE_OPTIONS = "group_size:1"
 
@@ -144,3 +165,71 @@ class ShardReader:
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({str(self.directory)!r}, {len(self)} records)"
+
+
+# ---------------------------------------------------------------------- caption embeddings
+def serialize_embedding(caption: str, embedding: np.ndarray, mask: np.ndarray, dtype) -> bytes:
+    """One record from a padded embedding [L, D] and its mask [L] (valid tokens come first)."""
+    from flax import serialization
+
+    length = int(mask.sum())
+    return serialization.msgpack_serialize({
+        "caption": caption, "length": length,
+        "embedding": np.ascontiguousarray(embedding[:length], dtype=dtype),
+    })
+
+
+def deserialize_embedding(record: bytes, max_length: int) -> dict:
+    """{"caption", "embedding" [max_length, D] (stored dtype, zero padding), "mask" [max_length] bool}."""
+    from flax import serialization
+
+    item = serialization.msgpack_restore(record)
+    stored = np.asarray(item["embedding"])
+    embedding = np.zeros((max_length, stored.shape[-1]), stored.dtype)
+    embedding[: len(stored)] = stored
+    mask = np.zeros(max_length, bool)
+    mask[: int(item["length"])] = True
+    return {"caption": item["caption"], "embedding": embedding, "mask": mask}
+
+
+class EmbeddingRecords(ShardReader):
+    """Random access to precomputed caption embeddings: `len()`, `[i]` -> deserialize_embedding().
+
+    A grain RandomAccessDataSource (see ShardReader for the reading and pickling).
+    """
+
+    def __init__(self, directory: str | Path):
+        super().__init__(directory, "embeddings", "muse_jax.text.precompute")
+        self.max_length = int(self.metadata["max_length"])
+        self.dim = int(self.metadata["dim"])
+
+    def __getitem__(self, index: int) -> dict:
+        return deserialize_embedding(self.read(index), self.max_length)
+
+    def empty_caption(self) -> tuple[np.ndarray, np.ndarray]:
+        """The "" embedding [max_length, dim] float32 and its mask, for unconditional guidance."""
+        with np.load(self.directory / EMPTY_CAPTION) as f:
+            return f["embedding"], f["mask"]
+
+
+# ---------------------------------------------------------------------- image tokens
+def serialize_tokens(caption: str, tokens: np.ndarray) -> bytes:
+    """One record from an image's caption and its token grid [h, w] (stored dtype as given)."""
+    from flax import serialization
+
+    return serialization.msgpack_serialize({"caption": str(caption), "tokens": tokens})
+
+
+class TokenRecords(ShardReader):
+    """Random access to precomputed image tokens: `[i]` -> {"caption", "tokens" [h, w]}."""
+
+    def __init__(self, directory: str | Path):
+        super().__init__(directory, "image tokens", "muse_jax.data.precompute_tokens")
+        self.grid_size = int(self.metadata["grid_size"])
+        self.codebook_size = int(self.metadata["codebook_size"])
+
+    def __getitem__(self, index: int) -> dict:
+        from flax import serialization
+
+        item = serialization.msgpack_restore(self.read(index))
+        return {"caption": item["caption"], "tokens": np.asarray(item["tokens"])}

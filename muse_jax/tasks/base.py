@@ -146,7 +146,7 @@ class BaseTask:
 
     def _check_tokens(self) -> None:
         """Precomputed tokens must fit the model; sampling decodes with `tokenizer.workdir`."""
-        from muse_jax.data.precompute_tokens import TokenRecords
+        from muse_jax.data.shards import TokenRecords
 
         c = self.config
         for directory in (c.data.train_tokens, c.data.eval_tokens):
@@ -167,7 +167,7 @@ class BaseTask:
 
         Returns the train split's records, whose empty caption the steps use.
         """
-        from muse_jax.text.records import EmbeddingRecords
+        from muse_jax.data.shards import EmbeddingRecords
 
         c = self.config
         directories = (c.data.train_text_embeddings, c.data.eval_text_embeddings)

@@ -22,8 +22,9 @@ The `config.text` block (an `ml_collections.ConfigDict`; `default_config()` retu
   batch_size  most prompts per jit-compiled call in `encode`.
 
 Modules: `encoder` (the interface), `t5` and `bert` (Flax models + weight import),
-`hf_import` (reading checkpoint directories), `records` (precomputed embeddings in
-ArrayRecord files, readable by the data pipeline) and `precompute` (the CLI writing them).
+`hf_import` (reading checkpoint directories), `embeddings` (encoding captions once into
+precomputed-embedding records, whose format and reader are muse_jax/data/shards.py) and
+`precompute` (the CLI doing that).
 """
 from __future__ import annotations
 

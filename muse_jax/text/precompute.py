@@ -8,28 +8,27 @@ The config is any config with a `text` block (see muse_jax/text/__init__.py). Th
 file is UTF-8 with one caption per line; line i becomes record i (an empty line is a valid,
 empty caption), so records stay aligned with the image data the captions came from.
 `--split` instead reads the captions of that split of `config.data`, in source order: the
-directory a base run names in `data.train_text_embeddings` / `data.eval_text_embeddings`. The
-output format and its reader (`records.EmbeddingRecords`) are described in records.py;
-`metadata.json` is written last, so a directory without it is an interrupted run.
+directory a base run names in `data.train_text_embeddings` / `data.eval_text_embeddings`.
+The command only: the encoding and writing is muse_jax/text/embeddings.py, the output format
+and its reader (`EmbeddingRecords`) muse_jax/data/shards.py; `metadata.json` is written last,
+so a directory without it is an interrupted run.
 """
 from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 from absl import flags, logging
 from ml_collections import config_flags
 
 from muse_jax import errors
-from muse_jax.data import shards
 from muse_jax.errors import UserError
-from muse_jax.text import records
+from muse_jax.text import embeddings
 
 FLAGS = flags.FLAGS
 
 
 def define_flags() -> None:
-    """Defined on demand, not at import, so other entry points can import this module."""
+    """Defined on demand, not at import."""
     config_flags.DEFINE_config_file("config", None, "Config file with a `text` block.")
     flags.DEFINE_string("captions", None, "UTF-8 text file, one caption per line.")
     flags.DEFINE_enum("split", None, ["train", "eval"],
@@ -59,31 +58,6 @@ def read_captions(path: str | Path) -> list[str]:
     return lines
 
 
-def precompute(text_config, captions: list[str], out: Path, embedding_dtype: str = "float16",
-               shard_size: int = 10000, overwrite: bool = False) -> Path:
-    """Writes the shards, the empty-caption embedding and metadata.json; returns `out`."""
-    from tqdm import tqdm
-
-    from muse_jax.text import create_encoder
-
-    out = Path(out)
-    writer = shards.ShardWriter(out, records.PREFIX, len(captions), shard_size)  # checks sizes
-    encoder = create_encoder(text_config)  # fails on a bad config before anything is written
-    shards.prepare_out(out, records.PREFIX, "precomputed embeddings", overwrite, (records.EMPTY,))
-    with tqdm(total=len(captions), unit="caption", desc="encoding captions") as progress:
-        for start in range(0, len(captions), encoder.batch_size):
-            batch = captions[start:start + encoder.batch_size]
-            embeddings, masks = encoder.encode(batch)
-            for caption, emb, mask in zip(batch, embeddings, masks):
-                writer.write(records.serialize(caption, emb, mask, embedding_dtype))
-            progress.update(len(batch))
-    empty, empty_mask = encoder.encode([""])
-    np.savez(out / records.EMPTY, embedding=empty[0], mask=empty_mask[0])
-    writer.close({"encoder": text_config.to_dict(), "dim": encoder.dim,
-                  "max_length": encoder.max_length, "embedding_dtype": embedding_dtype})
-    return out
-
-
 def main(argv) -> None:
     if len(argv) > 1:
         raise UserError(f"unexpected arguments: {' '.join(argv[1:])}")
@@ -104,8 +78,8 @@ def main(argv) -> None:
         captions = sources.captions(sources.create_finite(config.data, FLAGS.split, config.seed))
     else:
         captions = read_captions(FLAGS.captions)
-    out = precompute(config.text, captions, Path(FLAGS.out), FLAGS.embedding_dtype,
-                     FLAGS.shard_size, FLAGS.overwrite)
+    out = embeddings.precompute(config.text, captions, Path(FLAGS.out), FLAGS.embedding_dtype,
+                                FLAGS.shard_size, FLAGS.overwrite)
     logging.info("wrote %d caption embeddings to %s", len(captions), out)
 
 
