@@ -39,6 +39,14 @@ def load_file(path: str | Path, arg: str | None = None) -> ml_collections.Config
     return module.get_config(arg) if arg is not None else module.get_config()
 
 
+def load_common():
+    """configs/common.py as a module: the config blocks the stages share."""
+    spec = importlib.util.spec_from_file_location("_muse_config_common", CONFIG_DIR / "common.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def reference(stage: str) -> ml_collections.ConfigDict:
     if stage not in REFERENCE:
         raise ConfigError(f"config.stage must be one of {sorted(REFERENCE)}, got {stage!r}")

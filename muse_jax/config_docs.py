@@ -40,33 +40,59 @@ def _key(target: ast.expr) -> str | None:
 
 def comments(path: Path) -> dict[str, str]:
     """Key -> its meaning: the comment ending its assignment line, else the comment lines just
-    above it. Only the unconditional assignments of `get_config` count (not variants). A config
-    built on another (`load_file(Path(__file__).with_name("base_256.py"))`) inherits its comments.
+    above it. Only the unconditional assignments of `get_config` count (not variants), and
+    those of the configs/common.py blocks it adds (`common.add_data(c)`, ...) where it calls
+    them. A config built on another (`load_file(Path(__file__).with_name("base_256.py"))`)
+    inherits its comments.
     """
     source = path.read_text()
     out = {}
     for parent in re.findall(r'with_name\("([\w.]+\.py)"\)', source):
         out.update(comments(path.with_name(parent)))
+    common = path.with_name("common.py")
+    blocks = _assignments(common.read_text()) if common.is_file() else {}
+    function = next(node for node in ast.parse(source).body
+                    if isinstance(node, ast.FunctionDef) and node.name == "get_config")
+    own = _assignments(source, "get_config")
+    for node in function.body:
+        call = node.value if isinstance(node, ast.Expr) else None
+        if (isinstance(call, ast.Call) and isinstance(call.func, ast.Attribute)
+                and ast.unparse(call.func.value) == "common"):
+            out.update(blocks.get(call.func.attr, {}))
+        elif isinstance(node, ast.Assign) and node.lineno in own:
+            out.update(own[node.lineno])
+    return out
+
+
+def _assignments(source: str, only: str | None = None) -> dict:
+    """Per function of `source` (or, with `only`, per assignment line of that function): the
+    meanings of the `c.block.key = ...` assignments in its body."""
     by_line = {tok.start[0]: tok.string.lstrip("#").strip()
                for tok in tokenize.generate_tokens(io.StringIO(source).readline)
                if tok.type == tokenize.COMMENT}
     lines = source.splitlines()
-    function = next(node for node in ast.parse(source).body
-                    if isinstance(node, ast.FunctionDef) and node.name == "get_config")
-    for node in function.body:
-        if not isinstance(node, ast.Assign) or len(node.targets) != 1:
+    out = {}
+    for function in ast.parse(source).body:
+        if not isinstance(function, ast.FunctionDef) or only not in (None, function.name):
             continue
-        key = _key(node.targets[0])
-        if key is None or (isinstance(node.value, ast.Call) and "ConfigDict" in ast.unparse(node.value.func)):
-            continue
-        text = by_line.get(node.end_lineno) or by_line.get(node.lineno)
-        if not text:
-            above, line = [], node.lineno - 1
-            while line >= 1 and lines[line - 1].strip().startswith("#"):
-                above.insert(0, by_line[line])
-                line -= 1
-            text = " ".join(above)
-        out[key] = text
+        for node in function.body:
+            if not isinstance(node, ast.Assign) or len(node.targets) != 1:
+                continue
+            key = _key(node.targets[0])
+            if key is None or (isinstance(node.value, ast.Call)
+                               and "ConfigDict" in ast.unparse(node.value.func)):
+                continue
+            text = by_line.get(node.end_lineno) or by_line.get(node.lineno)
+            if not text:
+                above, line = [], node.lineno - 1
+                while line >= 1 and lines[line - 1].strip().startswith("#"):
+                    above.insert(0, by_line[line])
+                    line -= 1
+                text = " ".join(above)
+            if only:
+                out[node.lineno] = {key: text}
+            else:
+                out.setdefault(function.name, {})[key] = text
     return out
 
 

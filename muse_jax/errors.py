@@ -12,6 +12,7 @@ checkpoint raises `Preempted`, which becomes `preempted: <message>` and exit sta
 from __future__ import annotations
 
 import functools
+import logging
 import os
 import sys
 
@@ -83,6 +84,27 @@ def parse_flags(argv: list[str]) -> list[str]:
         _fail(flag_error(argv, e))
 
 
+class OwnInfoOnly(logging.Filter):
+    """Passes warnings and errors from anywhere, INFO and DEBUG from muse_jax's own files only:
+    the libraries' INFO lines (Orbax's "Closing _NonBlockingMetadataStore(...)", ...) stay out
+    of a user's terminal unless `--verbosity=1` (or more) asks for them."""
+
+    _OWN = os.path.dirname(os.path.abspath(__file__)) + os.sep
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno >= logging.WARNING or record.pathname.startswith(self._OWN)
+
+
+def _quiet_libraries(main):
+    @functools.wraps(main)
+    def wrapped(argv):
+        if flags.FLAGS["verbosity"].value < 1:
+            logging.getLogger("absl").addFilter(OwnInfoOnly())
+        return main(argv)
+    return wrapped
+
+
 def run(main) -> None:
-    """`absl.app.run(main)` with bad flags and `UserError`s reported in one line, exit 2."""
-    app.run(cli_main(main), flags_parser=parse_flags)
+    """`absl.app.run(main)` with bad flags and `UserError`s reported in one line, exit 2, and
+    library INFO logging kept out of the terminal (`OwnInfoOnly`)."""
+    app.run(_quiet_libraries(cli_main(main)), flags_parser=parse_flags)

@@ -109,12 +109,31 @@ def logical_shardings(abstract_boxed: Any, mesh: jax.sharding.Mesh, rules=LOGICA
                         is_leaf=lambda x: isinstance(x, nn.Partitioned))
 
 
+def _rank_matched(init_fn: Callable[..., Any]) -> Callable[..., Any]:
+    """`init_fn` with the boxes whose axis names do not fit their array's rank taken off.
+
+    An optimiser state derived leaf by leaf from boxed parameters inherits each parameter's
+    names even where its shape is not the parameter's: Adafactor's factored second moments
+    (a row and a column vector of a matrix) keep the matrix's two names. Such a leaf has no
+    sharding its names describe; it is small and stays replicated.
+    """
+    def unmatched(leaf) -> bool:
+        return (isinstance(leaf, nn.Partitioned) and hasattr(leaf.value, "ndim")
+                and len(leaf.names) != leaf.value.ndim)
+
+    def fitted(*args):
+        return jax.tree.map(lambda x: x.value if unmatched(x) else x, init_fn(*args),
+                            is_leaf=lambda x: isinstance(x, nn.Partitioned))
+    return fitted
+
+
 def create_sharded(init_fn: Callable[..., Any], mesh: jax.sharding.Mesh, *args,
                    rules=LOGICAL_AXIS_RULES) -> tuple[Any, Any]:
     """Runs `init_fn(*args)` under jit so every array is born on its shard; returns (tree, shardings).
 
     `init_fn` may return logically partitioned (boxed) leaves; the result is unboxed.
     """
+    init_fn = _rank_matched(init_fn)
     with nn.logical_axis_rules(rules):
         abstract = jax.eval_shape(init_fn, *args)
         shardings = logical_shardings(abstract, mesh, rules)
@@ -127,7 +146,7 @@ def abstract_sharded(init_fn: Callable[..., Any], mesh: jax.sharding.Mesh, *args
                      rules=LOGICAL_AXIS_RULES) -> Any:
     """`jax.ShapeDtypeStruct`s with shardings for what `init_fn` would build; nothing is allocated."""
     with nn.logical_axis_rules(rules):
-        abstract = jax.eval_shape(init_fn, *args)
+        abstract = jax.eval_shape(_rank_matched(init_fn), *args)
         shardings = logical_shardings(abstract, mesh, rules)
     return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
                         nn.unbox(abstract), shardings)

@@ -42,11 +42,15 @@ LAYERS = {
     "muse_jax.checkpoint": FOUNDATION,
     "muse_jax.metrics": FOUNDATION,
     "muse_jax.optimizers": FOUNDATION,
+    "muse_jax.runs": FOUNDATION,  # opening a run's directory: config.json + checkpoint only
     "muse_jax.models": MODELS,
     "muse_jax.data": DATA,
     "muse_jax.text": TEXT,
     "muse_jax.tasks": TASKS,
     "muse_jax.plan": RUN,
+    "muse_jax.inference": RUN,
+    "muse_jax.shapes_evals": RUN,
+    "muse_jax.sampling_flags": RUN,  # the CLIs' shared flags: absl definitions, no command
     # CLIs: exactly the modules with `if __name__ == "__main__":` (checked below).
     "muse_jax.train": CLI,
     "muse_jax.sample": CLI,
@@ -64,9 +68,6 @@ KNOWN_VIOLATIONS = {
     # CLI importing CLI (issue 18: being removed): the library parts of these CLIs are to move
     # into modules below them.
     ("muse_jax.demo", "muse_jax.train"),  # train.train_and_evaluate
-    ("muse_jax.demo", "muse_jax.sample"),  # load_pipeline, sample_tokens, shift_canvas, ...
-    ("muse_jax.demo", "muse_jax.evaluate"),  # evaluate.shapes_oracle
-    ("muse_jax.evaluate", "muse_jax.sample"),  # sample_tokens, sample_two_stage, super_resolve, ...
 }
 
 

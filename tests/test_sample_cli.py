@@ -65,10 +65,14 @@ def test_outpaint_canvas_shifts_and_masks():
 @pytest.mark.slow
 def test_sample_cli_writes_grid_and_settings(base_dir, tmp_path):
     out = tmp_path / "grid.png"
-    run_module("muse_jax.sample", f"--workdir={base_dir}", "--prompt=a red circle at the center",
-               "--prompt=a blue square at the top left", "--num_images=3", "--steps=4",
-               f"--out={out}", env=ONE_DEVICE, check=True)
+    result = run_module("muse_jax.sample", f"--workdir={base_dir}",
+                        "--prompt=a red circle at the center",
+                        "--prompt=a blue square at the top left", "--num_images=3", "--steps=4",
+                        f"--out={out}", env=ONE_DEVICE, check=True)
     assert Image.open(out).size == (3 * 64, 2 * 64)
+    # Libraries' INFO lines stay out of the terminal (Orbax's, when the checkpoint is read).
+    for noise in ("_NonBlockingMetadataStore", "pytree_checkpoint_handler.py", "xla_bridge.py"):
+        assert noise not in result.stderr, noise
     settings = json.loads(out.with_suffix(".json").read_text())
     assert settings["steps"] == 4 and len(settings["prompts"]) == 2
 
@@ -141,3 +145,58 @@ def test_sample_cli_edits_with_the_papers_settings_and_choice_temperature(base_d
     settings = json.loads(out.with_suffix(".json").read_text())
     assert settings["choice_temperature"] == 1.5
     assert settings["edit_options"] == {"iterations": 5, "mask_rate": 0.08, "steps": 4, "top_k": 3}
+
+
+def test_repeated_calls_compile_nothing_more(pipe):
+    """The pipeline builds each compiled function once: the second round of sampling, encoding,
+    decoding and editing at the same shapes traces and compiles nothing."""
+    from jax import monitoring
+
+    from muse_jax import inference
+    options = sampling.SamplingOptions(steps=2)
+    edit = sampling.EditOptions(iterations=2, steps=1)
+    prompts = ["a red circle at the center", "a blue square at the top left"]
+    images = np.zeros((2, 64, 64, 3), np.float32)
+
+    def everything():
+        tokens = sample_tokens(pipe, prompts, options, seed=0, batch_size=2)
+        pipe.decode(pipe.tokens_of(images))
+        inference.edit(pipe, tokens, prompts, options, edit, seed=0, batch_size=2)
+
+    everything()
+    events = []
+    listener = lambda name, duration, **kwargs: events.append(name)  # noqa: E731
+    monitoring.register_event_duration_secs_listener(listener)
+    try:
+        everything()
+        everything()
+    finally:
+        monitoring.unregister_event_duration_listener(listener)
+    compiles = [e for e in events if e.startswith("/jax/core/compile/")]
+    assert compiles == [], compiles
+
+
+def test_a_run_copied_elsewhere_with_its_tokenizer_samples_from_another_directory(
+        base_dir, tmp_path, monkeypatch):
+    """config.json records the tokenizer relative to the run, so the pair moves as a whole."""
+    import shutil
+
+    from muse_jax import inference
+    recorded = json.loads((base_dir / "config.json").read_text())["tokenizer"]["workdir"]
+    assert recorded == "../tokenizer"
+    moved = tmp_path / "moved"
+    shutil.copytree(base_dir, moved / "base")
+    shutil.copytree(base_dir.parent / "tokenizer", moved / "tokenizer")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    copy = inference.load(str(moved / "base"))
+    assert copy.config.tokenizer.workdir == str(moved / "tokenizer")
+    options = sampling.SamplingOptions(steps=2)
+    prompt = ["a red circle at the center"]
+    original = load(str(base_dir))
+    np.testing.assert_array_equal(sample_tokens(copy, prompt, options, seed=3),
+                                  sample_tokens(original, prompt, options, seed=3))
+    # Relative to the current directory the copy is found too; the tokenizer still beside it.
+    monkeypatch.chdir(tmp_path)
+    assert inference.load("moved/base").config.tokenizer.workdir == str(moved / "tokenizer")
