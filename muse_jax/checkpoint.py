@@ -25,11 +25,7 @@ import orbax.checkpoint as ocp
 from absl import logging
 from etils import epath
 
-from muse_jax.errors import UserError
-
-
-class CheckpointError(UserError):
-    """A checkpoint that cannot be written or read; the message names the step and the cause."""
+from muse_jax.errors import CheckpointError
 
 
 def describe(error: BaseException) -> str:

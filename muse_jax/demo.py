@@ -239,7 +239,7 @@ def edits(pipe, source, options, edit_options, out: Path) -> dict:
 
 
 # ---------------------------------------------------------------------- report
-def write_report(out: Path, timer: Timer, options, oracle: dict, grid: list[dict],
+def write_report(out: Path, timer: Timer, options, edit_options, oracle: dict, grid: list[dict],
                  edited: dict, vq_config, base_config, workdir: str) -> None:
     phases = "\n".join(f"| {p.name} | {p.seconds:.0f} s{' (reused)' if p.reused else ''} |"
                        for p in timer.phases)
@@ -268,6 +268,10 @@ cell {oracle['cell']:.1%}).
 
 ## Editing without fine-tuning (Muse 3.3)
 
+Inpainting and outpainting fill the masked tokens in {options.steps} steps; mask-free editing
+re-masks {edit_options.mask_rate:.0%} of the tokens {edit_options.iterations} times, each round
+filled in {edit_options.steps} steps with top-k {edit_options.top_k}.
+
 | edit | before | prompt | oracle says the result matches |
 |---|---|---|---|
 {edit_rows}
@@ -285,6 +289,7 @@ cell {oracle['cell']:.1%}).
     with open(out / "report.json", "w") as f:
         json.dump({"oracle": oracle, "samples": grid, "edits": edited,
                    "sampling": dataclasses.asdict(options),
+                   "editing": dataclasses.asdict(edit_options),
                    "phases": [dataclasses.asdict(p) for p in timer.phases]}, f, indent=2)
 
 
@@ -317,7 +322,7 @@ def run(workdir: str, out: str, num_eval: int, options, edit_options=None,
         grid = samples(pipe, source, options, out_dir)
     with timer.phase("inpaint, outpaint, edit"):
         edited = edits(pipe, source, options, edit_options, out_dir)
-    write_report(out_dir, timer, options, oracle, grid, edited, vq, base, workdir)
+    write_report(out_dir, timer, options, edit_options, oracle, grid, edited, vq, base, workdir)
     print(f"oracle accuracy {oracle['match']:.1%} on {num_eval} held-out prompts; "
           f"report: {out_dir / 'report.md'}")
     return {"oracle": oracle, "phases": timer.phases}

@@ -26,6 +26,11 @@ class UserError(Exception):
     """An error in what the user asked for; its message is the whole story, in one line."""
 
 
+class CheckpointError(UserError):
+    """A checkpoint that is missing, incomplete or unreadable, or cannot be written: a run's
+    own (Orbax) or an imported one (Hugging Face). The message names the files and the cause."""
+
+
 class Preempted(Exception):
     """Stopped on a preemption notice with a checkpoint saved; the same command resumes."""
 
@@ -99,7 +104,8 @@ def _quiet_libraries(main):
     @functools.wraps(main)
     def wrapped(argv):
         if flags.FLAGS["verbosity"].value < 1:
-            logging.getLogger("absl").addFilter(OwnInfoOnly())
+            for handler in logging.getLogger().handlers:  # absl's, which every logger reaches
+                handler.addFilter(OwnInfoOnly())
         return main(argv)
     return wrapped
 

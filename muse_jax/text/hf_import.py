@@ -20,17 +20,13 @@ from typing import Iterable
 
 import numpy as np
 
-from muse_jax.errors import UserError
+from muse_jax.errors import CheckpointError
 
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json",
                 "pytorch_model.bin", "pytorch_model.bin.index.json")
 TOKENIZER_FILES = ("tokenizer.json", "spiece.model", "vocab.txt")
 EXPECTED = ("config.json + model.safetensors (or model.safetensors.index.json and its shards, "
             "or pytorch_model.bin) + tokenizer.json (or spiece.model / vocab.txt)")
-
-
-class CheckpointError(UserError):
-    """A checkpoint directory that is missing, incomplete or unreadable; str() is one line."""
 
 
 def check_dir(path: str | os.PathLike, what: str, tokenizer: bool = True) -> Path:
