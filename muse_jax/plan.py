@@ -52,11 +52,29 @@ def count(tree: Any) -> int:
     return sum(math.prod(x.shape) for x in jax.tree.leaves(tree))
 
 
+def module_paths(params: dict) -> list[str]:
+    """Top-level parameter modules, and in place of a transformer trunk (a module holding
+    blocks_0, blocks_1, ...) its parts, as "trunk/blocks_0": the rows worth a line each."""
+    out = []
+    for name, value in params.items():
+        if isinstance(value, dict) and any(re.fullmatch(r"blocks_\d+", k) for k in value):
+            out += [f"{name}/{child}" for child in value]
+        else:
+            out.append(name)
+    return out
+
+
+def subtree(params: dict, path: str) -> Any:
+    for key in path.split("/"):
+        params = params[key]
+    return params
+
+
 def group_params(params: dict) -> list[tuple[str, list[str]]]:
-    """Top-level parameter modules; numbered runs (block_0, block_1, ...) become one row."""
+    """`module_paths`; numbered runs (block_0, block_1, ...) become one row."""
     rows: list[tuple[str, list[str]]] = []
     runs: dict[str, list[str]] = {}
-    for name in params:
+    for name in module_paths(params):
         match = re.fullmatch(r"(.*?)_?(\d+)", name)
         if match:
             prefix = match.group(1)
@@ -224,7 +242,7 @@ def plan(config, devices, memory_gib: float) -> dict:
     boxed = abstract_state(task)
     frozen = frozen_models(config)
     state = nn.unbox(boxed)
-    rows = [(label, sum(count(state.params[n]) for n in names), len(names))
+    rows = [(label, sum(count(subtree(state.params, n)) for n in names), len(names))
             for label, names in group_params(state.params)]
     report = {"stage": config.stage, "num_devices": len(devices), "memory_gib": memory_gib,
               "params": {label: n for label, n, _ in rows},

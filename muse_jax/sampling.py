@@ -126,7 +126,7 @@ def _generate(model, options: SamplingOptions, params, emb, mask, uncond_emb, un
     context_kv = model.apply({"params": params}, text, text_mask, *extra, method="encode_context")
 
     def logits_fn(tokens):
-        return model.apply({"params": params}, tokens, context_kv=context_kv)
+        return model.apply({"params": params}, tokens, context_kv, method="logits")
 
     return decode(logits_fn, canvas, model.mask_id, rng, options)
 

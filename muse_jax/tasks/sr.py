@@ -67,8 +67,8 @@ class SRTask(BaseTask):
         tokens = jnp.zeros((1, self.num_tokens), jnp.int32)
         low_res = jnp.zeros((1, m.low_res_grid_size ** 2), jnp.int32)
         text = jnp.zeros((1, self.config.text.max_length, m.text_dim), jnp.float32)
-        params = self.model.init(rng, tokens, low_res, text,
-                                 jnp.ones(text.shape[:2], bool))["params"]
+        params = self.model.init(rng, tokens, text, jnp.ones(text.shape[:2], bool),
+                                 low_res)["params"]
         return BaseState(step=jnp.zeros((), jnp.int32), params=params,
                          opt_state=self.tx.init(params), ema_params=params)
 
@@ -97,8 +97,8 @@ class SRTask(BaseTask):
         return {"low_res": jax.lax.stop_gradient(ids.reshape(ids.shape[0], -1))}
 
     def _logits(self, params, part: dict, **kwargs):
-        return self.model.apply({"params": params}, part["inputs"], part["low_res"], part["emb"],
-                                part["text_mask"], **kwargs)
+        return self.model.apply({"params": params}, part["inputs"], part["emb"], part["text_mask"],
+                                part["low_res"], **kwargs)
 
     def _condition_images(self, extra: dict, frozen) -> list:
         """The low-res input, decoded by the low-res tokenizer and upsampled to the high-res size."""
