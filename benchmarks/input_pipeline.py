@@ -108,11 +108,12 @@ def step_rate(config, steps: int) -> float:
 
     task = tasks.create(config)
     mesh = parallel.create_mesh(config.mesh)
-    frozen = task.load_frozen(mesh)
+    steps = task.load(mesh)
+    frozen = steps.frozen
     state, _ = parallel.create_sharded(task.init_state, mesh, jax.random.key(0))
-    batch = parallel.global_batch(task.prepare_batch(next(pipeline.train_iterator(
+    batch = parallel.global_batch(steps.prepare_batch(next(pipeline.train_iterator(
         config, keep_caption=task.uses_captions))), parallel.batch_sharding(mesh))
-    step = jax.jit(train.skip_nonfinite(task.train_step), donate_argnums=0)
+    step = jax.jit(train.skip_nonfinite(steps.train_step), donate_argnums=0)
     rng = jax.random.key(1)
     state, metrics = step(state, batch, rng, frozen)
     jax.block_until_ready(metrics)

@@ -211,16 +211,18 @@ def train_and_evaluate(config, workdir: str, progress_bar: bool = False) -> dict
     # ------------------------------------------------------------------ input
     train_iter = pipeline.train_iterator(config, keep_caption=task.uses_captions)
 
-    def load(local_batch):
-        return parallel.global_batch(task.prepare_batch(local_batch), batch_sharding)
-
     # ------------------------------------------------------------------ model, sharded init
     rng = jax.random.key(config.seed)
-    frozen = task.load_frozen(mesh)  # pretrained weights no optimiser sees, already placed
+    steps = task.load(mesh)  # the frozen models read, their weights placed
+    frozen = steps.frozen  # pretrained weights no optimiser sees
+
+    def load(local_batch):
+        return parallel.global_batch(steps.prepare_batch(local_batch), batch_sharding)
+
     abstract = parallel.abstract_sharded(task.init_state, mesh, rng)  # shapes, no arrays
     state_sharding = jax.tree.map(lambda x: x.sharding, abstract)
     frozen_sharding = jax.tree.map(lambda x: x.sharding, frozen)
-    replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+    replicated = parallel.replicated(mesh)
 
     # ------------------------------------------------------------------ checkpoint
     ckpt = checkpoint.Checkpointer(os.path.join(_absolute(workdir), "checkpoints"),
@@ -229,17 +231,14 @@ def train_and_evaluate(config, workdir: str, progress_bar: bool = False) -> dict
         state = ckpt.restore(abstract, train_iter)
         logging.info("resumed from step %d", int(state.step))
     else:
-        state, _ = parallel.create_sharded(task.init_state, mesh, rng)
-        if config.get("finetune") and config.finetune.init_from:
-            state = task.start_from(state)
-            logging.info("initialised from %s", config.finetune.init_from)
+        state = steps.start_state(parallel.create_sharded(task.init_state, mesh, rng)[0])
     start_step = int(state.step)
 
     # ------------------------------------------------------------------ step
-    train_step = jax.jit(skip_nonfinite(task.train_step),
+    train_step = jax.jit(skip_nonfinite(steps.train_step),
                          in_shardings=(state_sharding, batch_sharding, replicated, frozen_sharding),
                          out_shardings=(state_sharding, replicated), donate_argnums=0)
-    eval_step = jax.jit(task.eval_step,
+    eval_step = jax.jit(steps.eval_step,
                         in_shardings=(state_sharding, batch_sharding, replicated, frozen_sharding),
                         out_shardings=replicated)
 
@@ -257,7 +256,7 @@ def train_and_evaluate(config, workdir: str, progress_bar: bool = False) -> dict
             totals = out if totals is None else jax.tree.map(lambda a, b: a + b, totals, out)
         result = task.summarize_eval(jax.device_get(totals))
         writer.write_scalars(step, result)
-        for name, grid in task.summary_images(state, first, frozen).items():
+        for name, grid in steps.summary_images(state, first, frozen).items():
             writer.write_images(step, {name: grid[None]})
             if jax.process_index() == 0:
                 metrics.save_png(os.path.join(workdir, f"{name}.png"), grid)

@@ -82,7 +82,7 @@ def _child(request: dict) -> None:
     import resource
 
     from muse_jax import errors, metrics, train
-    from muse_jax.tasks.vqgan import VQGANTask
+    from muse_jax.tasks.vqgan import VQGANSteps
 
     log = os.open(request["log"], os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
     tee = None
@@ -106,14 +106,14 @@ def _child(request: dict) -> None:
         metrics.JsonlWriter.write_scalars = write_then_pause
     nan_steps = set(request.get("nan_steps", ()))
     if nan_steps:
-        prepare, calls = VQGANTask.prepare_batch, iter(range(1, 10**6))
+        prepare, calls = VQGANSteps.prepare_batch, iter(range(1, 10**6))
 
         def prepare_with_nans(self, local):
             batch = prepare(self, local)
             return {"image": np.full_like(batch["image"], np.nan)} if next(calls) in nan_steps \
                 else batch
 
-        VQGANTask.prepare_batch = prepare_with_nans
+        VQGANSteps.prepare_batch = prepare_with_nans
     if request.get("max_file_bytes"):  # a disk that fills up: writes past this size fail
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
         limit = request["max_file_bytes"]

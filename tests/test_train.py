@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from conftest import run_module
-from muse_jax import checkpoint, metrics, tasks, train
+from muse_jax import checkpoint, metrics, parallel, tasks, train
 from muse_jax import config as config_lib
 
 ONE_DEVICE = {"XLA_FLAGS": ""}
@@ -73,7 +73,8 @@ def test_decoder_finetuning_freezes_encoder_and_starts_identical(tmp_path):
     ft.finetune.extra_decoder_blocks = 1
     ft.train.num_steps = 3
     task = tasks.create(ft)
-    start = task.start_from(nn.unbox(task.init_state(jax.random.key(1))))
+    one_device = parallel.create_mesh({"data": 1, "fsdp": 1, "tensor": 1}, jax.devices()[:1])
+    start = task.load(one_device).start_state(nn.unbox(task.init_state(jax.random.key(1))))
     assert any("extra_" in k for k in start.params["decoder"])
     images = np.random.default_rng(0).uniform(-1, 1, (4, 64, 64, 3)).astype(np.float32)
     before = tasks.create(config).reconstruct(saved["params"], images)
