@@ -132,23 +132,30 @@ def test_two_processes_match_one_through_a_kill_and_resume(tokenizer_dir, tmp_pa
     records = [json.loads(line) for line in (multi / "metrics.jsonl").read_text().splitlines()]
     assert sum("loss" in r and r["step"] == 6 for r in records) == 1
 
-    result = subprocess.run([sys.executable, "-m", "muse_jax.train",
-                             *_args(tokenizer_dir, single)], cwd=REPO, env=_env(4, cache),
-                            capture_output=True, text=True, timeout=400)
+    _train_in_one_process(_args(tokenizer_dir, single), cache)
+    print(f"resumed from step {resume_from}")
+    _assert_same_training(multi, single, 6)
+
+
+def _train_in_one_process(args, cache) -> None:
+    result = subprocess.run([sys.executable, "-m", "muse_jax.train", *args], cwd=REPO,
+                            env=_env(4, cache), capture_output=True, text=True, timeout=400)
     assert result.returncode == 0, result.stderr[-3000:]
 
+
+def _assert_same_training(multi, single, steps: int, eval_rtol: float = 1e-5) -> None:
+    """Every step's metrics (rtol 1e-5) and the evaluation at the last step of two runs."""
     a = metrics.read_jsonl(str(multi / "metrics.jsonl"))
     b = metrics.read_jsonl(str(single / "metrics.jsonl"))
-    print(f"resumed from step {resume_from}")
-    for step in range(1, 7):
+    for step in range(1, steps + 1):
         print(f"step {step}: loss 2x2 {a[step]['loss']:.7f}  1x4 {b[step]['loss']:.7f}")
         for key in ("loss", "grad_norm", "accuracy", "mask_rate"):
             np.testing.assert_allclose(a[step][key], b[step][key], rtol=1e-5,
                                        err_msg=f"{key}@{step}")
     evals = [json.loads((d / "eval.json").read_text()) for d in (multi, single)]
-    assert evals[0]["step"] == 6
+    assert evals[0]["step"] == steps
     for key, value in evals[1].items():
-        np.testing.assert_allclose(evals[0][key], value, rtol=1e-5, err_msg=key)
+        np.testing.assert_allclose(evals[0][key], value, rtol=eval_rtol, err_msg=key)
 
 
 def _sr_args(tokenizer_dir, workdir):
@@ -168,22 +175,9 @@ def test_two_processes_train_the_sr_stage_like_one(tokenizer_dir, tmp_path):
     procs = _launch(_sr_args(tokenizer_dir, multi), cache, tmp_path, "sr")
     for p in procs:
         assert p.wait(timeout=400) == 0, (tmp_path / "sr0.log").read_text()[-3000:]
-    result = subprocess.run([sys.executable, "-m", "muse_jax.train",
-                             *_sr_args(tokenizer_dir, single)], cwd=REPO, env=_env(4, cache),
-                            capture_output=True, text=True, timeout=400)
-    assert result.returncode == 0, result.stderr[-3000:]
-
-    a = metrics.read_jsonl(str(multi / "metrics.jsonl"))
-    b = metrics.read_jsonl(str(single / "metrics.jsonl"))
-    for step in range(1, 4):
-        for key in ("loss", "grad_norm", "accuracy", "mask_rate"):
-            np.testing.assert_allclose(a[step][key], b[step][key], rtol=1e-5,
-                                       err_msg=f"{key}@{step}")
-    evals = [json.loads((d / "eval.json").read_text()) for d in (multi, single)]
-    assert evals[0]["step"] == 3
+    _train_in_one_process(_sr_args(tokenizer_dir, single), cache)
     # The two programs round the frozen VQGAN's convolutions differently, and in two of the 16
     # eval images a code distance this close to a tie picks another high-res target token
     # (measured: loss at mask rate 90% 2.9e-5 apart, the rest equal to 1e-7).
-    for key, value in evals[1].items():
-        np.testing.assert_allclose(evals[0][key], value, rtol=1e-4, err_msg=key)
+    _assert_same_training(multi, single, 3, eval_rtol=1e-4)
     assert (multi / "samples.png").exists()
