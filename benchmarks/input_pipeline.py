@@ -103,16 +103,17 @@ def step_rate(config, steps: int) -> float:
     """Images/s the compiled train step of `config` consumes (compilation not timed)."""
     import jax
 
-    from muse_jax import parallel, tasks, train
+    from muse_jax import parallel, tasks, training
     from muse_jax.data import pipeline
 
     task = tasks.create(config)
     mesh = parallel.create_mesh(config.mesh)
-    frozen = task.load_frozen(mesh)
+    steps = task.load(mesh)
+    frozen = steps.frozen
     state, _ = parallel.create_sharded(task.init_state, mesh, jax.random.key(0))
-    batch = parallel.global_batch(task.prepare_batch(next(pipeline.train_iterator(
+    batch = parallel.global_batch(steps.prepare_batch(next(pipeline.train_iterator(
         config, keep_caption=task.uses_captions))), parallel.batch_sharding(mesh))
-    step = jax.jit(train.skip_nonfinite(task.train_step), donate_argnums=0)
+    step = jax.jit(training.skip_nonfinite(steps.train_step), donate_argnums=0)
     rng = jax.random.key(1)
     state, metrics = step(state, batch, rng, frozen)
     jax.block_until_ready(metrics)
@@ -152,11 +153,11 @@ def main(argv):
     vq = config_lib.load_file("configs/vqgan_shapes.py")
     tokenizer = "workdirs/vqgan_shapes"
     if not (Path(tokenizer) / "checkpoints").is_dir():
-        from muse_jax import train
+        from muse_jax import training
         tokenizer = tempfile.mkdtemp(prefix="tokenizer_")
         stand_in = config_lib.load_file("configs/vqgan_shapes.py")
         stand_in.train.num_steps = 1
-        train.train_and_evaluate(stand_in, tokenizer)
+        training.train_and_evaluate(stand_in, tokenizer)
     base = config_lib.load_file("configs/base_shapes.py")
     base.tokenizer.workdir = tokenizer
     for name, config in (("vqgan_shapes", vq), ("base_shapes", base)):

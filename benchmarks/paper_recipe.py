@@ -24,7 +24,7 @@ import optax
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from muse_jax import config as config_lib  # noqa: E402
-from muse_jax import demo, metrics, optimizers, train  # noqa: E402
+from muse_jax import demo, metrics, optimizers, training  # noqa: E402
 
 VARIANTS = {  # name: optim overrides of base_shapes:paper
     "adafactor (Muse)": {},
@@ -87,7 +87,7 @@ def main() -> None:
         for name, overrides in VARIANTS.items():
             run_dir = os.path.join(tmp, name.split()[0] + str(len(curves)))
             start = time.perf_counter()
-            result = train.train_and_evaluate(recipe(args.workdir, args.steps, overrides), run_dir)
+            result = training.train_and_evaluate(recipe(args.workdir, args.steps, overrides), run_dir)
             seconds = time.perf_counter() - start
             logged = metrics.read_jsonl(os.path.join(run_dir, "metrics.jsonl"))
             curves[name] = sorted((s, r["loss"]) for s, r in logged.items() if "loss" in r)

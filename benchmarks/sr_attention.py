@@ -63,12 +63,12 @@ def build(window: int):
     low = jax.random.randint(rng, (rows, LOW_GRID ** 2), 0, CODEBOOK)
     text = jax.random.normal(rng, (rows, TEXT_LEN, TEXT_DIM))
     mask = jnp.ones((rows, TEXT_LEN), bool)
-    params = nn.unbox(jax.jit(model.init)(rng, tokens[:1], low[:1], text[:1], mask[:1]))["params"]
+    params = nn.unbox(jax.jit(model.init)(rng, tokens[:1], text[:1], mask[:1], low[:1]))["params"]
     context = jax.jit(lambda p: model.apply({"params": p}, text, mask, low,
                                             method="encode_context"))(params)
 
     def step(params, tokens, context):
-        return model.apply({"params": params}, tokens, context_kv=context)
+        return model.apply({"params": params}, tokens, context, method="logits")
 
     compiled = jax.jit(step).lower(params, tokens, context).compile()
     return compiled, (params, tokens, context)

@@ -19,7 +19,7 @@ import time
 
 from absl import app, flags, logging
 
-from muse_jax import train
+from muse_jax import train, training
 
 DEFAULT_CONFIG = "configs/vqgan_shapes.py"
 FLAGS = flags.FLAGS
@@ -62,7 +62,7 @@ def main(argv):
           f"{jax.devices()[0].platform} device(s), {os.cpu_count()} cores; workdir {workdir}",
           flush=True)
     start = time.perf_counter()
-    result = train.train_and_evaluate(config, workdir)
+    result = training.train_and_evaluate(config, workdir)
     wall = time.perf_counter() - start
     grid = config.data.image_size // 2 ** (len(config.model.channel_mult) - 1)
     baseline = resize_baseline_psnr(config, grid)

@@ -88,12 +88,12 @@ def _trained(config, workdir: str) -> bool:
 
 
 def train_stage(config, workdir: str, phase: Phase) -> None:
-    from muse_jax import train
+    from muse_jax import training
 
     if _trained(config, workdir):
         phase.reused = True
         return
-    train.train_and_evaluate(config, workdir, progress_bar=True)
+    training.train_and_evaluate(config, workdir, progress_bar=True)
 
 
 def precompute(base, phase: Phase) -> None:

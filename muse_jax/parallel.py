@@ -157,6 +157,11 @@ def batch_sharding(mesh: jax.sharding.Mesh) -> NamedSharding:
     return NamedSharding(mesh, P(("data", "fsdp")))
 
 
+def replicated(mesh: jax.sharding.Mesh) -> NamedSharding:
+    """Every device holds the whole array: frozen weights, scalars, small outputs."""
+    return NamedSharding(mesh, P())
+
+
 def check_batch_size(global_batch: int, mesh: jax.sharding.Mesh, process_count: int) -> int:
     """Returns the per-process batch, or raises naming the numbers that do not divide."""
     shards = mesh.shape["data"] * mesh.shape["fsdp"]

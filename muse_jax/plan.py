@@ -15,7 +15,6 @@ the mesh axes divide), so bytes per device are sums of shard sizes.
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import os
 import re
@@ -24,9 +23,8 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import ml_collections
 
-from muse_jax import parallel
+from muse_jax import parallel, runs
 
 STATE_NAMES = {"params": "parameters", "opt_state": "optimiser state",
                "ema_params": "EMA parameters", "disc_params": "discriminator parameters",
@@ -52,11 +50,29 @@ def count(tree: Any) -> int:
     return sum(math.prod(x.shape) for x in jax.tree.leaves(tree))
 
 
+def module_paths(params: dict) -> list[str]:
+    """Top-level parameter modules, and in place of a transformer trunk (a module holding
+    blocks_0, blocks_1, ...) its parts, as "trunk/blocks_0": the rows worth a line each."""
+    out = []
+    for name, value in params.items():
+        if isinstance(value, dict) and any(re.fullmatch(r"blocks_\d+", k) for k in value):
+            out += [f"{name}/{child}" for child in value]
+        else:
+            out.append(name)
+    return out
+
+
+def subtree(params: dict, path: str) -> Any:
+    for key in path.split("/"):
+        params = params[key]
+    return params
+
+
 def group_params(params: dict) -> list[tuple[str, list[str]]]:
-    """Top-level parameter modules; numbered runs (block_0, block_1, ...) become one row."""
+    """`module_paths`; numbered runs (block_0, block_1, ...) become one row."""
     rows: list[tuple[str, list[str]]] = []
     runs: dict[str, list[str]] = {}
-    for name in params:
+    for name in module_paths(params):
         match = re.fullmatch(r"(.*?)_?(\d+)", name)
         if match:
             prefix = match.group(1)
@@ -163,11 +179,9 @@ def frozen_models(config) -> dict[str, tuple[Any, str]]:
                 tree = jax.eval_shape(t5.init_fn(t5_config, jnp.dtype(config.text.dtype)))
             out["text_encoder"] = (tree, f"frozen text encoder ({name})")
     if not config.data.get("train_tokens"):
-        workdir = config.tokenizer.workdir
-        if workdir and os.path.isfile(os.path.join(workdir, "config.json")):
-            with open(os.path.join(workdir, "config.json")) as f:
-                vq_config = ml_collections.ConfigDict(json.load(f))
-        else:
+        try:  # before the tokenizer is trained, the dry run sizes the reference one
+            vq_config = runs.open_run(config.tokenizer.workdir, "vqgan", "tokenizer.workdir").config
+        except config_lib.ConfigError:
             vq_config = config_lib.reference("vqgan")
         params = abstract_state(tasks.create(vq_config)).params
         out["tokenizer"] = (nn.unbox(params), "frozen tokenizer (VQGAN, replicated)")
@@ -224,7 +238,7 @@ def plan(config, devices, memory_gib: float) -> dict:
     boxed = abstract_state(task)
     frozen = frozen_models(config)
     state = nn.unbox(boxed)
-    rows = [(label, sum(count(state.params[n]) for n in names), len(names))
+    rows = [(label, sum(count(subtree(state.params, n)) for n in names), len(names))
             for label, names in group_params(state.params)]
     report = {"stage": config.stage, "num_devices": len(devices), "memory_gib": memory_gib,
               "params": {label: n for label, n, _ in rows},

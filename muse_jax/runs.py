@@ -8,7 +8,8 @@ and their messages are the same everywhere.
 Paths a run depends on (its tokenizer, the low-res tokenizer of an SR run, ...) are written
 to config.json relative to the run's own directory when both are local, and resolved against
 it when read: a run opens from any current directory, and a set of runs moved or copied
-together keeps working.
+together keeps working. A path that names no run of the stage wanted is a `ConfigError`: a
+config key's (or a flag's) value that cannot work.
 """
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ import ml_collections
 from etils import epath
 
 from muse_jax import checkpoint
-from muse_jax.errors import UserError
+from muse_jax.config import ConfigError
 
 # Config keys that name another local path a run reads. `data.*` paths matter to a resumed
 # training run only, which reads them from its config file; the record is kept consistent.
@@ -74,11 +75,12 @@ class Run:
     config: ml_collections.ConfigDict
 
     def state(self, sharding=None) -> Any:
-        """The latest readable train state (see `checkpoint.load_state`)."""
+        """The latest readable train state (see `checkpoint.load_state`, whose
+        `CheckpointError` names what could not be read)."""
         try:
             return checkpoint.load_state(str(epath.Path(self.path) / "checkpoints"), sharding)
-        except (FileNotFoundError, checkpoint.CheckpointError):
-            raise UserError(f"no readable checkpoint under {self.path}/checkpoints") from None
+        except FileNotFoundError:
+            raise checkpoint.CheckpointError(f"no checkpoint found under {self.path}/checkpoints") from None
 
 
 def open_run(workdir: str | None, stage: str, what: str = "--workdir") -> Run:
@@ -86,15 +88,15 @@ def open_run(workdir: str | None, stage: str, what: str = "--workdir") -> Run:
     a config key), e.g. `error: tokenizer.workdir 'x' has no config.json: train ...`."""
     config_file = epath.Path(workdir or ".") / "config.json"
     if not workdir or not config_file.is_file():
-        raise UserError(f"{what} {workdir!r} has no config.json: train a {stage} run first "
+        raise ConfigError(f"{what} {workdir!r} has no config.json: train a {stage} run first "
                         f"(python -m muse_jax.train --config={_EXAMPLE_CONFIG[stage]} "
                         f"--workdir=DIR)")
     try:
         config = ml_collections.ConfigDict(json.loads(config_file.read_text()))
     except json.JSONDecodeError as e:
-        raise UserError(f"{config_file} is not valid JSON: {e}") from None
+        raise ConfigError(f"{config_file} is not valid JSON: {e}") from None
     if config.get("stage") != stage:
-        raise UserError(f"{workdir} is a {config.get('stage')!r} run; {what} needs a "
+        raise ConfigError(f"{workdir} is a {config.get('stage')!r} run; {what} needs a "
                         f"{stage}-stage run")
     with config.unlocked():
         for block, name in _keys(config):

@@ -134,7 +134,7 @@ def _logits_fn(model, options: SamplingOptions, params, emb, mask, uncond_emb, u
             low_res = jnp.concatenate([low_res, low_res], axis=0)
     extra = () if low_res is None else (low_res,)
     context_kv = model.apply({"params": params}, emb, mask, *extra, method="encode_context")
-    return lambda tokens: model.apply({"params": params}, tokens, context_kv=context_kv)
+    return lambda tokens: model.apply({"params": params}, tokens, context_kv, method="logits")
 
 
 def _generate(model, options: SamplingOptions, params, emb, mask, uncond_emb, uncond_mask, rng,

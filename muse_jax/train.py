@@ -1,33 +1,20 @@
-"""Trains the stage named by the config.
+"""Trains the stage named by the config (the loop: muse_jax/training.py).
 
   python -m muse_jax.train --config=configs/vqgan_shapes.py --workdir=/tmp/vqgan
   python -m muse_jax.train --config=configs/vqgan_256.py --dry_run --num_devices=8
 
-Everything a run writes lives under --workdir: checkpoints/ (state + data iterator),
-TensorBoard events, metrics.jsonl, config.json and the latest image summaries. Running the
-same command again resumes from the latest checkpoint.
-
-Faults: SIGTERM (the preemption notice of TPU VMs) saves a checkpoint after the step in
-progress and exits with status 143 (errors.EXIT_PREEMPTED); rerunning resumes at that step. A
-step whose loss or gradients are not finite leaves the state unchanged (`skip_nonfinite`);
-skips are logged and counted (`nonfinite_skipped` in metrics.jsonl), and after
-`train.max_consecutive_nonfinite` in a row the run stops with an error. Checkpoint failures
-(disk full, unreadable checkpoints) are handled in muse_jax/checkpoint.py.
+Everything a run writes lives under --workdir; running the same command again resumes from
+the latest checkpoint. SIGTERM saves a checkpoint and exits with status 143 (see training.py).
 """
 from __future__ import annotations
 
-import json
-import os
-import signal
-import socket
 import sys
-import threading
 
-from absl import flags, logging
+from absl import flags
 from ml_collections import config_flags
 
 import muse_jax  # noqa: F401  (quietens TensorFlow before clu imports it)
-from muse_jax import errors
+from muse_jax import errors, training
 from muse_jax.errors import UserError
 
 FLAGS = flags.FLAGS
@@ -51,353 +38,25 @@ def define_flags() -> None:
     flags.DEFINE_integer("process_id", None, "Multi-process: this process's index, 0..n-1.")
 
 
-def prepare_workdir(workdir: str) -> None:
-    """Creates the workdir and proves it writable before anything expensive happens.
-
-    Local directories and gs:// buckets alike (etils.epath), so the workers of a pod slice
-    share one workdir; each process probes with a file of its own name.
-    """
-    from etils import epath
-
-    try:
-        path = epath.Path(workdir)
-        path.mkdir(parents=True, exist_ok=True)
-        probe = path / f".write_test_{socket.gethostname()}_{os.getpid()}"
-        probe.write_text("ok")
-        probe.unlink()
-    except Exception as e:  # noqa: BLE001  OSError locally, tf.errors.* for gs://
-        raise UserError(f"workdir {workdir} is not writable: "
-                        f"{getattr(e, 'strerror', None) or e}") from None
-
-
-def skip_nonfinite(train_step):
-    """`train_step` that leaves the state as it was, but for its step, when the update is bad.
-
-    Bad means a non-finite "loss", "*_loss" or "*grad_norm" metric (one NaN or inf in any
-    gradient makes its norm non-finite): applying such an update would poison every later
-    step. The step counter still advances, so the data and the schedules move on. The
-    metrics gain "nonfinite" (1.0 for a skipped step). Runs inside the compiled step.
-    """
-    import jax
-    import jax.numpy as jnp
-
-    def step(state, batch, rng, frozen):
-        new_state, metrics = train_step(state, batch, rng, frozen)
-        checked = [jnp.all(jnp.isfinite(v)) for k, v in metrics.items()
-                   if k == "loss" or k.endswith(("_loss", "grad_norm"))]
-        finite = jnp.all(jnp.stack(checked))
-        kept = jax.tree.map(lambda new, old: jnp.where(finite, new, old), new_state, state)
-        return (kept.replace(step=new_state.step),
-                {**metrics, "nonfinite": 1.0 - finite.astype(jnp.float32)})
-
-    return step
-
-
-class NonfiniteGuard:
-    """Counts the steps `skip_nonfinite` skipped; stops the run after `limit` in a row.
-
-    Each step's flag is read one step late (`push` settles the previous one), so the host
-    queues the next step before it waits for the device.
-    """
-
-    def __init__(self, limit: int, latest_checkpoint):
-        self.limit, self.skipped, self.in_a_row = limit, 0, 0
-        self._latest_checkpoint = latest_checkpoint
-        self._pending = None
-
-    def push(self, step: int, flag) -> None:
-        self.settle()
-        self._pending = (step, flag)
-
-    def settle(self) -> None:
-        if self._pending is None:
-            return
-        (step, flag), self._pending = self._pending, None
-        if float(flag) == 0.0:
-            self.in_a_row = 0
-            return
-        self.skipped += 1
-        self.in_a_row += 1
-        logging.warning("step %d: loss or gradients not finite, update skipped (%d in a row, "
-                        "%d in all)", step, self.in_a_row, self.skipped)
-        if self.in_a_row >= self.limit:
-            raise UserError(
-                f"steps {step - self.in_a_row + 1}-{step}: {self.in_a_row} updates in a row had a "
-                f"non-finite loss or gradients (train.max_consecutive_nonfinite={self.limit}); "
-                f"stopped, the checkpoints are kept (latest: step {self._latest_checkpoint()}); "
-                f"lower optim.lr or check the data")
-
-
-class PreemptionNotice:
-    """Turns SIGTERM into a flag that the loop checks after each step.
-
-    Single-process runs only: in a multi-process run JAX's preemption service owns SIGTERM and
-    the processes agree on a step to stop at (`Checkpointer.reached_preemption`). Once the run
-    stops for it the handler stays installed, so a repeated notice cannot kill the process
-    while it finishes its checkpoint.
-    """
-
-    def __init__(self):
-        import jax
-
-        self.received = False
-        self._previous = None
-        if jax.process_count() == 1 and threading.current_thread() is threading.main_thread():
-            self._previous = signal.signal(signal.SIGTERM, self._handle)
-
-    def _handle(self, signum, frame):
-        del signum, frame
-        self.received = True
-
-    def uninstall(self) -> None:
-        if self._previous is not None:
-            signal.signal(signal.SIGTERM, self._previous)
-            self._previous = None
-
-
-def _absolute(workdir: str) -> str:
-    """Orbax wants absolute paths; gs:// ones are already."""
-    return workdir if "://" in workdir else os.path.abspath(workdir)
-
-
-class ProgressBar:
-    """A tqdm bar over the steps, the loss beside it: for people watching (`make demo`, a
-    terminal); the periodic steps/s + ETA report goes to the logs and TensorBoard either way."""
-
-    def __init__(self, config, start_step: int):
-        from tqdm import tqdm
-        self._bar = tqdm(total=config.train.num_steps, initial=start_step, unit="step",
-                         desc=f"training {config.stage}", dynamic_ncols=True)
-
-    def __call__(self, step: int, scalars: dict | None = None) -> None:
-        self._bar.update(step - self._bar.n)
-        if scalars and "loss" in scalars:
-            self._bar.set_postfix(loss=f"{scalars['loss']:.4f}", refresh=False)
-
-    def close(self) -> None:
-        self._bar.close()
-
-
-def train_and_evaluate(config, workdir: str, progress_bar: bool = False) -> dict:
-    """Runs (or resumes) training to `config.train.num_steps`; returns the last eval metrics.
-
-    `progress_bar`: also draw a tqdm bar of the steps on stderr (process 0 only)."""
-    import jax
-    from clu import periodic_actions
-    from etils import epath
-
-    from muse_jax import checkpoint, metrics, parallel, runs, tasks
-    from muse_jax import config as config_lib
-    from muse_jax.data import pipeline
-
-    config_lib.validate(config)
-    task = tasks.create(config)
-    task.check_config()
-    prepare_workdir(workdir)
-    if jax.process_index() == 0:
-        runs.save_config(workdir, config)
-    t = config.train
-    if t.max_consecutive_nonfinite < 1:
-        raise config_lib.ConfigError(f"train.max_consecutive_nonfinite must be >= 1, got "
-                                     f"{t.max_consecutive_nonfinite}")
-
-    # ------------------------------------------------------------------ mesh
-    mesh = parallel.create_mesh(config.mesh)
-    parallel.check_batch_size(config.data.batch_size, mesh, jax.process_count())
-    parallel.check_batch_size(config.data.eval_batch_size, mesh, jax.process_count())
-    batch_sharding = parallel.batch_sharding(mesh)
-    logging.info("mesh %s over %d devices", dict(mesh.shape), mesh.size)
-
-    # ------------------------------------------------------------------ input
-    train_iter = pipeline.train_iterator(config, keep_caption=task.uses_captions)
-
-    def load(local_batch):
-        return parallel.global_batch(task.prepare_batch(local_batch), batch_sharding)
-
-    # ------------------------------------------------------------------ model, sharded init
-    rng = jax.random.key(config.seed)
-    frozen = task.load_frozen(mesh)  # pretrained weights no optimiser sees, already placed
-    abstract = parallel.abstract_sharded(task.init_state, mesh, rng)  # shapes, no arrays
-    state_sharding = jax.tree.map(lambda x: x.sharding, abstract)
-    frozen_sharding = jax.tree.map(lambda x: x.sharding, frozen)
-    replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
-
-    # ------------------------------------------------------------------ checkpoint
-    ckpt = checkpoint.Checkpointer(os.path.join(_absolute(workdir), "checkpoints"),
-                                   t.checkpoint_every, t.keep_checkpoints)
-    if ckpt.latest_step() is not None:  # a resumed run never computes the initial state
-        state = ckpt.restore(abstract, train_iter)
-        logging.info("resumed from step %d", int(state.step))
-    else:
-        state, _ = parallel.create_sharded(task.init_state, mesh, rng)
-        if config.get("finetune") and config.finetune.init_from:
-            state = task.start_from(state)
-            logging.info("initialised from %s", config.finetune.init_from)
-    start_step = int(state.step)
-
-    # ------------------------------------------------------------------ step
-    train_step = jax.jit(skip_nonfinite(task.train_step),
-                         in_shardings=(state_sharding, batch_sharding, replicated, frozen_sharding),
-                         out_shardings=(state_sharding, replicated), donate_argnums=0)
-    eval_step = jax.jit(task.eval_step,
-                        in_shardings=(state_sharding, batch_sharding, replicated, frozen_sharding),
-                        out_shardings=replicated)
-
-    # ------------------------------------------------------------------ eval
-    writer = metrics.create_writer(workdir)
-    eval_rng = jax.random.split(rng)[1]  # the same masks and noise at every evaluation
-
-    def evaluate(step: int) -> dict:
-        totals = None
-        first = None
-        for i, local in enumerate(pipeline.eval_batches(config, keep_caption=task.uses_captions)):
-            batch = load(local)
-            first = batch if first is None else first
-            out = eval_step(state, batch, jax.random.fold_in(eval_rng, i), frozen)
-            totals = out if totals is None else jax.tree.map(lambda a, b: a + b, totals, out)
-        result = task.summarize_eval(jax.device_get(totals))
-        writer.write_scalars(step, result)
-        for name, grid in task.summary_images(state, first, frozen).items():
-            writer.write_images(step, {name: grid[None]})
-            if jax.process_index() == 0:
-                metrics.save_png(os.path.join(workdir, f"{name}.png"), grid)
-        if jax.process_index() == 0:
-            epath.Path(workdir, "eval.json").write_text(json.dumps({"step": step, **result},
-                                                                   indent=2))
-        logging.info("eval at step %d: %s", step, result)
-        return result
-
-    # ------------------------------------------------------------------ loop
-    hooks = []
-    if jax.process_index() == 0:
-        hooks.append(periodic_actions.ReportProgress(num_train_steps=t.num_steps, writer=writer,
-                                                     every_secs=t.progress_every_secs,
-                                                     every_steps=None))
-    bar = ProgressBar(config, start_step) if progress_bar and jax.process_index() == 0 else None
-    last_eval: dict = {}
-    guard = NonfiniteGuard(t.max_consecutive_nonfinite, ckpt.latest_step)
-    notice, preempted = PreemptionNotice(), False
-    logging.info("training from step %d to %d", start_step, t.num_steps)
-    try:
-        for step in range(start_step, t.num_steps):
-            batch = load(next(train_iter))
-            state, step_metrics = train_step(state, batch, jax.random.fold_in(rng, step), frozen)
-            done = step + 1
-            guard.push(done, step_metrics["nonfinite"])
-            for hook in hooks:
-                hook(done)
-            if done % t.log_every == 0 or done == t.num_steps:
-                scalars = {k: float(v) for k, v in jax.device_get(step_metrics).items()}
-                guard.settle()  # the device is done with this step anyway
-                writer.write_scalars(done, {**scalars, "nonfinite_skipped": guard.skipped})
-                if bar:
-                    bar(done, scalars)
-            elif bar:
-                bar(done)
-            if done % t.eval_every == 0 or done == t.num_steps:
-                last_eval = evaluate(done)
-            saved = ckpt.save(done, state, train_iter, force=done == t.num_steps)
-            if done < t.num_steps and (notice.received or ckpt.reached_preemption(done)):
-                if not saved:
-                    ckpt.save(done, state, train_iter, force=True)
-                ckpt.close()  # returns once the checkpoint is complete
-                preempted = True
-                raise errors.Preempted(f"stopped at step {done}, its checkpoint is in "
-                                       f"{ckpt.directory}; run the same command to resume")
-        guard.settle()
-        if start_step >= t.num_steps:
-            last_eval = evaluate(start_step)
-        ckpt.close()
-    finally:
-        if bar:
-            bar.close()
-        ckpt.close()  # on an error, still finishes the save in flight (a no-op if closed)
-        writer.close()
-        if not preempted:
-            notice.uninstall()
-    return last_eval
-
-
-def dry_run(config, num_devices: int | None, as_json: bool = False, memory_gib: float = 16.0,
-            title: str = "") -> dict:
-    """Prints parameter counts and per-device bytes from `jax.eval_shape`; allocates nothing.
-
-    The table (or, `as_json`, the report) of muse_jax/plan.py, for the config's mesh and the
-    candidate meshes of `num_devices` simulated CPU devices.
-    """
-    import jax
-
-    if num_devices:
-        jax.config.update("jax_platforms", "cpu")  # simulate even on a TPU VM
-        jax.config.update("jax_num_cpu_devices", num_devices)
-    from muse_jax import config as config_lib
-    from muse_jax import plan
-
-    config_lib.validate(config)
-    report = plan.plan(config, jax.devices(), memory_gib)
-    print(json.dumps(report, indent=2) if as_json else plan.format_table(report, title or "config"))
-    return report
-
-
-class _QuietLibraries:
-    """Drops INFO chatter of orbax (dozens of lines a save) from the absl log."""
-
-    def filter(self, record) -> bool:
-        return record.levelno >= 30 or "orbax" not in record.pathname
-
-
-def initialize_distributed(auto: bool, coordinator_address: str | None,
-                           num_processes: int | None, process_id: int | None) -> bool:
-    """Joins a multi-process run before JAX touches a device; True if this is one.
-
-    `auto` (--distributed) lets JAX find the coordinator itself, as on TPU VMs and pod slices.
-    The explicit flags are for CPU or GPU clusters; on CPUs the cross-process collectives
-    then go through gloo. Processes other than 0 log warnings and errors only.
-    """
-    import jax
-
-    explicit = (coordinator_address, num_processes, process_id)
-    if any(v is not None for v in explicit):
-        if any(v is None for v in explicit):
-            raise UserError("--coordinator_address, --num_processes and --process_id go together")
-        if num_processes < 1 or not 0 <= process_id < num_processes:
-            raise UserError(f"--process_id must lie in 0..{num_processes - 1} with "
-                            f"--num_processes={num_processes}, got {process_id}")
-        jax.config.update("jax_cpu_collectives_implementation", "gloo")
-        if process_id > 0:
-            logging.set_verbosity(logging.WARNING)
-        jax.distributed.initialize(coordinator_address, num_processes, process_id)
-    elif auto:
-        jax.distributed.initialize()
-    else:
-        return False
-    if jax.process_index() > 0:
-        logging.set_verbosity(logging.WARNING)
-    logging.info("process %d of %d; %d local of %d devices", jax.process_index(),
-                 jax.process_count(), jax.local_device_count(), jax.device_count())
-    return True
-
-
 def _config_argument() -> str:
     """The --config value as given (file and variant), to title the dry-run table."""
     return FLAGS["config"].serialize().partition("=")[2] or "config"
 
 
 def main(argv):
-    logging.get_absl_handler().addFilter(_QuietLibraries())
     if len(argv) > 1:
         raise UserError(f"unexpected arguments: {' '.join(argv[1:])}")
     if FLAGS.config is None:
         raise UserError("--config is required, e.g. --config=configs/vqgan_shapes.py")
     if FLAGS.dry_run:
-        dry_run(FLAGS.config, FLAGS.num_devices, as_json=FLAGS.dry_run_json,
+        training.dry_run(FLAGS.config, FLAGS.num_devices, as_json=FLAGS.dry_run_json,
                 memory_gib=FLAGS.device_memory_gib, title=_config_argument())
         return
     if not FLAGS.workdir:
         raise UserError("--workdir is required")
-    initialize_distributed(FLAGS.distributed, FLAGS.coordinator_address, FLAGS.num_processes,
+    training.initialize_distributed(FLAGS.distributed, FLAGS.coordinator_address, FLAGS.num_processes,
                            FLAGS.process_id)
-    train_and_evaluate(FLAGS.config, FLAGS.workdir, progress_bar=sys.stderr.isatty())
+    training.train_and_evaluate(FLAGS.config, FLAGS.workdir, progress_bar=sys.stderr.isatty())
 
 
 if __name__ == "__main__":

@@ -37,10 +37,10 @@ def repo() -> Path:
 def tokenizer_dir(tmp_path_factory) -> Path:
     """A tiny shapes VQGAN (configs/vqgan_shapes.py:tiny, 2 steps) for base-stage tests."""
     from muse_jax import config as config_lib
-    from muse_jax import train
+    from muse_jax import training
 
     workdir = tmp_path_factory.mktemp("tokenizer")
     config = config_lib.load_file(config_lib.CONFIG_DIR / "vqgan_shapes.py", "tiny")
     config.train.num_steps = 2
-    train.train_and_evaluate(config, str(workdir))
+    training.train_and_evaluate(config, str(workdir))
     return workdir

@@ -61,7 +61,7 @@ def test_module_is_logically_partitioned():
     module = MultiHeadAttention(num_heads=2, head_dim=4)
     x = jnp.ones((1, 3, 8))
     boxed = module.init(jax.random.key(0), x, x)["params"]
-    names = {k: v.names for k, v in boxed.items()}
+    names = {k: v["kernel"].names for k, v in boxed.items()}
     assert names == {"query": ("embed", "heads", "kv"), "key": ("embed", "heads", "kv"),
                      "value": ("embed", "heads", "kv"), "out": ("heads", "kv", "embed")}
     out = module.apply({"params": nn.unbox(boxed)}, x, x)

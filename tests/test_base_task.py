@@ -8,7 +8,7 @@ from PIL import Image
 
 from conftest import run_module
 from muse_jax import config as config_lib
-from muse_jax import metrics, optimizers, tasks, train
+from muse_jax import metrics, optimizers, tasks, training
 from muse_jax.config import ConfigError
 
 
@@ -30,7 +30,7 @@ def test_reference_configs_validate(variant):
 @pytest.mark.slow
 def test_tiny_base_run_trains_and_evaluates(tokenizer_dir, tmp_path):
     config = _base(tokenizer_dir)
-    result = train.train_and_evaluate(config, str(tmp_path / "base"))
+    result = training.train_and_evaluate(config, str(tmp_path / "base"))
     for rate in (50, 90):
         assert 0.0 <= result[f"eval_accuracy_mask{rate}"] <= 1.0
         assert np.isfinite(result[f"eval_loss_mask{rate}"])
@@ -51,7 +51,7 @@ def test_tiny_base_run_trains_and_evaluates(tokenizer_dir, tmp_path):
 def test_gradient_accumulation_matches_one_pass(tokenizer_dir):
     config = _base(tokenizer_dir, **{"model.dropout": 0.0, "masking.label_smoothing": 0.0})
     task = tasks.create(config)
-    task.load_frozen(jax.sharding.Mesh(np.array(jax.devices()[:1]).reshape(1, 1, 1),
+    task.load(jax.sharding.Mesh(np.array(jax.devices()[:1]).reshape(1, 1, 1),
                                          ("data", "fsdp", "tensor")))
     import flax.linen as nn
     params = nn.unbox(task.init_state(jax.random.key(0))).params
@@ -84,7 +84,7 @@ def test_bad_tokenizer_or_encoder_settings(tokenizer_dir, tmp_path):
     ]
     for overrides, message in cases:
         with pytest.raises(ConfigError, match=message):
-            tasks.create(_base(tokenizer_dir, **overrides)).load_frozen(mesh)
+            tasks.create(_base(tokenizer_dir, **overrides)).load(mesh)
 
 
 @pytest.mark.slow
@@ -115,11 +115,12 @@ def test_adafactor_with_accumulation_and_the_ema(tokenizer_dir):
                                      "optim.ema_decay": 0.99, "optim.warmup_steps": 0})
     task = tasks.create(config)
     mesh = jax.sharding.Mesh(np.array(jax.devices()[:1]).reshape(1, 1, 1), ("data", "fsdp", "tensor"))
-    frozen = task.load_frozen(mesh)
+    steps = task.load(mesh)
+    frozen = steps.frozen
     state = nn.unbox(task.init_state(jax.random.key(0)))
     init = state.params
-    batch = task.prepare_batch(next(pipeline.train_iterator(config, keep_caption=True)))
-    step = jax.jit(task.train_step)
+    batch = steps.prepare_batch(next(pipeline.train_iterator(config, keep_caption=True)))
+    step = jax.jit(steps.train_step)
     state, metrics_ = step(state, batch, jax.random.key(1), frozen)
     assert np.isfinite(float(metrics_["loss"])) and 0.0 <= float(metrics_["accuracy"]) <= 1.0
     # First step: the EMA's warm-up decay is min(0.99, 1/10) = 0.1.

@@ -17,6 +17,14 @@ def test_numbered_modules_group_into_one_row():
     assert ("norm1", ["norm1"]) in rows and ("final_norm", ["final_norm"]) in rows
 
 
+def test_a_trunk_shows_its_parts_and_its_blocks_in_one_row():
+    params = {"text": {"proj": 1}, "trunk": {"embed": 1, "blocks_0": 1, "blocks_1": 1, "head": 1}}
+    assert plan.group_params(params) == [
+        ("text", ["text"]), ("trunk/embed", ["trunk/embed"]),
+        ("trunk/blocks_0..trunk/blocks_1", ["trunk/blocks_0", "trunk/blocks_1"]),
+        ("trunk/head", ["trunk/head"])]
+
+
 @pytest.fixture(scope="module")
 def paper_base():
     config = config_lib.load_file(config_lib.CONFIG_DIR / "base_256.py")
@@ -32,7 +40,7 @@ def test_paper_base_report_on_8_devices(paper_base):
     total = report["params"]["total"]
     assert 0.6e9 < total < 0.7e9
     d, m = config.model.width, config.model.mlp_dim
-    per_block = report["params"]["block_0..block_23"] / 24  # self- and cross-attention, MLP
+    per_block = report["params"]["trunk/blocks_0..trunk/blocks_23"] / 24  # self- and cross-attention, MLP
     assert abs(per_block - (8 * d * d + 2 * d * m)) < 1e-3 * per_block
     parts = report["per_device_bytes"]
     # fsdp=8 splits the f32 weights eight ways (a few small vectors stay whole).
@@ -62,12 +70,12 @@ def test_recommended_mesh_is_the_least_sharded_that_fits(paper_base):
 def test_table_names_the_rows_and_the_mesh_to_use(paper_base):
     _, report = paper_base
     table = plan.format_table(report, "configs/base_256.py")
-    assert "block_0..block_23 (24 x 26.23M)" in table
+    assert "trunk/blocks_0..trunk/blocks_23 (24 x 26.23M)" in table
     assert "frozen text encoder (T5-XXL assumed)" in table
     assert "activations: analytic" in table
     m = report["recommended_mesh"]
     assert f"use: --config.mesh.data={m['data']} --config.mesh.fsdp={m['fsdp']}" in table
-    assert table.count("block_") == 2  # one row for the 24 blocks
+    assert table.count("blocks_") == 2  # one row for the 24 blocks
 
 
 def test_activation_estimate_is_near_xla_for_a_small_model():

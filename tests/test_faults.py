@@ -48,7 +48,7 @@ def serve() -> None:
     import grain  # noqa: F401
     import orbax.checkpoint  # noqa: F401
 
-    from muse_jax import checkpoint, config, metrics, parallel, tasks, train  # noqa: F401
+    from muse_jax import checkpoint, config, metrics, parallel, tasks, train, training  # noqa: F401
     from muse_jax.data import pipeline  # noqa: F401
     from muse_jax.tasks import vqgan  # noqa: F401
 
@@ -82,7 +82,7 @@ def _child(request: dict) -> None:
     import resource
 
     from muse_jax import errors, metrics, train
-    from muse_jax.tasks.vqgan import VQGANTask
+    from muse_jax.tasks.vqgan import VQGANSteps
 
     log = os.open(request["log"], os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
     tee = None
@@ -106,14 +106,14 @@ def _child(request: dict) -> None:
         metrics.JsonlWriter.write_scalars = write_then_pause
     nan_steps = set(request.get("nan_steps", ()))
     if nan_steps:
-        prepare, calls = VQGANTask.prepare_batch, iter(range(1, 10**6))
+        prepare, calls = VQGANSteps.prepare_batch, iter(range(1, 10**6))
 
         def prepare_with_nans(self, local):
             batch = prepare(self, local)
             return {"image": np.full_like(batch["image"], np.nan)} if next(calls) in nan_steps \
                 else batch
 
-        VQGANTask.prepare_batch = prepare_with_nans
+        VQGANSteps.prepare_batch = prepare_with_nans
     if request.get("max_file_bytes"):  # a disk that fills up: writes past this size fail
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
         limit = request["max_file_bytes"]
@@ -418,7 +418,7 @@ def test_skip_nonfinite_keeps_the_state_but_advances_the_step():
     import jax
     import jax.numpy as jnp
 
-    from muse_jax import train
+    from muse_jax import training
 
     @flax.struct.dataclass
     class State:
@@ -432,7 +432,7 @@ def test_skip_nonfinite_keeps_the_state_but_advances_the_step():
                               opt_state=state.opt_state + 1),
                 {"loss": jnp.sum(grad), "grad_norm": jnp.linalg.norm(grad), "psnr": jnp.inf})
 
-    step = jax.jit(train.skip_nonfinite(train_step))
+    step = jax.jit(training.skip_nonfinite(train_step))
     state = State(jnp.zeros((), jnp.int32), jnp.ones(3), jnp.zeros(3))
     bad, metrics = step(state, jnp.array([1.0, jnp.nan, 1.0]), None, {})
     assert int(bad.step) == 1 and float(metrics["nonfinite"]) == 1.0
@@ -444,10 +444,10 @@ def test_skip_nonfinite_keeps_the_state_but_advances_the_step():
 
 
 def test_nonfinite_guard_counts_and_stops_after_the_limit_in_a_row():
-    from muse_jax import train
+    from muse_jax import training
     from muse_jax.errors import UserError
 
-    guard = train.NonfiniteGuard(3, lambda: 6)
+    guard = training.NonfiniteGuard(3, lambda: 6)
     for step, flag in enumerate([0, 1, 1, 0, 1, 1], start=1):
         guard.push(step, np.float32(flag))
     guard.settle()
@@ -492,12 +492,12 @@ def test_checkpointer_falls_back_past_unreadable_checkpoints(tmp_path):
 
 def test_max_consecutive_nonfinite_must_be_positive(tmp_path):
     from muse_jax import config as config_lib
-    from muse_jax import train
+    from muse_jax import training
 
     config = config_lib.load_file(config_lib.CONFIG_DIR / "vqgan_shapes.py", "tiny")
     config.train.max_consecutive_nonfinite = 0
     with pytest.raises(config_lib.ConfigError, match="max_consecutive_nonfinite must be >= 1, got 0"):
-        train.train_and_evaluate(config, str(tmp_path))
+        training.train_and_evaluate(config, str(tmp_path))
 
 
 def test_image_size_must_divide_into_tokens():

@@ -57,7 +57,7 @@ def test_as_the_attention_fn_of_a_module_with_the_same_parameters():
     fast = MultiHeadAttention(4, 8, attention_fn=multi_axis.MultiAxis(grid, window))
     params = dense.init(jax.random.key(3), x, x)
     specs = nn.get_partition_spec(params)["params"]
-    assert specs["query"] == jax.sharding.PartitionSpec("embed", "heads", "kv")
+    assert specs["query"]["kernel"] == jax.sharding.PartitionSpec("embed", "heads", "kv")
     mask = jnp.asarray(multi_axis.dense_multi_axis_mask(grid, window, 4))[None]
     np.testing.assert_allclose(jax.jit(fast.apply)(params, x, x),
                                jax.jit(dense.apply)(params, x, x, mask), atol=1e-5, rtol=1e-5)

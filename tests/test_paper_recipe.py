@@ -10,7 +10,7 @@ this recipe beside AdamW's on the demo tokenizer.
 import pytest
 
 from muse_jax import config as config_lib
-from muse_jax import train
+from muse_jax import training
 
 
 def paper_recipe(tokenizer_dir, **overrides):
@@ -41,7 +41,7 @@ def test_paper_recipe_keeps_the_papers_optimiser():
 
 @pytest.mark.slow
 def test_shrunken_paper_recipe_learns_beyond_the_most_frequent_token(tokenizer_dir, tmp_path):
-    result = train.train_and_evaluate(paper_recipe(tokenizer_dir), str(tmp_path / "paper"))
+    result = training.train_and_evaluate(paper_recipe(tokenizer_dir), str(tmp_path / "paper"))
     mode = result["eval_mode_accuracy"]
     for rate in (50, 90):
         accuracy = result[f"eval_accuracy_mask{rate}"]

@@ -61,7 +61,7 @@ def _run_steps(config, mesh, batches):
     state, shardings = parallel.create_sharded(task.init_state, mesh, jax.random.key(0))
     batch_sharding = parallel.batch_sharding(mesh)
     replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
-    step = jax.jit(task.train_step, in_shardings=(shardings, batch_sharding, replicated, replicated),
+    step = jax.jit(task.load(mesh).train_step, in_shardings=(shardings, batch_sharding, replicated, replicated),
                    out_shardings=(shardings, replicated), donate_argnums=0)
     losses = []
     for i, images in enumerate(batches):

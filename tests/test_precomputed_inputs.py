@@ -6,7 +6,7 @@ import pytest
 from conftest import run_module
 
 from muse_jax import config as config_lib
-from muse_jax import metrics, tasks, train
+from muse_jax import metrics, tasks, training
 from muse_jax.config import ConfigError
 from muse_jax.data import pipeline, sources
 from muse_jax.data.shards import EmbeddingRecords, TokenRecords
@@ -49,48 +49,49 @@ def _mesh():
 
 def _first_batches(config):
     task = tasks.create(config)
-    frozen = task.load_frozen(_mesh())
-    train_batch = task.prepare_batch(next(pipeline.train_iterator(
+    steps = task.load(_mesh())
+    train_batch = steps.prepare_batch(next(pipeline.train_iterator(
         config, keep_caption=task.uses_captions)))
-    eval_batch = task.prepare_batch(next(pipeline.eval_batches(
+    eval_batch = steps.prepare_batch(next(pipeline.eval_batches(
         config, keep_caption=task.uses_captions)))
-    return task, frozen, train_batch, eval_batch
+    return task, steps, train_batch, eval_batch
 
 
 def _assert_same_inputs(got, expected, what):
-    """_inputs()'s tokens, emb, text_mask, empty emb, empty mask."""
+    """FrozenModels.inputs()'s tokens, emb, text_mask, empty emb, empty mask."""
     for name, a, b in zip(("tokens", "emb", "text_mask", "empty", "empty_mask"), got, expected):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-5, err_msg=f"{what}: {name}")
 
 
 @pytest.mark.slow
 def test_precomputed_step_matches_the_frozen_models(tokenizer_dir, dirs):
-    task, frozen, train_batch, eval_batch = _first_batches(_base(tokenizer_dir))
+    task, steps, train_batch, eval_batch = _first_batches(_base(tokenizer_dir))
     state = nn.unbox(task.init_state(jax.random.key(0)))
     rng = jax.random.key(1)
-    _, expected = jax.jit(task.train_step)(state, train_batch, rng, frozen)
-    expected_train = task._inputs(train_batch, frozen)
-    expected_eval = task._inputs(eval_batch, frozen)
+    _, expected = jax.jit(steps.train_step)(state, train_batch, rng, steps.frozen)
+    expected_train = steps.models.inputs(train_batch, steps.frozen)
+    expected_eval = steps.models.inputs(eval_batch, steps.frozen)
 
     # (eval.num_samples 0: no sample grid, whose images the tokenizer would decode)
     no_grid = {"eval.num_samples": 0}
-    task, frozen, train_batch, eval_batch = _first_batches(_base(tokenizer_dir, dirs, **no_grid))
-    assert task.text_encoder is None and task.tokenizer is None  # neither loaded nor run
+    task, steps, train_batch, eval_batch = _first_batches(_base(tokenizer_dir, dirs, **no_grid))
+    models = steps.models
+    assert models.text_encoder is None and models.tokenizer is None  # neither loaded nor run
     assert set(train_batch) == {"tokens", "text_emb", "text_mask"}
     assert train_batch["tokens"].shape == (8, 16, 16) and train_batch["tokens"].dtype == np.uint16
     assert train_batch["text_emb"].shape == (8, 32, 384)
-    _, got = jax.jit(task.train_step)(state, train_batch, rng, frozen)
+    _, got = jax.jit(steps.train_step)(state, train_batch, rng, steps.frozen)
     for key in ("loss", "accuracy", "grad_norm"):
         np.testing.assert_allclose(got[key], expected[key], rtol=1e-5, err_msg=key)
-    _assert_same_inputs(task._inputs(eval_batch, frozen), expected_eval, "eval")
+    _assert_same_inputs(models.inputs(eval_batch, steps.frozen), expected_eval, "eval")
 
     # One kind precomputed, the other from its frozen model: the same inputs again.
     for kind in ("text_embeddings", "tokens"):
         keys = {k: v for k, v in dirs.items() if k.endswith(kind)}
-        task, frozen, train_batch, _ = _first_batches(_base(tokenizer_dir, keys, **no_grid))
-        assert (task.text_encoder is None, task.tokenizer is None) == (
+        _, steps, train_batch, _ = _first_batches(_base(tokenizer_dir, keys, **no_grid))
+        assert (steps.models.text_encoder is None, steps.models.tokenizer is None) == (
             kind == "text_embeddings", kind == "tokens")
-        _assert_same_inputs(task._inputs(train_batch, frozen), expected_train, kind)
+        _assert_same_inputs(steps.models.inputs(train_batch, steps.frozen), expected_train, kind)
 
 
 def test_records_hold_the_split_in_source_order(tokenizer_dir, dirs):
@@ -110,7 +111,7 @@ def test_mismatched_directories_give_one_line_errors(tokenizer_dir, dirs, tmp_pa
         assert "\n" not in str(info.value)
 
     train_iterator = lambda **kw: pipeline.train_iterator(_base(tokenizer_dir, dirs, **kw))  # noqa: E731
-    load = lambda **kw: tasks.create(_base(tokenizer_dir, dirs, **kw)).load_frozen(_mesh())  # noqa: E731
+    load = lambda **kw: tasks.create(_base(tokenizer_dir, dirs, **kw)).load(_mesh())  # noqa: E731
     eval_emb, eval_tokens = dirs["data.eval_text_embeddings"], dirs["data.eval_tokens"]
     raises(UserError, f"{eval_emb} holds 32 records but the train split has 16 examples",
            lambda: train_iterator(**{"data.train_text_embeddings": eval_emb}))
@@ -137,7 +138,7 @@ def test_train_and_evaluate_from_precomputed_inputs(tokenizer_dir, dirs, tmp_pat
     # its sample grid, and goes on without the grid.
     config = _base(tokenizer_dir, dirs, **{"tokenizer.workdir": str(tmp_path / "none")})
     assert config.eval.num_samples > 0
-    result = train.train_and_evaluate(config, str(tmp_path / "base"))
+    result = training.train_and_evaluate(config, str(tmp_path / "base"))
     assert not (tmp_path / "base" / "samples.png").exists()
     assert np.isfinite(result["eval_loss_mask50"]) and 0.0 < result["eval_mode_accuracy"] <= 1.0
     logged = metrics.read_jsonl(str(tmp_path / "base" / "metrics.jsonl"))

@@ -171,12 +171,13 @@ class _PromptModel:
     holds, strongly; its context is the prompt embedding itself."""
     mask_id = MASK
 
-    def apply(self, variables, *args, method=None, context_kv=None):
+    def apply(self, variables, *args, method=None):
         if method == "encode_context":
             return args[0]
-        preferred = context_kv[:, 0, 0].astype(jnp.int32)
+        tokens, context = args  # method="logits"
+        preferred = context[:, 0, 0].astype(jnp.int32)
         return jnp.broadcast_to(jax.nn.one_hot(preferred, K)[:, None] * 20.0,
-                                (args[0].shape[0], N, K))
+                                (tokens.shape[0], N, K))
 
 
 def _edit(iterations, mask_rate, batch=64):

@@ -11,7 +11,7 @@ from PIL import Image
 
 from conftest import run_module
 from muse_jax import config as config_lib
-from muse_jax import sampling, tasks, train
+from muse_jax import sampling, tasks, training
 from muse_jax.config import ConfigError
 from muse_jax.data import shapes
 from muse_jax.models.transformer import MaskedTransformer, SuperResTransformer
@@ -82,7 +82,7 @@ def test_sr_logits_read_the_low_res_tokens_and_the_precomputed_context():
     emb, mask = jnp.ones((2, 5, 12)), jnp.ones((2, 5), bool)
     low = jax.random.randint(jax.random.key(0), (2, 256), 0, 64)
     high = jnp.full((2, 1024), sr.mask_id, jnp.int32)
-    variables = sr.init(jax.random.key(1), high, low, emb, mask)
+    variables = sr.init(jax.random.key(1), high, emb, mask, low)
     # Every parameter carries logical axis names.
     for leaf in jax.tree.leaves(variables, is_leaf=lambda x: isinstance(x, nn.Partitioned)):
         assert isinstance(leaf, nn.Partitioned), leaf
@@ -90,11 +90,11 @@ def test_sr_logits_read_the_low_res_tokens_and_the_precomputed_context():
 
     @jax.jit
     def run(params, low):
-        direct = sr.apply({"params": params}, high, low, emb, mask)
+        direct = sr.apply({"params": params}, high, emb, mask, low)
         context = sr.apply({"params": params}, emb, mask, low, method="encode_context")
-        return direct, sr.apply({"params": params}, high, context_kv=context)
+        return direct, sr.apply({"params": params}, high, context, method="logits")
 
-    assert params["low_res_skip"]["kernel"].shape == (32, 32)
+    assert params["skip_proj"]["kernel"].shape == (32, 32)
     direct, cached = run(params, low)
     assert direct.shape == (2, 1024, 64)
     np.testing.assert_allclose(direct, cached, atol=1e-5)
@@ -112,7 +112,7 @@ def test_cascade_gives_low_res_tokens_high_res_tokens_and_images(tokenizer_dir):
     canvas = jnp.full((b, 256), base.mask_id, jnp.int32)
     params = {"base": nn.unbox(base.init(jax.random.key(3), canvas, emb, mask))["params"],
               "sr": nn.unbox(sr.init(jax.random.key(4), jnp.zeros((1, 1024), jnp.int32),
-                                     canvas[:1], emb[:1], mask[:1]))["params"],
+                                     emb[:1], mask[:1], canvas[:1]))["params"],
               "decoder": decoder_params}
     cascade = sampling.make_cascade(base, sr, sampling.SamplingOptions(steps=3),
                                     sampling.SamplingOptions(steps=2, guidance=2.0), decoder)
@@ -142,8 +142,8 @@ def runs(tokenizer_dir, tmp_path_factory):
     base = config_lib.load_file(config_lib.CONFIG_DIR / "base_shapes.py", "tiny")
     base.tokenizer.workdir = str(tokenizer_dir)
     base.train.num_steps = base.train.eval_every = 2
-    train.train_and_evaluate(base, str(root / "base"))
-    result = train.train_and_evaluate(_sr_config(tokenizer_dir), str(root / "sr"))
+    training.train_and_evaluate(base, str(root / "base"))
+    result = training.train_and_evaluate(_sr_config(tokenizer_dir), str(root / "sr"))
     return root, result
 
 

@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from conftest import run_module
-from muse_jax import checkpoint, metrics, tasks, train
+from muse_jax import checkpoint, metrics, parallel, tasks, training
 from muse_jax import config as config_lib
 
 ONE_DEVICE = {"XLA_FLAGS": ""}
@@ -55,8 +55,8 @@ def test_dry_run_of_paper_scale_tokenizer():
 def test_prepare_workdir_rejects_a_file(tmp_path):
     target = tmp_path / "file"
     target.write_text("")
-    with pytest.raises(train.UserError, match="not writable"):
-        train.prepare_workdir(str(target / "run"))
+    with pytest.raises(training.UserError, match="not writable"):
+        training.prepare_workdir(str(target / "run"))
 
 
 @pytest.mark.slow
@@ -64,7 +64,7 @@ def test_decoder_finetuning_freezes_encoder_and_starts_identical(tmp_path):
     source = tmp_path / "tokenizer"
     config = config_lib.load_file(config_lib.CONFIG_DIR / "vqgan_shapes.py", "tiny")
     config.train.num_steps = 2
-    train.train_and_evaluate(config, str(source))
+    training.train_and_evaluate(config, str(source))
     saved = checkpoint.load_state(str(source / "checkpoints"))
 
     ft = config_lib.load_file(config_lib.CONFIG_DIR / "vqgan_shapes.py", "tiny")
@@ -73,13 +73,14 @@ def test_decoder_finetuning_freezes_encoder_and_starts_identical(tmp_path):
     ft.finetune.extra_decoder_blocks = 1
     ft.train.num_steps = 3
     task = tasks.create(ft)
-    start = task.start_from(nn.unbox(task.init_state(jax.random.key(1))))
+    one_device = parallel.create_mesh({"data": 1, "fsdp": 1, "tensor": 1}, jax.devices()[:1])
+    start = task.load(one_device).start_state(nn.unbox(task.init_state(jax.random.key(1))))
     assert any("extra_" in k for k in start.params["decoder"])
     images = np.random.default_rng(0).uniform(-1, 1, (4, 64, 64, 3)).astype(np.float32)
     before = tasks.create(config).reconstruct(saved["params"], images)
     np.testing.assert_allclose(task.reconstruct(start.params, images), before, atol=1e-5)
 
-    train.train_and_evaluate(ft, str(tmp_path / "finetuned"))
+    training.train_and_evaluate(ft, str(tmp_path / "finetuned"))
     tuned = checkpoint.load_state(str(tmp_path / "finetuned" / "checkpoints"))["params"]
     for part in ("encoder", "quantizer"):
         for a, b in zip(jax.tree.leaves(tuned[part]), jax.tree.leaves(saved["params"][part])):

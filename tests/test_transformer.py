@@ -100,17 +100,21 @@ def test_overfits_one_batch():
     assert losses[-1] < 0.5 * losses[0], losses
 
 
-def test_param_names_and_shapes_are_those_of_the_checkpoints():
-    """encode_context / context_kv must reuse the existing params: same tree, same shapes."""
+def test_param_tree_is_the_text_projection_and_the_trunk():
+    """One tree for `__call__`, `encode_context` and `logits`: names and shapes."""
     _, params = _init(MaskedTransformer(**KW))
-    assert set(params) == {"token_embed", "pos_embed", "text_norm", "text_proj", "block_0", "block_1",
-                           "final_norm", "logits"}
-    assert set(params["block_0"]) == {"LayerNorm_0", "LayerNorm_1", "LayerNorm_2", "self_attention",
-                                      "cross_attention", "mlp_in", "mlp_out"}
-    cross = params["block_0"]["cross_attention"]
-    assert {k: v.shape for k, v in cross.items()} == {
+    assert set(params) == {"text", "trunk"}
+    assert set(params["text"]) == {"norm", "proj"}
+    assert set(params["trunk"]) == {"embed", "blocks_0", "blocks_1", "head"}
+    assert set(params["trunk"]["embed"]) == {"token_embed", "pos_embed"}
+    assert set(params["trunk"]["head"]) == {"norm", "logits"}
+    assert set(params["trunk"]["blocks_0"]) == {
+        "self_attention_norm", "cross_attention_norm", "mlp_norm", "self_attention",
+        "cross_attention", "mlp_in", "mlp_out"}
+    cross = params["trunk"]["blocks_0"]["cross_attention"]
+    assert {k: v["kernel"].shape for k, v in cross.items()} == {
         "query": (32, 4, 8), "key": (32, 4, 8), "value": (32, 4, 8), "out": (4, 8, 32)}
-    assert params["text_proj"]["kernel"].shape == (12, 32)
+    assert params["text"]["proj"]["kernel"].shape == (12, 32)
 
 
 def test_precomputed_context_gives_the_same_logits():
@@ -121,6 +125,23 @@ def test_precomputed_context_gives_the_same_logits():
         assert len(context_kv["kv"]) == KW["depth"]
         assert all(a.shape == (2, 5, 4, 8) for kv in context_kv["kv"] for a in kv)
         plain = model.apply({"params": params}, tokens, text, mask)
-        cached = jax.jit(lambda p, t, c: model.apply({"params": p}, t, context_kv=c))(  # noqa: B023
+        cached = jax.jit(lambda p, t, c: model.apply({"params": p}, t, c, method="logits"))(  # noqa: B023
             params, tokens, context_kv)
         np.testing.assert_allclose(cached, plain, rtol=1e-5, atol=1e-5)
+
+
+def test_sharded_init_places_the_attention_kernels_by_their_3d_logical_axes():
+    """Under a mesh and the rules (train.py's init), the values of a plain init (up to float
+    rounding: jit against eager), with the [embed, heads, kv] kernels split over fsdp and tensor."""
+    from muse_jax import parallel
+    model = MaskedTransformer(**KW)
+    mesh = parallel.create_mesh({"data": 2, "fsdp": 2, "tensor": 2})
+    params, shardings = parallel.create_sharded(
+        lambda rng: model.init(rng, *_inputs())["params"], mesh, jax.random.key(0))
+    query = ("trunk", "blocks_0", "cross_attention", "query", "kernel")
+    spec = shardings
+    for key in query:
+        spec = spec[key]
+    assert spec.spec == jax.sharding.PartitionSpec("fsdp", "tensor", None)
+    for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(_init(model)[1])):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-8)

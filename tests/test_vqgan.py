@@ -7,7 +7,7 @@ import pytest
 from safetensors.numpy import save_file
 
 from muse_jax import config as config_lib
-from muse_jax import tasks
+from muse_jax import parallel, tasks
 from muse_jax.config import ConfigError
 from muse_jax.models import perceptual
 from muse_jax.models.vqgan import VQGAN, VectorQuantizer
@@ -127,12 +127,13 @@ def test_perceptual_file_errors(tmp_path):
     task = tasks.create(_tiny(**{"loss.perceptual": 0.1,
                                  "loss.perceptual_weights": str(tmp_path / "none.safetensors")}))
     with pytest.raises(ConfigError, match="not found"):
-        task.load_frozen(None)
+        task.load(None)
 
 
 def _steps(task, n, images, frozen=None):
     state = nn.unbox(task.init_state(jax.random.key(0)))
-    step = jax.jit(task.train_step)
+    one_device = parallel.create_mesh({"data": 1, "fsdp": 1, "tensor": 1}, jax.devices()[:1])
+    step = jax.jit(task.load(one_device).train_step)
     history = []
     for i in range(n):
         state, metrics = step(state, {"image": images}, jax.random.key(i), frozen or {})

@@ -31,45 +31,67 @@ def dot_product_attention(q, k, v, mask=None):
     return jnp.einsum("bhqk,bkhd->bqhd", weights.astype(v.dtype), v)
 
 
-class MultiHeadAttention(nn.Module):
-    """Queries from `x`, keys and values from `context` (= `x` for self-attention).
+class _ToHeads(nn.Module):
+    """x [B,L,D] -> [B,L,heads,head_dim] by a kernel [embed, heads, kv]."""
+    num_heads: int
+    head_dim: int
+    dtype: jnp.dtype
 
-    Kernels are explicit [embed, heads, kv] / [heads, kv, embed] params rather than
-    `nn.DenseGeneral`, whose initialiser sees a flattened 2D shape and so cannot carry the
-    3D logical axis names.
+    @nn.compact
+    def __call__(self, x):
+        init = nn.initializers.xavier_uniform(in_axis=0, out_axis=(1, 2))
+        kernel = self.param("kernel", nn.with_logical_partitioning(init, ("embed", "heads", "kv")),
+                            (x.shape[-1], self.num_heads, self.head_dim))
+        return jnp.einsum("bld,dhk->blhk", x.astype(self.dtype), kernel.astype(self.dtype))
+
+
+class _FromHeads(nn.Module):
+    """x [B,L,heads,head_dim] -> [B,L,features] by a kernel [heads, kv, embed]."""
+    features: int
+    dtype: jnp.dtype
+
+    @nn.compact
+    def __call__(self, x):
+        init = nn.initializers.xavier_uniform(in_axis=(0, 1), out_axis=2)
+        kernel = self.param("kernel", nn.with_logical_partitioning(init, ("heads", "kv", "embed")),
+                            (*x.shape[-2:], self.features))
+        return jnp.einsum("blhk,hkd->bld", x, kernel.astype(self.dtype))
+
+
+class MultiHeadAttention(nn.Module):
+    """Queries from `x`, keys and values from a context (`x` itself for self-attention).
+
+    `__call__(x, context)` does both; `key_value(context)` and `attend(x, kv)` split them, so
+    that a context fixed over many calls (the prompt over the decoding steps) is projected
+    once.
+
+    The projections keep 3-D kernels ([embed, heads, kv], [heads, kv, embed]) rather than
+    `nn.DenseGeneral`'s: DenseGeneral names them as well, but it initialises a flattened 2-D
+    kernel and unboxes it to reshape, which applies the 3-D sharding constraint to the 2-D
+    array, so a sharded init (under a mesh and the logical rules) fails. text/t5.py and
+    text/bert.py use DenseGeneral safely: their weights are loaded, never initialised so.
     """
     num_heads: int
     head_dim: int
     dtype: jnp.dtype = jnp.float32
     # (q, k, v, mask) -> out, all [B,L,H,D]; None: dot_product_attention. Same parameters either way.
     attention_fn: Callable | None = None
+    out_features: int | None = None  # width of the output; None: num_heads * head_dim
 
+    def setup(self):
+        heads = (self.num_heads, self.head_dim, self.dtype)
+        self.query, self.key, self.value = _ToHeads(*heads), _ToHeads(*heads), _ToHeads(*heads)
+        self.out = _FromHeads(self.out_features or self.num_heads * self.head_dim, self.dtype)
     def key_value(self, context):
-        """Keys and values [B,Lk,H,D] of `context`, to pass back as `__call__(..., kv=)`.
+        """Keys and values [B,Lk,H,D] of `context` [B,Lk,Dc], for `attend`."""
+        return self.key(context), self.value(context)
 
-        For a context that stays fixed over many calls (the prompt over the decoding steps), so
-        that it is projected once rather than at every call.
-        """
-        return self(None, context)
+    def attend(self, x, kv, mask=None):
+        """x [B,Lq,D] attends to the keys and values `kv` of `key_value`; `mask` bool,
+        broadcastable to [B,H,Lq,Lk], True where a query may attend."""
+        out = (self.attention_fn or dot_product_attention)(self.query(x), *kv, mask)
+        return self.out(out)
 
-    @nn.compact
-    def __call__(self, x, context=None, mask=None, *, kv=None):
-        """x [B,Lq,D] attends to `context` [B,Lk,Dc], or to its keys and values `kv` from
-        `key_value` (then `context` is not used). x=None returns (k, v) only: `key_value`."""
-        init_in = nn.initializers.xavier_uniform(in_axis=0, out_axis=(1, 2))
-
-        def project(name, inputs):
-            kernel = self.param(name, nn.with_logical_partitioning(init_in, ("embed", "heads", "kv")),
-                                (inputs.shape[-1], self.num_heads, self.head_dim))
-            return jnp.einsum("bld,dhk->blhk", inputs.astype(self.dtype), kernel.astype(self.dtype))
-
-        # Created in the order query, key, value, out: the order fixes each one's init rng.
-        q = None if x is None else project("query", x)
-        k, v = kv if kv is not None else (project("key", context), project("value", context))
-        if x is None:
-            return k, v
-        out = (self.attention_fn or dot_product_attention)(q, k, v, mask)
-        init_out = nn.initializers.xavier_uniform(in_axis=(0, 1), out_axis=2)
-        kernel = self.param("out", nn.with_logical_partitioning(init_out, ("heads", "kv", "embed")),
-                            (self.num_heads, self.head_dim, x.shape[-1]))
-        return jnp.einsum("blhk,hkd->bld", out, kernel.astype(self.dtype))
+    def __call__(self, x, context, mask=None):
+        """x [B,Lq,D] attends to `context` [B,Lk,Dc]."""
+        return self.attend(x, self.key_value(context), mask)

@@ -1,14 +1,18 @@
-"""The masked token transformer of Muse (arXiv 2301.00704, section 2.2).
+"""The masked token transformers of Muse (arXiv 2301.00704): base (section 2.2) and
+super-resolution (section 2.4), on one `Trunk`.
 
-Image tokens (with [MASK] = codebook_size) are embedded, a learned embedding per grid
-position is added, and pre-LayerNorm blocks of self-attention, cross-attention to the
-projected text embeddings and an MLP follow; the output is a logit per codebook entry for
-every position ([MASK] is never predicted).
+Image tokens (with [MASK] = codebook_size) are embedded with a learned vector per grid
+position, pre-LayerNorm `Block`s of self-attention, cross-attention to a context and an MLP
+follow, and the `OutputHead` gives a logit per codebook entry for every position ([MASK] is
+never predicted). The context is the projected text for the base model; for the SR model it is
+the projected text followed by the low-res tokens, encoded by a trunk of blocks without
+cross-attention, and its high-res self-attention is multi-axis (models/multi_axis.py) so that
+64x64 tokens stay affordable.
 
-`SuperResTransformer` (Muse 2.4) is built from the same `Block`s: a stack of them without
-cross-attention encodes the low-resolution tokens, whose outputs join the projected text as
-the cross-attention context of the high-resolution blocks, whose self-attention is multi-axis
-(models/multi_axis.py) so that 64x64 tokens stay affordable.
+Both models split the same way: `encode_context(text, text_mask[, low_res])` computes every
+block's cross-attention keys and values, which depend on the prompt (and low-res image) alone;
+`logits(tokens, context)` is the token pass; `__call__` does both, for training. The sampler
+encodes the context once per prompt and runs only the token pass at each decoding step.
 """
 from __future__ import annotations
 
@@ -24,62 +28,158 @@ _EMBED_INIT = nn.initializers.normal(0.02)
 _DENSE_INIT = nn.initializers.xavier_uniform()
 
 
-def _layer_norm(dtype, name=None):
+def layer_norm(dtype, name=None) -> nn.LayerNorm:
     return nn.LayerNorm(dtype=dtype, name=name,
                         scale_init=nn.with_logical_partitioning(nn.initializers.ones, ("embed",)),
                         bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("embed",)))
 
 
-def _dense(features, axes, dtype, name=None):
+def dense(features, axes, dtype, name=None) -> nn.Dense:
     return nn.Dense(features, dtype=dtype, name=name,
                     kernel_init=nn.with_logical_partitioning(_DENSE_INIT, axes),
                     bias_init=nn.with_logical_partitioning(nn.initializers.zeros, axes[-1:]))
 
 
+class GridEmbedding(nn.Module):
+    """Token embedding plus one learned vector per grid cell (h x w, not a 1-D sequence, as in
+    MaskGIT): ids [B, h*w] -> [B, h*w, width]."""
+    vocab_size: int
+    grid: Sequence[int]
+    width: int
+    dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, tokens):
+        h, w = self.grid
+        embed = nn.Embed(self.vocab_size, self.width, dtype=self.dtype, name="token_embed",
+                         embedding_init=nn.with_logical_partitioning(_EMBED_INIT, ("vocab", "embed")))
+        pos = self.param("pos_embed", nn.with_logical_partitioning(_EMBED_INIT, (None, None, "embed")),
+                         (h, w, self.width))
+        return embed(tokens) + pos.reshape(h * w, self.width).astype(self.dtype)
+
+
+class TextProjection(nn.Module):
+    """Text embeddings [B,L,Dt] -> LayerNorm -> Dense -> [B,L,width], the cross-attention
+    context (or its text part)."""
+    width: int
+    dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, text):
+        text = layer_norm(self.dtype, "norm")(text.astype(self.dtype))
+        return dense(self.width, ("text_embed", "embed"), self.dtype, "proj")(text)
+
+
+class OutputHead(nn.Module):
+    """Final LayerNorm, then (with `num_classes`) the logits [B,N,K] in float32 whatever the
+    compute dtype; without, the normalised features (the SR model's low-res encoding)."""
+    num_classes: int | None
+    dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x):
+        x = layer_norm(self.dtype, "norm")(x)
+        if self.num_classes is None:
+            return x
+        return dense(self.num_classes, ("embed", "vocab"), self.dtype, "logits")(x).astype(jnp.float32)
+
+
 class Block(nn.Module):
-    """Pre-LN: x += SelfAttn(LN x); x += CrossAttn(LN x, context); x += MLP(LN x)."""
+    """Pre-LN: x += SelfAttn(LN x); x += CrossAttn(LN x, context); x += MLP(LN x).
+
+    The cross-attention reads its context's keys and values (`context_key_value`), so that a
+    context fixed over many calls is projected once.
+    """
+    width: int
     num_heads: int
     mlp_dim: int
     dropout: float = 0.0
-    deterministic: bool = True
-    cross_attention: bool = True
+    cross_attend: bool = True
     dtype: jnp.dtype = jnp.float32
     self_attention_fn: Callable | None = None  # MultiHeadAttention.attention_fn of self-attention
 
-    def context_key_value(self, context):
-        """The cross-attention's keys and values of `context` [B,L,width], to pass back as
-        `__call__(..., context_kv=)`: a fixed context is then projected once, not every call.
-        The head size is taken from the context's width, which must be the block's width."""
-        return self(None, context, None)
+    def setup(self):
+        head_dim = self.width // self.num_heads
+        self.self_attention_norm = layer_norm(self.dtype)
+        self.self_attention = MultiHeadAttention(self.num_heads, head_dim, self.dtype,
+                                                 self.self_attention_fn, self.width)
+        if self.cross_attend:
+            self.cross_attention_norm = layer_norm(self.dtype)
+            self.cross_attention = MultiHeadAttention(self.num_heads, head_dim, self.dtype,
+                                                      out_features=self.width)
+        self.mlp_norm = layer_norm(self.dtype)
+        self.mlp_in = dense(self.mlp_dim, ("embed", "mlp"), self.dtype)
+        self.mlp_out = dense(self.width, ("mlp", "embed"), self.dtype)
+        self.drop = nn.Dropout(self.dropout)
 
-    @nn.compact
-    def __call__(self, x, context, context_mask, *, context_kv=None):
-        """x [B,N,width]; the cross-attention reads `context` [B,L,Dc] or, when given, its keys
-        and values `context_kv` (then `context` is not used). x=None: `context_key_value`."""
-        width = (context if x is None else x).shape[-1]
-        attention = lambda name, fn=None: MultiHeadAttention(  # noqa: E731
-            self.num_heads, width // self.num_heads, self.dtype, fn, name=name)
-        if x is None:
-            return attention("cross_attention").key_value(context)
-        drop = lambda h: nn.Dropout(self.dropout)(h, deterministic=self.deterministic)  # noqa: E731
-        h = _layer_norm(self.dtype)(x)
-        x = x + drop(attention("self_attention", self.self_attention_fn)(h, h))
-        if self.cross_attention:
-            h = _layer_norm(self.dtype)(x)
-            x = x + drop(attention("cross_attention")(h, context, context_mask[:, None, None, :],
-                                                      kv=context_kv))
-        h = _layer_norm(self.dtype)(x)
-        h = nn.gelu(_dense(self.mlp_dim, ("embed", "mlp"), self.dtype, "mlp_in")(h))
-        return x + drop(_dense(width, ("mlp", "embed"), self.dtype, "mlp_out")(drop(h)))
+    def context_key_value(self, context):
+        """The cross-attention's keys and values [B,L,heads,head_dim] of `context` [B,L,width]."""
+        return self.cross_attention.key_value(context)
+
+    def __call__(self, x, context_kv, context_mask, deterministic: bool = True):
+        """x [B,N,width]; `context_kv` from `context_key_value`, `context_mask` [B,L] (both
+        None without cross-attention)."""
+        drop = lambda h: self.drop(h, deterministic=deterministic)  # noqa: E731
+        h = self.self_attention_norm(x)
+        x = x + drop(self.self_attention(h, h))
+        if self.cross_attend:
+            h = self.cross_attention_norm(x)
+            x = x + drop(self.cross_attention.attend(h, context_kv, context_mask[:, None, None, :]))
+        h = nn.gelu(self.mlp_in(self.mlp_norm(x)))
+        return x + drop(self.mlp_out(drop(h)))
+
+
+class Trunk(nn.Module):
+    """Token ids on a grid -> `GridEmbedding`, dropout, `depth` `Block`s, `OutputHead`.
+
+    The body of both models (and, without cross-attention or classes, the SR model's low-res
+    encoder): `encode_context` turns a context into every block's cross-attention keys and
+    values, which `__call__` then reads.
+    """
+    vocab_size: int
+    grid: Sequence[int]
+    width: int
+    depth: int
+    num_heads: int
+    mlp_dim: int
+    num_classes: int | None
+    dropout: float = 0.0
+    dtype: jnp.dtype = jnp.float32
+    remat: bool = False
+    cross_attend: bool = True
+    self_attention_fn: Callable | None = None
+
+    def setup(self):
+        self.embed = GridEmbedding(self.vocab_size, self.grid, self.width, self.dtype)
+        # Positional arguments of Block.__call__, self being 0: `deterministic` is static.
+        block = nn.remat(Block, static_argnums=(4,)) if self.remat else Block
+        self.blocks = [block(self.width, self.num_heads, self.mlp_dim, self.dropout,
+                             self.cross_attend, self.dtype, self.self_attention_fn)
+                       for _ in range(self.depth)]
+        self.head = OutputHead(self.num_classes, self.dtype)
+        self.drop = nn.Dropout(self.dropout)
+
+    def encode_context(self, context, context_mask) -> dict:
+        """{"kv": ((k, v) of each block, each [B,L,heads,head_dim]), "mask": context_mask [B,L]}."""
+        return {"kv": tuple(b.context_key_value(context) for b in self.blocks),
+                "mask": context_mask}
+
+    def __call__(self, tokens, context: dict | None = None, *, offset=None,
+                 deterministic: bool = True):
+        """tokens [B, h*w] -> head outputs [B, h*w, ...]; `context` from `encode_context` (None
+        without cross-attention); `offset` [B, h*w, width] is added to the embeddings."""
+        x = self.embed(tokens)
+        if offset is not None:
+            x = x + offset
+        x = self.drop(x, deterministic=deterministic)
+        for i, block in enumerate(self.blocks):
+            kv, mask = (context["kv"][i], context["mask"]) if self.cross_attend else (None, None)
+            x = block(x, kv, mask, deterministic)
+        return self.head(x)
 
 
 class MaskedTransformer(nn.Module):
-    """tokens [B, h*w] int32 (+ text [B,L,Dt], mask [B,L]) -> logits [B, h*w, codebook] f32.
-
-    The text enters only through each block's cross-attention keys and values, which
-    `encode_context` computes on their own: the sampler does so once per prompt and passes
-    them to every decoding step (`context_kv=`) instead of the text.
-    """
+    """tokens [B, h*w] int32 + text [B,L,Dt], mask [B,L] -> logits [B, h*w, codebook] f32."""
     codebook_size: int
     grid: Sequence[int]
     width: int
@@ -94,67 +194,31 @@ class MaskedTransformer(nn.Module):
     def mask_id(self) -> int:
         return self.codebook_size
 
-    def encode_context(self, text_emb, text_mask):
-        """{"kv": ((k, v) of each block, each [B,L,heads,head_dim]), "mask": text_mask [B,L]}.
+    def setup(self):
+        self.text = TextProjection(self.width, self.dtype)
+        self.trunk = Trunk(self.codebook_size + 1, self.grid, self.width, self.depth,
+                           self.num_heads, self.mlp_dim, self.codebook_size, self.dropout,
+                           self.dtype, self.remat)
 
-        Everything the token pass needs from the text: text_norm, text_proj and every block's
-        cross-attention key and value projections, which depend on the prompt alone.
-        `model.apply(params, text_emb, text_mask, method="encode_context")`.
-        """
-        return self(None, text_emb, text_mask)
+    def encode_context(self, text, text_mask) -> dict:
+        """Everything the token pass needs of the text: its projection through every block's
+        cross-attention keys and values (`Trunk.encode_context`)."""
+        return self.trunk.encode_context(self.text(text), text_mask)
 
-    @nn.compact
-    def __call__(self, tokens, text_emb=None, text_mask=None, *, context_kv=None,
-                 deterministic: bool = True):
-        """Logits for `tokens`, reading the text from `text_emb`/`text_mask` or, when given,
-        from `context_kv` (the output of `encode_context`; then the text is not used).
-        tokens=None: `encode_context`."""
-        block = nn.remat(Block) if self.remat else Block
-        blocks = [block(self.num_heads, self.mlp_dim, self.dropout, deterministic, dtype=self.dtype,
-                        name=f"block_{i}") for i in range(self.depth)]
-        context = None
-        if context_kv is None:
-            context = _dense(self.width, ("text_embed", "embed"), self.dtype, "text_proj")(
-                _layer_norm(self.dtype, "text_norm")(text_emb.astype(self.dtype)))
-            if tokens is None:
-                return {"kv": tuple(b.context_key_value(context) for b in blocks), "mask": text_mask}
-        x = _grid_embedding(self, tokens, self.codebook_size + 1, self.grid)
-        return _predict(self, blocks, x, context, text_mask, context_kv, deterministic)
+    def logits(self, tokens, context: dict, deterministic: bool = True):
+        """The token pass, reading the text from `encode_context`'s output."""
+        return self.trunk(tokens, context, deterministic=deterministic)
 
-
-def _grid_embedding(module, tokens, vocab: int, grid, prefix: str = ""):
-    """Token embedding plus one learned vector per grid cell (h x w, not a 1D sequence, as in
-    MaskGIT): [B, h*w] ids -> [B, h*w, width]. Created in `module`'s scope."""
-    h, w = grid
-    embed = nn.Embed(vocab, module.width, dtype=module.dtype, name=f"{prefix}token_embed",
-                     embedding_init=nn.with_logical_partitioning(_EMBED_INIT, ("vocab", "embed")))
-    pos = module.param(f"{prefix}pos_embed",
-                       nn.with_logical_partitioning(_EMBED_INIT, (None, None, "embed")),
-                       (h, w, module.width))
-    return embed(tokens) + pos.reshape(h * w, module.width).astype(module.dtype)
-
-
-def _predict(module, blocks, x, context, context_mask, context_kv, deterministic):
-    """The token pass after the embedding: dropout, the blocks, final norm, logits [B,N,K] f32."""
-    x = nn.Dropout(module.dropout)(x, deterministic=deterministic)
-    for i, b in enumerate(blocks):
-        if context_kv is None:
-            x = b(x, context, context_mask)
-        else:
-            x = b(x, None, context_kv["mask"], context_kv=context_kv["kv"][i])
-    x = _layer_norm(module.dtype, "final_norm")(x)
-    logits = _dense(module.codebook_size, ("embed", "vocab"), module.dtype, "logits")(x)
-    return logits.astype(jnp.float32)
+    def __call__(self, tokens, text, text_mask, *, deterministic: bool = True):
+        return self.logits(tokens, self.encode_context(text, text_mask), deterministic)
 
 
 class SuperResTransformer(nn.Module):
-    """High-res tokens [B, H*W] + low-res tokens [B, h*w] + text -> logits [B, H*W, codebook].
+    """High-res tokens [B, H*W] + text + low-res tokens [B, h*w] -> logits [B, H*W, codebook].
 
     Muse 2.4: the low-res tokens are embedded and encoded by `low_res_depth` self-attention
     blocks; their outputs, appended to the projected text, are the context that every high-res
     block cross-attends to. The high-res self-attention is multi-axis with `window` (0: dense).
-    `encode_context` computes that context's keys and values once per prompt and low-res image,
-    as `MaskedTransformer.encode_context` does for the text alone.
     """
     codebook_size: int
     grid: Sequence[int]
@@ -179,49 +243,42 @@ class SuperResTransformer(nn.Module):
     def mask_id(self) -> int:
         return self.codebook_size
 
-    def encode_context(self, text_emb, text_mask, low_res_tokens):
-        """{"kv": ((k, v) of each block), "mask": [B, L + h*w]} of the text and low-res tokens."""
-        return self(None, low_res_tokens, text_emb, text_mask)
+    def setup(self):
+        self.text = TextProjection(self.width, self.dtype)
+        # Dense self-attention: the low-res grid is small.
+        self.low_res = Trunk(self.low_res_codebook_size, self.low_res_grid, self.width,
+                             self.low_res_depth, self.num_heads, self.mlp_dim, None, self.dropout,
+                             self.dtype, self.remat, cross_attend=False)
+        if self.low_res_skip:
+            self.skip_proj = dense(self.width, ("mlp", "embed"), self.dtype)
+        self.trunk = Trunk(self.codebook_size + 1, self.grid, self.width, self.depth,
+                           self.num_heads, self.mlp_dim, self.codebook_size, self.dropout,
+                           self.dtype, self.remat,
+                           self_attention_fn=MultiAxis(tuple(self.grid), self.window)
+                           if self.window else None)
 
-    @nn.compact
-    def __call__(self, tokens, low_res_tokens=None, text_emb=None, text_mask=None, *,
-                 context_kv=None, deterministic: bool = True):
-        """Logits for `tokens`; the conditioning from `low_res_tokens` and the text or, when
-        given, from `context_kv` (`encode_context`'s output). tokens=None: `encode_context`."""
-        block = nn.remat(Block) if self.remat else Block
-        self_attention = MultiAxis(tuple(self.grid), self.window) if self.window else None
-        blocks = [block(self.num_heads, self.mlp_dim, self.dropout, deterministic, dtype=self.dtype,
-                        self_attention_fn=self_attention, name=f"block_{i}")
-                  for i in range(self.depth)]
-        context = mask = None
-        if context_kv is None:
-            text = _dense(self.width, ("text_embed", "embed"), self.dtype, "text_proj")(
-                _layer_norm(self.dtype, "text_norm")(text_emb.astype(self.dtype)))
-            low = _grid_embedding(self, low_res_tokens, self.low_res_codebook_size,
-                                  self.low_res_grid, "low_res_")
-            low = nn.Dropout(self.dropout)(low, deterministic=deterministic)
-            for i in range(self.low_res_depth):  # dense: the low-res grid is small
-                low = block(self.num_heads, self.mlp_dim, self.dropout, deterministic,
-                            cross_attention=False, dtype=self.dtype,
-                            name=f"low_res_block_{i}")(low, None, None)
-            low = _layer_norm(self.dtype, "low_res_norm")(low)
-            context = jnp.concatenate([text, low], axis=1)
-            mask = jnp.concatenate([text_mask, jnp.ones(low.shape[:2], bool)], axis=1)
-            skip = self._upsample(low) if self.low_res_skip else None
-            if tokens is None:
-                encoded = {"kv": tuple(b.context_key_value(context) for b in blocks), "mask": mask}
-                return encoded if skip is None else {**encoded, "skip": skip}
-        else:
-            skip = context_kv.get("skip")
-        x = _grid_embedding(self, tokens, self.codebook_size + 1, self.grid)
-        if skip is not None:
-            x = x + skip
-        return _predict(self, blocks, x, context, mask, context_kv, deterministic)
+    def encode_context(self, text, text_mask, low_res_tokens, *, deterministic: bool = True) -> dict:
+        """{"kv", "mask": [B, L + h*w]} of the text and low-res tokens (and with `low_res_skip`,
+        "skip": the offset of the high-res embeddings), as `MaskedTransformer.encode_context`."""
+        low = self.low_res(low_res_tokens, deterministic=deterministic)
+        context = jnp.concatenate([self.text(text), low], axis=1)
+        mask = jnp.concatenate([text_mask, jnp.ones(low.shape[:2], bool)], axis=1)
+        encoded = self.trunk.encode_context(context, mask)
+        if not self.low_res_skip:
+            return encoded
+        return {**encoded, "skip": self._upsample(self.skip_proj(low))}
+
+    def logits(self, tokens, context: dict, deterministic: bool = True):
+        """The token pass, reading the conditioning from `encode_context`'s output."""
+        return self.trunk(tokens, context, offset=context.get("skip"), deterministic=deterministic)
+
+    def __call__(self, tokens, text, text_mask, low_res_tokens, *, deterministic: bool = True):
+        context = self.encode_context(text, text_mask, low_res_tokens, deterministic=deterministic)
+        return self.logits(tokens, context, deterministic)
 
     def _upsample(self, low):
-        """[B, h*w, width] -> projected, nearest-upsampled [B, H*W, width] (`low_res_skip`)."""
+        """[B, h*w, width] -> nearest-upsampled [B, H*W, width]."""
         (h, w), (big_h, big_w) = self.low_res_grid, self.grid
-        low = _dense(self.width, ("mlp", "embed"), self.dtype, "low_res_skip")(low)
         low = low.reshape(low.shape[0], h, 1, w, 1, self.width)
         low = jnp.broadcast_to(low, (low.shape[0], h, big_h // h, w, big_w // w, self.width))
         return low.reshape(low.shape[0], big_h * big_w, self.width)

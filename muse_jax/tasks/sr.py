@@ -2,22 +2,27 @@
 tokens of the same image, and the text.
 
 Training is the base stage's (tasks/base.py: arccos mask rates, caption dropout, loss on the
-masked positions, EMA), which this task inherits; what differs is the model and one more input.
-Each image is tokenised twice by frozen VQGANs: at `data.image_size` by `tokenizer.workdir` (the
-targets), and box-downsampled to `low_res.image_size` by the base stage's tokenizer (the
-condition), so the condition is what the base model produces at sampling time. Caption dropout
-replaces the text only; the low-res tokens stay, so guidance's unconditional branch at sampling
-time is "this low-res image, no caption".
+masked positions, EMA), built from its parts: the same frozen tokenizer and text encoder
+(`base.load_frozen`), a `base.MaskedTokenTraining` of the SR model, and `base.MaskedTokenSteps`
+with a `LowResCondition`, the one input the base stage lacks. Each image is tokenised twice by
+frozen VQGANs: at `data.image_size` by `tokenizer.workdir` (the targets), and box-downsampled to
+`low_res.image_size` by the base stage's tokenizer (the condition), so the condition is what the
+base model produces at sampling time. Caption dropout replaces the text only; the low-res tokens
+stay, so guidance's unconditional branch at sampling time is "this low-res image, no caption".
 """
 from __future__ import annotations
+
+import dataclasses
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 
+from muse_jax import parallel
 from muse_jax.config import ConfigError
 from muse_jax.models.transformer import SuperResTransformer
+from muse_jax.tasks import base
 from muse_jax.tasks import vqgan as vqgan_task
-from muse_jax.tasks.base import BaseState, BaseTask, render_tokens
 
 
 def build_model(config) -> SuperResTransformer:
@@ -39,16 +44,58 @@ def downsample(images, size: int):
     return images.reshape(b, size, f, size, f, ch).mean(axis=(2, 4))
 
 
-class SRTask(BaseTask):
-    """The base task with the SR model and the low-res tokens as `_extra_inputs`."""
+@dataclasses.dataclass(frozen=True)
+class LowResCondition:
+    """The low-res tokens of each batch image (a `base.Condition`): downsampled to `image_size`
+    and tokenised by the frozen low-res `tokenizer`, whose placed params `weights` holds."""
+    tokenizer: Any
+    weights: dict
+    image_size: int
+    grid: int
+    high_res_size: int
+
+    @classmethod
+    def load(cls, config, mesh) -> LowResCondition:
+        c = config
+        model, params, vq_config = vqgan_task.load_tokenizer(c.low_res.tokenizer_workdir)
+        factor = model.downsample_factor
+        if vq_config.model.codebook_size != c.model.low_res_codebook_size:
+            raise ConfigError(f"model.low_res_codebook_size {c.model.low_res_codebook_size} "
+                              f"differs from the low-res tokenizer's "
+                              f"{vq_config.model.codebook_size} ({c.low_res.tokenizer_workdir})")
+        if c.low_res.image_size != c.model.low_res_grid_size * factor:
+            raise ConfigError(f"model.low_res_grid_size {c.model.low_res_grid_size} does not "
+                              f"match low_res.image_size {c.low_res.image_size} / the low-res "
+                              f"tokenizer's factor {factor}")
+        weights = {"low_res_tokenizer": parallel.put(params, parallel.replicated(mesh))}
+        return cls(model, weights, c.low_res.image_size, c.model.low_res_grid_size,
+                   c.data.image_size)
+
+    def inputs(self, batch, frozen) -> tuple:
+        low = downsample(batch["image"], self.image_size)
+        ids = self.tokenizer.apply({"params": frozen["low_res_tokenizer"]}, low,
+                                   method=self.tokenizer.encode)
+        return (jax.lax.stop_gradient(ids.reshape(ids.shape[0], -1)),)
+
+    def images(self, conditioning, frozen) -> list:
+        """The low-res input, decoded by the low-res tokenizer and upsampled to the high-res size."""
+        low = base.render_tokens(self.tokenizer, frozen["low_res_tokenizer"], conditioning[0],
+                                 self.grid)
+        size = self.high_res_size
+        return [jax.image.resize(low, (low.shape[0], size, size, low.shape[-1]), "nearest")]
+
+
+class SRTask:
+    """The SR stage's `Task` (tasks/protocol.py)."""
 
     def __init__(self, config):
-        super().__init__(config)
+        self.config = config
         self.model = build_model(config)
-        self.low_res_tokenizer = None  # loaded by load_frozen
+        self.training = base.MaskedTokenTraining(config, self.model)
+        self.uses_captions = not config.data.train_text_embeddings  # raw captions in the batches
 
     def check_config(self) -> None:
-        super().check_config()
+        base.check_config(self.config)
         c = self.config
         if c.data.train_tokens or c.data.eval_tokens:
             raise ConfigError("the sr stage tokenises images itself (it needs their low-res tokens "
@@ -62,47 +109,14 @@ class SRTask(BaseTask):
                               f"{c.model.grid_size}, and model.num_heads ({c.model.num_heads}) "
                               f"must be even (multi-axis attention splits the heads in half)")
 
-    def init_state(self, rng) -> BaseState:
-        m = self.config.model
-        tokens = jnp.zeros((1, self.num_tokens), jnp.int32)
-        low_res = jnp.zeros((1, m.low_res_grid_size ** 2), jnp.int32)
-        text = jnp.zeros((1, self.config.text.max_length, m.text_dim), jnp.float32)
-        params = self.model.init(rng, tokens, low_res, text,
-                                 jnp.ones(text.shape[:2], bool))["params"]
-        return BaseState(step=jnp.zeros((), jnp.int32), params=params,
-                         opt_state=self.tx.init(params), ema_params=params)
+    def init_state(self, rng) -> base.BaseState:
+        low_res = jnp.zeros((1, self.config.model.low_res_grid_size ** 2), jnp.int32)
+        return self.training.init_state(rng, low_res)
 
-    def load_frozen(self, mesh) -> dict:
-        """The base stage's frozen parts (high-res tokenizer, text) plus the low-res tokenizer."""
-        frozen = super().load_frozen(mesh)
-        c = self.config
-        model, params, vq_config = vqgan_task.load_tokenizer(c.low_res.tokenizer_workdir)
-        factor = model.downsample_factor
-        if vq_config.model.codebook_size != c.model.low_res_codebook_size:
-            raise ConfigError(f"model.low_res_codebook_size {c.model.low_res_codebook_size} "
-                              f"differs from the low-res tokenizer's "
-                              f"{vq_config.model.codebook_size} ({c.low_res.tokenizer_workdir})")
-        if c.low_res.image_size != c.model.low_res_grid_size * factor:
-            raise ConfigError(f"model.low_res_grid_size {c.model.low_res_grid_size} does not "
-                              f"match low_res.image_size {c.low_res.image_size} / the low-res "
-                              f"tokenizer's factor {factor}")
-        self.low_res_tokenizer = model
-        replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
-        return {**frozen, "low_res_tokenizer": jax.device_put(params, replicated)}
+    def load(self, mesh) -> base.MaskedTokenSteps:
+        """The base stage's frozen models (high-res tokenizer, text) and the low-res tokenizer."""
+        return base.MaskedTokenSteps(self.training, base.load_frozen(self.config, mesh), mesh,
+                                     LowResCondition.load(self.config, mesh))
 
-    def _extra_inputs(self, batch, frozen) -> dict:
-        low = downsample(batch["image"], self.config.low_res.image_size)
-        ids = self.low_res_tokenizer.apply({"params": frozen["low_res_tokenizer"]}, low,
-                                           method=self.low_res_tokenizer.encode)
-        return {"low_res": jax.lax.stop_gradient(ids.reshape(ids.shape[0], -1))}
-
-    def _logits(self, params, part: dict, **kwargs):
-        return self.model.apply({"params": params}, part["inputs"], part["low_res"], part["emb"],
-                                part["text_mask"], **kwargs)
-
-    def _condition_images(self, extra: dict, frozen) -> list:
-        """The low-res input, decoded by the low-res tokenizer and upsampled to the high-res size."""
-        low = render_tokens(self.low_res_tokenizer, frozen["low_res_tokenizer"], extra["low_res"],
-                            self.config.model.low_res_grid_size)
-        size = self.config.data.image_size
-        return [jax.image.resize(low, (low.shape[0], size, size, low.shape[-1]), "nearest")]
+    def summarize_eval(self, totals: dict) -> dict:
+        return self.training.summarize_eval(totals)

@@ -8,8 +8,6 @@ the decoder (with its new zero-initialised blocks) trains: Muse 2.5.
 """
 from __future__ import annotations
 
-import json
-import os
 from typing import Any
 
 import flax
@@ -19,10 +17,9 @@ import ml_collections
 import numpy as np
 import optax
 from absl import logging
-from etils import epath
-from jax.sharding import NamedSharding, PartitionSpec as P
 
-from muse_jax import checkpoint, optimizers
+from muse_jax import optimizers, parallel, runs
+from muse_jax.images import psnr as _psnr
 from muse_jax import metrics as metrics_lib
 from muse_jax.config import ConfigError
 from muse_jax.models import discriminator as disc_lib
@@ -42,12 +39,11 @@ class VQGANState:
 
 def psnr(x, y):
     """Per-image PSNR in dB for images in [-1, 1] (peak-to-peak 2), after clipping x."""
-    mse = jnp.mean(jnp.square(jnp.clip(x, -1, 1) - y), axis=(1, 2, 3))
-    return 10.0 * jnp.log10(4.0 / jnp.maximum(mse, 1e-10))
+    return _psnr(jnp.clip(x, -1, 1), y, peak=2.0)
 
 
 class VQGANTask:
-    """Everything stage-specific the generic train loop (muse_jax/train.py) needs."""
+    """The tokenizer stage's `Task` (tasks/protocol.py)."""
 
     uses_captions = False
 
@@ -66,7 +62,6 @@ class VQGANTask:
         self.lr = optimizers.learning_rate(config.optim, num_steps)
         self.tx = optimizers.create(config.optim, num_steps, trainable)
         self.disc_tx = optimizers.create(_with_lr(config.optim, g.lr), num_steps)
-        self._reconstruct = jax.jit(self.reconstruct)
 
     # ---------------------------------------------------------------- config
     def check_config(self) -> None:
@@ -98,41 +93,57 @@ class VQGANTask:
                           disc_opt_state=self.disc_tx.init(disc_params) if self.disc else {},
                           lecam_ema=jnp.zeros((2,), jnp.float32))
 
-    def start_from(self, state: VQGANState) -> VQGANState:
-        """Copies a trained tokenizer's weights (finetune.init_from) into a fresh state.
+    def load(self, mesh) -> VQGANSteps:
+        """Steps with the frozen LPIPS network (if the perceptual loss is on), replicated."""
+        path = self.config.loss.perceptual_weights
+        if not path or self.config.loss.perceptual == 0:
+            logging.warning("perceptual loss is off: no weights file in config.loss."
+                            "perceptual_weights (see muse_jax/models/perceptual.py)")
+            return VQGANSteps(self, {})
+        try:
+            weights = perceptual.load_weights(path)
+        except (FileNotFoundError, ValueError) as e:
+            raise ConfigError(str(e)) from None
+        return VQGANSteps(self, {"perceptual": parallel.put(weights, parallel.replicated(mesh))})
+
+    def summarize_eval(self, totals: dict) -> dict:
+        counts = np.asarray(totals["code_counts"], np.float64)
+        probs = counts / max(counts.sum(), 1)
+        return {"eval_psnr": float(totals["psnr_sum"] / totals["count"]),
+                "eval_codebook_usage": float(np.mean(counts > 0)),
+                "eval_perplexity": float(np.exp(-np.sum(probs * np.log(np.maximum(probs, 1e-12)))))}
+
+    def reconstruct(self, params, images):
+        return self.model.apply({"params": params}, images)[0]
+
+
+class VQGANSteps:
+    """The tokenizer stage's `Steps` (tasks/protocol.py); `frozen` holds the LPIPS weights."""
+
+    def __init__(self, task: VQGANTask, frozen: dict):
+        self.task, self.config, self.frozen = task, task.config, frozen
+        self.model, self.disc, self.lr = task.model, task.disc, task.lr
+        self.tx, self.disc_tx = task.tx, task.disc_tx
+        self._reconstruct = jax.jit(task.reconstruct)
+
+    def start_state(self, state: VQGANState) -> VQGANState:
+        """`state`, or with `finetune.init_from` a trained tokenizer's weights copied into it.
 
         Weights the new model has and the old one lacks (the extra decoder blocks) keep their
         zero initialisation, so the model starts out reconstructing exactly as the old one.
         """
         source = self.config.finetune.init_from
-        source_config = os.path.join(source, "config.json")
-        if os.path.isfile(source_config):
-            with open(source_config) as f:
-                stage = json.load(f).get("stage")
-            if stage != "vqgan":
-                raise ConfigError(f"finetune.init_from {source} is a {stage!r} run, not a tokenizer")
-        saved = checkpoint.load_state(f"{source.rstrip('/')}/checkpoints")
+        if not source:
+            return state
+        saved = runs.open_run(source, "vqgan", "finetune.init_from").state()
         params = _merge(state.params, saved["params"], source)
         disc_params = state.disc_params
         if self.disc and saved.get("disc_params"):
             disc_params = _merge(state.disc_params, saved["disc_params"], source)
+        logging.info("initialised from %s", source)
         return state.replace(params=params, opt_state=self.tx.init(params),
                              disc_params=disc_params)
 
-    def load_frozen(self, mesh) -> dict:
-        """Frozen inputs of every step (the LPIPS network), replicated over the mesh."""
-        path = self.config.loss.perceptual_weights
-        if not path or self.config.loss.perceptual == 0:
-            logging.warning("perceptual loss is off: no weights file in config.loss."
-                            "perceptual_weights (see muse_jax/models/perceptual.py)")
-            return {}
-        try:
-            weights = perceptual.load_weights(path)
-        except (FileNotFoundError, ValueError) as e:
-            raise ConfigError(str(e)) from None
-        return {"perceptual": jax.device_put(weights, NamedSharding(mesh, P()))}
-
-    # ---------------------------------------------------------------- steps
     def prepare_batch(self, local: dict) -> dict:
         """Process-local numpy batch -> the arrays the steps take."""
         return {"image": local["image"]}
@@ -210,16 +221,6 @@ class VQGANTask:
                 "count": jnp.asarray(batch["image"].shape[0], jnp.float32),
                 "code_counts": jnp.bincount(ids.reshape(-1), length=self.config.model.codebook_size)}
 
-    def summarize_eval(self, totals: dict) -> dict:
-        counts = np.asarray(totals["code_counts"], np.float64)
-        probs = counts / max(counts.sum(), 1)
-        return {"eval_psnr": float(totals["psnr_sum"] / totals["count"]),
-                "eval_codebook_usage": float(np.mean(counts > 0)),
-                "eval_perplexity": float(np.exp(-np.sum(probs * np.log(np.maximum(probs, 1e-12)))))}
-
-    def reconstruct(self, params, images):
-        return self.model.apply({"params": params}, images)[0]
-
     def summary_images(self, state: VQGANState, batch, frozen) -> dict[str, np.ndarray]:
         """`reconstructions`: the first eval images above their reconstructions."""
         del frozen
@@ -240,15 +241,8 @@ def build_model(config) -> VQGAN:
 
 def load_tokenizer(workdir: str) -> tuple[VQGAN, Any, ml_collections.ConfigDict]:
     """The trained tokenizer of a VQGAN run: (model, params, its config), for later stages."""
-    config_file = epath.Path(workdir or ".", "config.json")  # local or gs://
-    if not config_file.is_file():
-        raise ConfigError(f"tokenizer workdir {workdir!r} has no config.json: train one with "
-                          f"python -m muse_jax.train --config=configs/vqgan_shapes.py "
-                          f"--workdir={workdir or 'DIR'}")
-    config = ml_collections.ConfigDict(json.loads(config_file.read_text()))
-    if config.stage != "vqgan":
-        raise ConfigError(f"{config_file} is the config of a {config.stage!r} run, not a tokenizer")
-    params = checkpoint.load_state(os.path.join(workdir, "checkpoints"))["params"]
+    run = runs.open_run(workdir, "vqgan", "tokenizer.workdir")
+    config, params = run.config, run.state()["params"]
     return build_model(config), params, config
 
 
@@ -270,7 +264,7 @@ def _merge(target, source, where: str):
             if tuple(loaded.shape) != tuple(value.shape):
                 raise ConfigError(f"{where}: parameter {'/'.join(path)} has shape {loaded.shape}, "
                                   f"the config expects {value.shape}")
-            merged[path] = jax.device_put(jnp.asarray(loaded, value.dtype), value.sharding)
+            merged[path] = parallel.put(np.asarray(loaded, value.dtype), value.sharding)
         else:
             merged[path] = value
     return flax.traverse_util.unflatten_dict(merged)
