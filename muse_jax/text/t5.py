@@ -20,19 +20,12 @@ from pathlib import Path
 from typing import Any
 
 import flax.linen as nn
+from flax.linen import with_logical_partitioning as logical
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from muse_jax.text import hf_import
-
-ACTIVATIONS = {
-    "relu": jax.nn.relu,
-    "gelu": lambda x: jax.nn.gelu(x, approximate=False),
-    "gelu_new": lambda x: jax.nn.gelu(x, approximate=True),  # what HF's "gated-gelu" means
-    "silu": jax.nn.silu,
-}
-
 
 @dataclasses.dataclass(frozen=True)
 class T5Config:
@@ -45,7 +38,7 @@ class T5Config:
     relative_attention_num_buckets: int = 32
     relative_attention_max_distance: int = 128
     layer_norm_epsilon: float = 1e-6
-    activation: str = "relu"  # one of ACTIVATIONS
+    activation: str = "relu"  # one of hf_import.ACTIVATIONS
     gated: bool = False  # v1.1 / Flan: act(wi_0 x) * wi_1 x
 
     @classmethod
@@ -54,7 +47,8 @@ class T5Config:
         proj = hf.get("feed_forward_proj", "relu")
         parts = proj.split("-")
         activation = "gelu_new" if proj == "gated-gelu" else parts[-1]
-        if activation not in ACTIVATIONS or len(parts) > 2 or (len(parts) == 2 and parts[0] != "gated"):
+        known = activation in hf_import.ACTIVATIONS
+        if not known or len(parts) > 2 or (len(parts) == 2 and parts[0] != "gated"):
             raise hf_import.CheckpointError(
                 f"T5 feed_forward_proj {proj!r} is not supported (known: relu, gated-gelu, "
                 f"gelu, gated-silu, ...)")
@@ -93,10 +87,6 @@ def relative_position_buckets(length: int, num_buckets: int, max_distance: int) 
     return (buckets + np.where(rel < max_exact, rel, large)).astype(np.int32)
 
 
-def _partitioned(init, names):
-    return nn.with_logical_partitioning(init, names)
-
-
 class RMSNorm(nn.Module):
     """T5's layer norm: scale only, no mean subtraction, statistics in float32."""
     eps: float
@@ -105,7 +95,7 @@ class RMSNorm(nn.Module):
 
     @nn.compact
     def __call__(self, x):
-        scale = self.param("scale", _partitioned(nn.initializers.ones, ("embed",)),
+        scale = self.param("scale", logical(nn.initializers.ones, ("embed",)),
                            (x.shape[-1],), self.param_dtype)
         x = x.astype(jnp.float32)
         x = x * jax.lax.rsqrt(jnp.mean(jnp.square(x), axis=-1, keepdims=True) + self.eps)
@@ -125,7 +115,7 @@ class T5Attention(nn.Module):
         def project(name):
             return nn.DenseGeneral((c.num_heads, c.d_kv), use_bias=False, dtype=self.dtype,
                                    param_dtype=self.param_dtype, name=name,
-                                   kernel_init=_partitioned(init, ("embed", "heads", "kv")))(x)
+                                   kernel_init=logical(init, ("embed", "heads", "kv")))(x)
 
         q, k, v = project("query"), project("key"), project("value")
         scores = jnp.einsum("bqhd,bkhd->bhqk", q, k).astype(jnp.float32) + bias
@@ -133,7 +123,7 @@ class T5Attention(nn.Module):
         out = jnp.einsum("bhqk,bkhd->bqhd", weights, v)
         return nn.DenseGeneral(c.d_model, axis=(-2, -1), use_bias=False, dtype=self.dtype,
                                param_dtype=self.param_dtype, name="out",
-                               kernel_init=_partitioned(init, ("heads", "kv", "embed")))(out)
+                               kernel_init=logical(init, ("heads", "kv", "embed")))(out)
 
 
 class T5MLP(nn.Module):
@@ -147,10 +137,10 @@ class T5MLP(nn.Module):
 
         def dense(features, names, name):
             return nn.Dense(features, use_bias=False, dtype=self.dtype, param_dtype=self.param_dtype,
-                            kernel_init=_partitioned(nn.initializers.normal(c.d_model ** -0.5), names),
+                            kernel_init=logical(nn.initializers.normal(c.d_model ** -0.5), names),
                             name=name)
 
-        act = ACTIVATIONS[c.activation]
+        act = hf_import.ACTIVATIONS[c.activation]
         if c.gated:
             h = act(dense(c.d_ff, ("embed", "mlp"), "wi_0")(x)) * dense(c.d_ff, ("embed", "mlp"), "wi_1")(x)
         else:
@@ -184,8 +174,8 @@ class T5Encoder(nn.Module):
     def __call__(self, ids, mask):
         c, kw = self.config, dict(dtype=self.dtype, param_dtype=self.param_dtype)
         x = nn.Embed(c.vocab_size, c.d_model, name="token_embed",
-                     embedding_init=_partitioned(nn.initializers.normal(1.0), ("vocab", "embed")), **kw)(ids)
-        table = self.param("relpos_bias", _partitioned(nn.initializers.normal(c.d_model ** -0.5),
+                     embedding_init=logical(nn.initializers.normal(1.0), ("vocab", "embed")), **kw)(ids)
+        table = self.param("relpos_bias", logical(nn.initializers.normal(c.d_model ** -0.5),
                                                        ("relpos_buckets", "heads")),
                            (c.relative_attention_num_buckets, c.num_heads), self.param_dtype)
         buckets = relative_position_buckets(ids.shape[1], c.relative_attention_num_buckets,
