@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 from typing import Any, NamedTuple, Protocol
 
 import flax
@@ -182,7 +183,9 @@ def _check_tokens(c) -> None:
         if records.codebook_size != c.model.codebook_size:
             raise ConfigError(f"{directory} holds tokens of a {records.codebook_size}-code "
                               f"tokenizer, model.codebook_size is {c.model.codebook_size}")
-        if records.metadata["tokenizer_workdir"] != c.tokenizer.workdir:
+        written_by = records.metadata["tokenizer_workdir"]
+        if written_by != c.tokenizer.workdir and ("://" in written_by or os.path.abspath(
+                written_by) != os.path.abspath(c.tokenizer.workdir)):
             logging.warning("%s was tokenised by %s, but tokenizer.workdir (which sampling "
                             "decodes with) is %s", directory,
                             records.metadata["tokenizer_workdir"], c.tokenizer.workdir)
