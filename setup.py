@@ -33,8 +33,10 @@ EXTRAS_REQUIRE = {
     # Test-only: PyTorch references (transformers / diffusers) and the runner.
     # torch==2.13.0 (CPU) is installed by the Makefile from the local wheel.
     # nbclient/nbformat/ipykernel run notebooks/muse_jax_colab.ipynb (tests/test_notebook.py).
+    # diffusers (aMUSEd UVit2DModel / VQModel), lpips and pytorch-fid are the references that
+    # imported and reimplemented networks are checked against.
     "test": ["pytest==9.2.0", "pytest-xdist==3.8.0", "nbclient==0.11.0", "nbformat==5.11.1",
-             "ipykernel==7.4.0"],
+             "ipykernel==7.4.0", "diffusers==0.42.1", "lpips==0.1.4", "pytorch-fid==0.3.0"],
     # benchmarks/: the PyTorch peers they compare against. muse-maskgit-pytorch (the
     # MaskGitTransformer of benchmarks/base_step.py) is not listed: its requirements pull
     # torchvision, whose PyPI wheels are CUDA builds pinned to another torch. Install it with
@@ -43,7 +45,7 @@ EXTRAS_REQUIRE = {
     # base_step.py stubs its VQGAN/trainer-only imports (torchvision, vector-quantize-pytorch,
     # accelerate, ema-pytorch) when they are missing.
     # scikit-image: the real sample photos benchmarks/input_pipeline.py converts and reads.
-    "bench": ["diffusers==0.42.1", "beartype==0.23.1", "memory-efficient-attention-pytorch==0.1.6",
+    "bench": ["beartype==0.23.1", "memory-efficient-attention-pytorch==0.1.6",
               "scikit-image==0.26.0"],
 }
 
