@@ -46,6 +46,13 @@ def add_optim(c: ml_collections.ConfigDict) -> None:
     c.optim.grad_clip = 1.0  # global-norm clipping (0: off)
 
 
+def add_finetune(c: ml_collections.ConfigDict) -> None:
+    c.finetune = ml_collections.ConfigDict()
+    # workdir of a trained run of the same stage whose weights a fresh run starts from ("" =
+    # scratch); read once at the start (and, for LoRA, at every start: they stay frozen)
+    c.finetune.init_from = ""
+
+
 def add_mesh(c: ml_collections.ConfigDict) -> None:
     c.mesh = ml_collections.ConfigDict()
     c.mesh.data = -1  # data-parallel axis (-1: all devices left over)
