@@ -83,9 +83,9 @@ def init(rng, params, targets: Mapping[str, tuple[str, int]], names, rank: int) 
         a = jax.random.uniform(jax.random.fold_in(rng, i), (*shape[:in_axes], rank),
                                jnp.float32, -bound, bound)
         b = jnp.zeros((rank, *shape[in_axes:]), jnp.float32)
-        if names_ is not None:
-            a = nn.Partitioned(a, (*names_[:in_axes], RANK_AXIS))
-            b = nn.Partitioned(b, (RANK_AXIS, *names_[in_axes:]))
+        if names_ is not None:  # the kernel's box type (logical names, usually) for both
+            a = kernel.replace(value=a, names=(*names_[:in_axes], RANK_AXIS))
+            b = kernel.replace(value=b, names=(RANK_AXIS, *names_[in_axes:]))
         out[path[:-1] + ("lora_a",)] = a
         out[path[:-1] + ("lora_b",)] = b
     return flax.traverse_util.unflatten_dict(out)
