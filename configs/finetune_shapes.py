@@ -50,8 +50,9 @@ def get_config(arg=None):
         c.model = tiny.model
         c.finetune.lora.rank = 2 if variant == "tiny" else 0
         c.finetune.lora.dropout = 0.1 if variant == "tiny" else 0.0
-        c.data.batch_size = 4
-        c.data.eval_batch_size = 4
+        c.data.batch_size = 8
+        c.data.eval_batch_size = 8
+        c.data.eval_size = 8
         c.eval.num_samples = 2
         c.eval.sample_steps = 2
         c.train.num_steps = 6

@@ -27,7 +27,8 @@ def main(argv) -> None:
         raise errors.UserError(f"unexpected arguments: {' '.join(argv[1:])}")
     if not FLAGS.workdir or not FLAGS.out:
         raise errors.UserError("--workdir and --out are required")
-    print(f"merged {FLAGS.workdir} into {finetune.export_merged(FLAGS.workdir, FLAGS.out, FLAGS.lora_scale)}")
+    out = finetune.export_merged(FLAGS.workdir, FLAGS.out, FLAGS.lora_scale)
+    print(f"merged {FLAGS.workdir} into {out}")
 
 
 if __name__ == "__main__":
