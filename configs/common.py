@@ -28,6 +28,8 @@ def add_data(c: ml_collections.ConfigDict) -> None:
     c.data.num_workers = 8  # grain worker processes per host (0: decode in the main process)
     c.data.shapes_max_objects = 3  # shapes source only: objects per image, 1..this
     c.data.shapes_train_size = 0  # shapes source only: train examples (0: endless)
+    c.data.shapes_exclude_colors = ()  # shapes source only: colours never drawn (new concepts)
+    c.data.shapes_exclude_shapes = ()  # shapes source only: shapes never drawn (new concepts)
 
 
 def add_optim(c: ml_collections.ConfigDict) -> None:
@@ -48,9 +50,7 @@ def add_optim(c: ml_collections.ConfigDict) -> None:
 
 def add_finetune(c: ml_collections.ConfigDict) -> None:
     c.finetune = ml_collections.ConfigDict()
-    # workdir of a trained run of the same stage whose weights a fresh run starts from ("" =
-    # scratch); read once at the start (and, for LoRA, at every start: they stay frozen)
-    c.finetune.init_from = ""
+    c.finetune.init_from = ""  # workdir of a trained run of this stage to start from ("" = scratch)
 
 
 def add_mesh(c: ml_collections.ConfigDict) -> None:

@@ -224,7 +224,9 @@ def test_dry_run_sizes_lora_against_full_finetuning_at_base_256():
     assert lp["pretrained"] == fp["params"]  # the same weights, frozen instead of trained
     assert lp["whole_state"] < 0.02 * fp["whole_state"]
     assert lora_r["activations"] == full_r["activations"]
-    assert lora_r["total"] < 0.5 * full_r["total"]
+    # LoRA saves the full fine-tune's Adam moments (2x the weights), its gradients and its EMA,
+    # holding the weights once (frozen) instead of twice; the frozen T5-XXL stays in both.
+    assert full_r["total"] - lora_r["total"] > 0.9 * 3 * fp["params"]
     assert "frozen pretrained weights" in plan.format_table(lora_r, "lora")
 
 

@@ -261,7 +261,10 @@ class MaskedTokenTraining:
         params = self.weights.start_params(state.params)
         if params is state.params:
             return state
-        return state.replace(params=params, opt_state=self.tx.init(params), ema_params=params)
+        # The EMA gets buffers of its own: the train step donates the state, and one buffer
+        # donated twice (as params and as EMA) crashes XLA.
+        return state.replace(params=params, opt_state=self.tx.init(params),
+                             ema_params=jax.tree.map(jnp.copy, params))
 
     def train_step(self, state: BaseState, inputs: Inputs, conditioning: tuple, rng,
                    frozen: dict) -> tuple[BaseState, dict]:
