@@ -253,8 +253,8 @@ class MaskedTokenTraining:
 
     def load_weights(self, mesh) -> dict:
         """What `weights` needs in the steps' `frozen` (the pretrained weights of a LoRA run)."""
-        abstract = parallel.abstract_sharded(self.init_params, mesh, jax.random.key(0))
-        return self.weights.load(abstract, mesh)
+        return self.weights.load(
+            lambda: parallel.abstract_sharded(self.init_params, mesh, jax.random.key(0)))
 
     def start_state(self, state: BaseState) -> BaseState:
         """A fresh run's state; a full fine-tune's params (and EMA) copied from `init_from`."""

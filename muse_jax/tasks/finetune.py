@@ -23,6 +23,7 @@ from typing import Any
 import flax
 import jax
 import numpy as np
+from absl import logging
 
 from muse_jax import parallel, runs
 from muse_jax.config import ConfigError
@@ -91,6 +92,7 @@ def sampling_weights(run: runs.Run, lora_scale: float = 1.0):
     """`run`'s EMA weights as sampling uses them: for a LoRA run its pretrained run's weights
     with the adapters added at `lora_scale` x alpha / rank (0: the pretrained model)."""
     state = run.state()
+    logging.info("weights of %s: step %d", run.path, int(state["step"]))
     if not uses_lora(run.config):
         if lora_scale != 1.0:
             raise ConfigError(f"--lora_scale {lora_scale}: {run.path} is not a LoRA fine-tune")
@@ -152,9 +154,9 @@ class FullWeights:
         del rng
         return params
 
-    def load(self, abstract_params, mesh) -> dict:
+    def load(self, abstract_params) -> dict:
         """Nothing the steps need besides the state."""
-        del abstract_params, mesh
+        del abstract_params
         return {}
 
     def start_params(self, params):
@@ -186,11 +188,16 @@ class LoraWeights:
         """Fresh adapters (B zero) for `params`, boxed with their logical axes."""
         return lora.init(rng, params, lora.TRANSFORMER_TARGETS, self.targets, self.rank)
 
-    def load(self, abstract_params, mesh) -> dict:
-        """{"pretrained": the `init_from` run's EMA weights}, placed as `abstract_params` says."""
-        del mesh
+    def load(self, abstract_params) -> dict:
+        """{"pretrained": the `init_from` run's EMA weights}, placed as `abstract_params()`
+        (ShapeDtypeStructs with shardings) says.
+
+        They are its latest checkpoint's, whenever this runs: the adapters fit the weights
+        they were trained on, so the `init_from` run must not train on meanwhile (merge_lora
+        makes a fine-tune independent of it). The step is logged.
+        """
         run = runs.open_run(self.init_from, self.stage, "finetune.init_from")
-        return {"pretrained": pretrained_weights(run, abstract_params)}
+        return {"pretrained": pretrained_weights(run, abstract_params())}
 
     def start_params(self, params):
         return params
