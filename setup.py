@@ -23,6 +23,9 @@ INSTALL_REQUIRES = [
     "numpy==2.4.6",
     "absl-py==2.5.1",
     "tqdm==4.70.1",
+    # The demo's report: training curves (matplotlib) and its one-page HTML (Markdown).
+    "matplotlib==3.10.7",
+    "markdown==3.11.3",
     # T5 tokenizers (spiece.model) load through transformers with it.
     "sentencepiece==0.2.3",
 ]

@@ -28,6 +28,9 @@ def add_data(c: ml_collections.ConfigDict) -> None:
     c.data.num_workers = 8  # grain worker processes per host (0: decode in the main process)
     c.data.shapes_max_objects = 3  # shapes source only: objects per image, 1..this
     c.data.shapes_train_size = 0  # shapes source only: train examples (0: endless)
+    # shapes source only: train captions' wording, canonical | varied (drawn per example; the
+    # held-out phrasings of data/shapes_captions.py are never used in training)
+    c.data.shapes_phrasing = "canonical"
     c.data.shapes_exclude_colors = ()  # shapes source only: colours never drawn (new concepts)
     c.data.shapes_exclude_shapes = ()  # shapes source only: shapes never drawn (new concepts)
 

@@ -40,7 +40,7 @@ def get_config(arg=None):
     c.low_res.tokenizer_workdir = "workdirs/vqgan_shapes"
 
     c.text.encoder = "minilm"
-    c.text.max_length = 32  # as base_shapes.py
+    c.text.max_length = 40  # as base_shapes.py
     c.text.dtype = "float32"
     c.text.batch_size = 64
 

@@ -7,7 +7,10 @@ and the images with that tokenizer once (muse_jax.text.precompute, muse_jax.data
 trains the base model from them (configs/base_shapes.py:demo), then writes to --out:
   samples.png   generated images for 8 held-out prompts, each prompt under its image;
   inpaint.png, outpaint.png, edit.png   before / after, with the prompts;
-  report.md     oracle accuracy on held-out prompts, sampling settings, each phase's time.
+  curves.png    training loss and masked-token accuracy, the oracle at the end;
+  report.md, report.html   oracle accuracy on held-out prompts in the canonical wording and in
+                phrasings training never used, sampling settings, each phase's time (the HTML
+                page has every picture inlined).
 Running it again reuses every finished phase (a stopped run resumes where it stopped).
 """
 from __future__ import annotations
@@ -23,7 +26,7 @@ from pathlib import Path
 import numpy as np
 from absl import flags, logging
 
-from muse_jax import errors, sampling_flags
+from muse_jax import demo_report, errors, sampling_flags
 from muse_jax.errors import UserError
 from muse_jax.images import to_model, to_uint8
 
@@ -238,61 +241,6 @@ def edits(pipe, source, options, edit_options, out: Path) -> dict:
     return results
 
 
-# ---------------------------------------------------------------------- report
-def write_report(out: Path, timer: Timer, options, edit_options, oracle: dict, grid: list[dict],
-                 edited: dict, vq_config, base_config, workdir: str) -> None:
-    phases = "\n".join(f"| {p.name} | {p.seconds:.0f} s{' (reused)' if p.reused else ''} |"
-                       for p in timer.phases)
-    total = sum(p.seconds for p in timer.phases)
-    prompts = "\n".join(f"| {g['prompt']} | {'yes' if g['match'] else 'no'} |" for g in grid)
-    edit_rows = "\n".join(f"| {name} | {e['before']} | {e['prompt']} | "
-                          f"{'yes' if e['match'] else 'no'} |" for name, e in edited.items())
-    text = f"""# muse_jax demo
-
-Shapes tokenizer ({vq_config.train.num_steps} steps) and base model ({base_config.train.num_steps}
-steps, {base_config.model.depth} layers of width {base_config.model.width}, MiniLM captions),
-trained on this machine's CPU under `{workdir}`.
-
-## Held-out prompts: shapes-oracle accuracy
-
-{oracle['num_samples']} held-out captions, one image each, {options.steps} decoding steps, guidance
-rising linearly to {options.guidance}: **{oracle['match']:.1%}** of the images show exactly the
-caption's objects (per object: colour {oracle['color']:.1%}, shape {oracle['shape']:.1%},
-cell {oracle['cell']:.1%}).
-
-![samples](samples.png)
-
-| prompt | oracle says the image matches |
-|---|---|
-{prompts}
-
-## Editing without fine-tuning (Muse 3.3)
-
-Inpainting and outpainting fill the masked tokens in {options.steps} steps; mask-free editing
-re-masks {edit_options.mask_rate:.0%} of the tokens {edit_options.iterations} times, each round
-filled in {edit_options.steps} steps with top-k {edit_options.top_k}.
-
-| edit | before | prompt | oracle says the result matches |
-|---|---|---|---|
-{edit_rows}
-
-![inpaint](inpaint.png) ![outpaint](outpaint.png) ![edit](edit.png)
-
-## Time
-
-| phase | wall time |
-|---|---|
-{phases}
-| total | {total:.0f} s |
-"""
-    (out / "report.md").write_text(text)
-    with open(out / "report.json", "w") as f:
-        json.dump({"oracle": oracle, "samples": grid, "edits": edited,
-                   "sampling": dataclasses.asdict(options),
-                   "editing": dataclasses.asdict(edit_options),
-                   "phases": [dataclasses.asdict(p) for p in timer.phases]}, f, indent=2)
-
-
 def run(workdir: str, out: str, num_eval: int, options, edit_options=None,
         variant: str = "demo") -> dict:
     from muse_jax import inference, sampling, shapes_evals
@@ -317,15 +265,19 @@ def run(workdir: str, out: str, num_eval: int, options, edit_options=None,
         pipe = inference.load(base_dir)
         source = shapes.ShapesSource(image_size=base.data.image_size, split="eval", seed=base.seed,
                                      max_objects=base.data.shapes_max_objects)
-        oracle = {"num_samples": num_eval,
-                  **shapes_evals.shapes_oracle(pipe, options, num_eval, 0, batch_size=64)}
+        oracles = {phrasing: {"num_samples": num_eval, **shapes_evals.shapes_oracle(
+            pipe, options, num_eval, 0, batch_size=64, phrasing=phrasing)}
+            for phrasing in ("canonical", "held_out")}
         grid = samples(pipe, source, options, out_dir)
     with timer.phase("inpaint, outpaint, edit"):
         edited = edits(pipe, source, options, edit_options, out_dir)
-    write_report(out_dir, timer, options, edit_options, oracle, grid, edited, vq, base, workdir)
-    print(f"oracle accuracy {oracle['match']:.1%} on {num_eval} held-out prompts; "
-          f"report: {out_dir / 'report.md'}")
-    return {"oracle": oracle, "phases": timer.phases}
+    curves = {f"{p} captions": ([base.train.num_steps], [o["match"]]) for p, o in oracles.items()}
+    demo_report.write(out_dir, timer, options, edit_options, oracles, curves, grid, edited, vq,
+                      base, workdir, Path(base_dir) / "metrics.jsonl")
+    print(f"oracle accuracy {oracles['canonical']['match']:.1%} on {num_eval} held-out prompts, "
+          f"{oracles['held_out']['match']:.1%} in held-out phrasings; "
+          f"report: {out_dir / 'report.html'}")
+    return {"oracle": oracles["canonical"], "oracles": oracles, "phases": timer.phases}
 
 
 def main(argv) -> None:

@@ -7,7 +7,8 @@
   python -m muse_jax.evaluate --eval=shapes_sr --workdir=workdirs/base_shapes \
       --sr_workdir=workdirs/sr_shapes --num_samples=256
 
-`shapes_oracle`: held-out captions, the oracle's reading of each image. `shapes_inpaint`: one
+`shapes_oracle`: held-out captions, the oracle's reading of each image. `shapes_phrasings`: the
+same scenes captioned in phrasings training never used (data/shapes_captions.py). `shapes_inpaint`: one
 object's cell regenerated as another object. `shapes_edit`: mask-free editing of one object by
 prompt. `shapes_sr`: super-resolution (needs --sr_workdir). Prints one JSON object with the
 scores and the sampling settings used.
@@ -23,7 +24,7 @@ from muse_jax import errors, sampling_flags
 from muse_jax.errors import UserError
 
 FLAGS = flags.FLAGS
-EVALS = ("shapes_oracle", "shapes_inpaint", "shapes_edit", "shapes_sr")
+EVALS = ("shapes_oracle", "shapes_phrasings", "shapes_inpaint", "shapes_edit", "shapes_sr")
 
 
 def define_flags() -> None:
@@ -72,7 +73,8 @@ def evaluate(workdir: str, eval_name: str, num_samples: int, options, seed: int 
         scores = shapes_evals.shapes_edit(pipe, options, edit_options, num_samples, seed,
                                           batch_size)
     else:
-        scores = shapes_evals.shapes_oracle(pipe, options, num_samples, seed, batch_size)
+        phrasing = "held_out" if eval_name == "shapes_phrasings" else "canonical"
+        scores = shapes_evals.shapes_oracle(pipe, options, num_samples, seed, batch_size, phrasing)
     return {**settings, **scores}
 
 

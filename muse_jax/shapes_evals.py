@@ -16,13 +16,15 @@ from muse_jax.errors import UserError
 from muse_jax.images import psnr, to_model, to_uint8
 
 
-def eval_source(pipe: inference.Pipeline, name: str, size: int | None = None):
-    """The held-out shapes scenes `pipe` was trained beside, rendered at `size` (default: its)."""
+def eval_source(pipe: inference.Pipeline, name: str, size: int | None = None,
+                phrasing: str = "canonical"):
+    """The held-out shapes scenes `pipe` was trained beside, rendered at `size` (default: its),
+    captioned in `phrasing`."""
     if pipe.config.data.source != "shapes":
         raise UserError(f"{name} needs a model trained on shapes, this one used "
                         f"data.source={pipe.config.data.source!r}")
     return shapes.ShapesSource(image_size=size or pipe.size, split="eval", seed=pipe.config.seed,
-                               max_objects=pipe.config.data.shapes_max_objects)
+                               max_objects=pipe.config.data.shapes_max_objects, phrasing=phrasing)
 
 
 def _other(rng, obj: shapes.ShapeObject, color: bool = True, shape: bool = True):
@@ -33,14 +35,17 @@ def _other(rng, obj: shapes.ShapeObject, color: bool = True, shape: bool = True)
         obj.cell)
 
 
-def shapes_oracle(pipe, options, num_samples: int, seed: int, batch_size: int) -> dict:
-    """Held-out captions sampled once each: "match" is the share of images showing exactly
-    the caption's objects, "color" / "shape" / "cell" the per-object accuracies."""
-    source = eval_source(pipe, "shapes_oracle")
+def shapes_oracle(pipe, options, num_samples: int, seed: int, batch_size: int,
+                  phrasing: str = "canonical") -> dict:
+    """Held-out scenes, their captions in `phrasing` (canonical, or the held-out phrasings that
+    training never uses), sampled once each: "match" is the share of images showing exactly the
+    scene's objects, "color" / "shape" / "cell" the per-object accuracies."""
+    source = eval_source(pipe, "shapes_oracle", phrasing=phrasing)
     captions = [source.get_caption(i) for i in range(num_samples)]
     tokens = inference.sample_tokens(pipe, captions, options, seed, batch_size=batch_size,
                                      progress=True)
-    return shapes.score_batch(to_uint8(pipe.decode(tokens)), captions)
+    scenes = [source.objects(i) for i in range(num_samples)]
+    return {"phrasing": phrasing, **shapes.score_batch(to_uint8(pipe.decode(tokens)), scenes)}
 
 
 def shapes_inpaint(pipe, options, num_samples: int, seed: int, batch_size: int,

@@ -30,15 +30,23 @@ def test_demo_runs_end_to_end_and_reuses_what_it_trained(tmp_path):
     options = sampling.SamplingOptions(steps=2, guidance=1.0)
     work, out = tmp_path / "work", tmp_path / "out"
     first = demo.run(str(work), str(out), num_eval=4, options=options, variant="tiny")
-    for name in ("samples.png", "inpaint.png", "outpaint.png", "edit.png", "report.md"):
+    for name in ("samples.png", "inpaint.png", "outpaint.png", "edit.png", "curves.png",
+                 "report.md", "report.html"):
         assert (out / name).stat().st_size > 0, name
     report = json.loads((out / "report.json").read_text())
     assert len(report["samples"]) == demo.NUM_PROMPTS
     assert set(report["edits"]) == {"inpaint", "outpaint", "edit"}
-    assert 0.0 <= first["oracle"]["match"] <= 1.0 and report["oracle"]["num_samples"] == 4
+    assert set(report["oracle"]) == {"canonical", "held_out"}
+    assert 0.0 <= first["oracle"]["match"] <= 1.0 and report["oracle"]["canonical"]["num_samples"] == 4
+    assert report["oracle"]["held_out"]["phrasing"] == "held_out"
     assert not any(p.reused for p in first["phases"])
     text = (out / "report.md").read_text()
     assert f"{first['oracle']['match']:.1%}" in text and "train the base model" in text
+    assert "phrasings training never used" in text
+    # One page: every picture of report.md inlined, none left as a file reference.
+    page = (out / "report.html").read_text()
+    assert page.count("data:image/png;base64,") == text.count("](") == 5
+    assert ".png)" not in page and "<table>" in page
 
     again = demo.run(str(work), str(out), num_eval=4, options=options, variant="tiny")
     reused = {p.name: p.reused for p in again["phases"]}

@@ -205,7 +205,8 @@ def test_lora_settings_are_checked(base_run, tokenizer_dir, images):
     with pytest.raises(ConfigError, match="finetune.init_from '' has no config.json"):
         tasks.create(missing).load(_one_device())
     wider = _config("tiny", base_run, tokenizer_dir, images, **{"model.mlp_dim": 128})
-    with pytest.raises(ConfigError, match=r"mlp_in/bias has shape \(64,\), the config expects \(128,\)"):
+    with pytest.raises(ConfigError,
+                       match=r"mlp_in/bias has shape \(64,\), the config expects \(128,\)"):
         tasks.create(wider).load(_one_device())
 
 

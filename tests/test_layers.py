@@ -52,6 +52,7 @@ LAYERS = {
     "muse_jax.inference": RUN,
     "muse_jax.shapes_evals": RUN,
     "muse_jax.sampling_flags": RUN,  # the CLIs' shared flags: absl definitions, no command
+    "muse_jax.demo_report": RUN,  # the demo's report: curves, Markdown and HTML
     # CLIs: exactly the modules with `if __name__ == "__main__":` (checked below).
     "muse_jax.train": CLI,
     "muse_jax.sample": CLI,

@@ -20,6 +20,8 @@ from typing import Sequence
 
 import numpy as np
 
+from muse_jax.data import shapes_captions
+
 COLORS: dict[str, tuple[int, int, int]] = {
     "red": (230, 40, 40),
     "green": (40, 190, 70),
@@ -326,7 +328,8 @@ class ShapesSource:
 
     def __init__(self, image_size: int = 64, split: str = "train", seed: int = 0,
                  min_objects: int = 1, max_objects: int = 3, size: int | None = None,
-                 exclude_colors: Sequence[str] = (), exclude_shapes: Sequence[str] = ()):
+                 phrasing: str = "canonical", exclude_colors: Sequence[str] = (),
+                 exclude_shapes: Sequence[str] = ()):
         if split not in _SPLITS:
             raise ValueError(f"split must be one of {list(_SPLITS)}, got {split!r}")
         if image_size < 24:
@@ -334,7 +337,10 @@ class ShapesSource:
         if not 0 <= min_objects <= max_objects <= len(CELLS):
             raise ValueError(f"need 0 <= min_objects <= max_objects <= 9, got "
                              f"{min_objects}, {max_objects}")
-        unknown = sorted(set(exclude_colors) - set(COLORS)) + sorted(set(exclude_shapes) - set(SHAPES))
+        if phrasing not in shapes_captions.PHRASINGS:
+            raise ValueError(f"phrasing must be one of {shapes_captions.PHRASINGS}, got {phrasing!r}")
+        unknown = (sorted(set(exclude_colors) - set(COLORS))
+                   + sorted(set(exclude_shapes) - set(SHAPES)))
         if unknown:
             raise ValueError(f"unknown colour or shape to exclude: {unknown} (colours "
                              f"{list(COLORS)}, shapes {list(SHAPES)})")
@@ -344,6 +350,7 @@ class ShapesSource:
         if not self.colors or not self.shapes:
             raise ValueError("at least one colour and one shape must be left")
         self.image_size, self.split, self.seed = image_size, split, seed
+        self.phrasing = phrasing
         self.min_objects, self.max_objects = min_objects, max_objects
         # Train is effectively infinite; 2**31 - 1 keeps indices in grain's int32-safe range.
         self.size = size if size is not None else (2**31 - 1 if split == "train" else 10_000)
@@ -364,12 +371,21 @@ class ShapesSource:
     def __getitem__(self, index: int) -> dict:
         rng = self._rng(index)
         objects = sample_objects(rng, self.min_objects, self.max_objects, self.colors, self.shapes)
-        return {"image": render(objects, self.image_size, rng), "caption": caption(objects)}
+        return {"image": render(objects, self.image_size, rng),
+                "caption": self._caption(index, objects)}
 
     def get_caption(self, index: int) -> str:
-        return caption(self.objects(index))
+        return self._caption(index, self.objects(index))
+
+    def _caption(self, index: int, objects: list[ShapeObject]) -> str:
+        """The canonical caption, or one drawn in `phrasing` from the record's own stream (apart
+        from the scene's, so the image is the same in every phrasing)."""
+        if self.phrasing == "canonical":
+            return caption(objects)
+        rng = np.random.default_rng([self.seed, _SPLITS[self.split], int(index), 1])
+        return shapes_captions.describe(objects, rng, self.phrasing)
 
     def __repr__(self) -> str:
         return (f"ShapesSource(image_size={self.image_size}, split={self.split!r}, "
                 f"seed={self.seed}, objects={self.min_objects}..{self.max_objects}, "
-                f"size={self.size})")
+                f"size={self.size}, phrasing={self.phrasing!r})")

@@ -1,0 +1,130 @@
+"""Captions of a shapes scene in many phrasings, and phrasings that training never sees.
+
+Muse's point is that a pretrained language encoder gives the image model language
+understanding: a model trained on one caption template only learns that template. So the shapes
+world describes each training scene in wording drawn per example (object order, article and
+capitalisation, synonyms of positions, colours and shapes, "there is ...", counts of alike
+objects), and evaluation asks either in the canonical wording (`shapes.caption`) or in
+phrasings held out of training: sentence frames and position words ("upper", "lower", "on
+its left side") that no training caption uses, so that following them must come from the text
+encoder. The oracle reads the scene, not the words: every phrasing is scored the same way.
+
+`describe(objects, rng, "varied")` is a training caption, `describe(objects, rng, "held_out")`
+an evaluation one; the two share no frame (a test checks that no held-out caption could have
+been drawn for training).
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+PHRASINGS = ("canonical", "varied", "held_out")
+
+# Synonyms seen in training; the canonical word is always among them.
+_COLOR_WORDS = {"red": ("red",), "green": ("green",), "blue": ("blue",),
+                "yellow": ("yellow",), "purple": ("purple", "violet"),
+                "orange": ("orange",), "cyan": ("cyan", "turquoise")}
+_SHAPE_WORDS = {"circle": ("circle", "disc"), "square": ("square", "box"),
+                "triangle": ("triangle",)}
+_PLURAL = {"circle": "circles", "disc": "discs", "square": "squares", "box": "boxes",
+           "triangle": "triangles"}
+_COUNT = {2: "two", 3: "three"}
+
+# Where an object is, per cell: training phrases, and held-out ones no training caption uses.
+_TRAIN_PLACES = {
+    "top left": ("at the top left", "in the top left corner", "top left"),
+    "top center": ("at the top center", "at the top", "top middle"),
+    "top right": ("at the top right", "in the top right corner", "top right"),
+    "middle left": ("at the middle left", "on the left", "at the left"),
+    "center": ("at the center", "in the middle", "in the center"),
+    "middle right": ("at the middle right", "on the right", "at the right"),
+    "bottom left": ("at the bottom left", "in the bottom left corner", "bottom left"),
+    "bottom center": ("at the bottom center", "at the bottom", "bottom middle"),
+    "bottom right": ("at the bottom right", "in the bottom right corner", "bottom right"),
+}
+_HELD_OUT_PLACES = {
+    "top left": ("in the upper left corner", "at the upper left"),
+    "top center": ("at the upper center", "at the very top"),
+    "top right": ("in the upper right corner", "at the upper right"),
+    "middle left": ("at the left side", "on the left-hand side"),
+    "center": ("in the centre", "right in the middle"),
+    "middle right": ("at the right side", "on the right-hand side"),
+    "bottom left": ("in the lower left corner", "at the lower left"),
+    "bottom center": ("at the lower center", "at the very bottom"),
+    "bottom right": ("in the lower right corner", "at the lower right"),
+}
+# Sentence frames around the list of objects ("{}" is the list).
+_TRAIN_FRAMES = ("{}", "there is {}", "an image of {}", "a picture with {}", "{}, on black")
+_HELD_OUT_FRAMES = ("in this scene, {}", "on a dark canvas, {}")
+
+
+def _article(word: str) -> str:
+    return "an" if word[0] in "aeiou" else "a"
+
+
+def _pick(rng: np.random.Generator, options: Sequence[str]) -> str:
+    return options[int(rng.integers(len(options)))]
+
+
+def _join(parts: list[str], rng: np.random.Generator, held_out: bool) -> str:
+    if len(parts) == 1:
+        return parts[0]
+    if held_out:  # "A; B; and C": no training caption joins with ";"
+        return "; ".join(parts[:-1]) + "; and " + parts[-1]
+    return ", ".join(parts[:-1]) + _pick(rng, (" and ", ", and ")) + parts[-1]
+
+
+def _places(cells: Sequence[str], rng, held_out: bool) -> str:
+    table = _HELD_OUT_PLACES if held_out else _TRAIN_PLACES
+    words = [_pick(rng, table[c]) for c in cells]
+    if len(words) == 1:
+        return words[0]
+    return ", ".join(words[:-1]) + " and " + words[-1]
+
+
+def describe(objects: Sequence, rng: np.random.Generator, phrasing: str) -> str:
+    """A caption of `objects` (ShapeObjects) in `phrasing`: "varied" for training, "held_out"
+    for evaluation ("canonical" is `shapes.caption`, which needs no rng)."""
+    if phrasing not in ("varied", "held_out"):
+        raise ValueError(f"phrasing must be 'varied' or 'held_out' here, got {phrasing!r}")
+    held_out = phrasing == "held_out"
+    objects = list(objects)
+    if not objects:
+        return "an empty image" if held_out else _pick(rng, ("an empty image", "nothing"))
+    # Object order: as read (row-major), reversed or shuffled.
+    order = int(rng.integers(3))
+    if order == 1:
+        objects = objects[::-1]
+    elif order == 2:
+        objects = [objects[i] for i in rng.permutation(len(objects))]
+    # Alike objects (same colour and shape) told as a count: "two red circles at ... and ...".
+    groups: dict[tuple[str, str], list[str]] = {}
+    if rng.random() < 0.5:
+        for o in objects:
+            groups.setdefault((o.color, o.shape), []).append(o.cell)
+    else:
+        groups = {(o.color, o.shape, i): [o.cell] for i, o in enumerate(objects)}
+    parts = []
+    for key, cells in groups.items():
+        color = _pick(rng, _COLOR_WORDS[key[0]])
+        shape = _pick(rng, _SHAPE_WORDS[key[1]])
+        where = _places(cells, rng, held_out)
+        if len(cells) > 1:
+            thing = f"{_COUNT[len(cells)]} {color} {_PLURAL[shape]}"
+        else:
+            article = _article(color) if held_out else _pick(rng, (_article(color), "one"))
+            thing = f"{article} {color} {shape}"
+        if held_out:  # "a red circle is in the upper left corner": no training caption has a verb
+            parts.append(f"{thing} {'are' if len(cells) > 1 else 'is'} {where}")
+        else:
+            parts.append(f"{thing} {where}")
+    frame = _pick(rng, _HELD_OUT_FRAMES if held_out else _TRAIN_FRAMES)
+    text = frame.format(_join(parts, rng, held_out))
+    if text.startswith("there is ") and len(next(iter(groups.values()))) > 1:
+        text = "there are " + text[len("there is "):]
+    if rng.random() < 0.5:
+        text = text[0].upper() + text[1:]
+    if rng.random() < 0.3:
+        text += "."
+    return text

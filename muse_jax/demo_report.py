@@ -1,0 +1,162 @@
+"""The demo's report: training curves as a PNG, the samples and edits, each phase's time, as
+Markdown (report.md) and as one self-contained HTML page (report.html, pictures inlined), so
+a person can look rather than read. `muse_jax.demo` gathers the numbers; this lays them out.
+"""
+from __future__ import annotations
+
+import base64
+import dataclasses
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+
+
+def read_metrics(path: Path) -> dict[str, tuple[list[int], list[float]]]:
+    """metrics.jsonl -> {name: (steps, values)} for every scalar it logs."""
+    curves: dict[str, tuple[list[int], list[float]]] = {}
+    for line in path.read_text().splitlines():
+        row = json.loads(line)
+        for name, value in row.items():
+            if name != "step" and isinstance(value, (int, float)):
+                steps, values = curves.setdefault(name, ([], []))
+                steps.append(int(row["step"]))
+                values.append(float(value))
+    return curves
+
+
+def plot_curves(curves: dict, oracle: dict[str, tuple[list[int], list[float]]], out: Path) -> None:
+    """Three panels: training loss; masked-token accuracy (train, and held-out at mask rate 0.5);
+    the shapes oracle on held-out prompts at each scored checkpoint, one line per phrasing."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
+    panels = [("training loss", [("loss", "train")]),
+              ("masked-token accuracy", [("accuracy", "train"),
+                                         ("eval_accuracy_mask50", "held-out, mask rate 0.5")])]
+    for ax, (title, lines) in zip(axes, panels):
+        for key, label in lines:
+            if key in curves:
+                steps, values = curves[key]
+                ax.plot(steps, values, marker="o" if len(steps) < 4 else None, label=label)
+        ax.set_title(title)
+        ax.set_xlabel("step")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    ax = axes[2]
+    for label, (steps, values) in oracle.items():
+        ax.plot(steps, [100 * v for v in values], marker="o", label=label)
+    ax.set_title("shapes oracle: images exactly right (%)")
+    ax.set_xlabel("step")
+    ax.set_ylim(0, 100)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out, dpi=90)
+    plt.close(fig)
+
+
+def _yes(result: dict) -> str:
+    return "yes" if result["match"] else "no"
+
+
+def markdown(timer, options, edit_options, oracles: dict[str, dict], grid: list[dict],
+             edited: dict, vq_config, base_config, workdir: str) -> str:
+    """report.md's text: `oracles` maps a phrasing ("canonical", "held_out") to its scores."""
+    phases = "\n".join(f"| {p.name} | {p.seconds:.0f} s{' (reused)' if p.reused else ''} |"
+                       for p in timer.phases)
+    total = sum(p.seconds for p in timer.phases)
+    prompts = "\n".join(f"| {g['prompt']} | {_yes(g)} |" for g in grid)
+    edit_rows = "\n".join(f"| {name} | {e['before']} | {e['prompt']} | {_yes(e)} |"
+                          for name, e in edited.items())
+    described = {"canonical": "in the canonical wording",
+                 "held_out": "in phrasings training never used"}
+    oracle_rows = "\n".join(
+        f"| {described.get(name, name)} | {o['num_samples']} | **{o['match']:.1%}** | "
+        f"{o['color']:.1%} | {o['shape']:.1%} | {o['cell']:.1%} |" for name, o in oracles.items())
+    phrasing = base_config.data.get("shapes_phrasing", "canonical")
+    return f"""# muse_jax demo
+
+Shapes tokenizer ({vq_config.train.num_steps} steps) and base model ({base_config.train.num_steps}
+steps, {base_config.model.depth} layers of width {base_config.model.width}, MiniLM captions in
+{phrasing} wording), trained on this machine's CPU under `{workdir}`.
+
+## Held-out prompts: shapes-oracle accuracy
+
+Held-out scenes, one image each, {options.steps} decoding steps, guidance rising linearly to
+{options.guidance}; the oracle reads each image back and checks it shows exactly the scene's
+objects (per object: colour, shape, cell).
+
+| captions | prompts | exactly right | colour | shape | cell |
+|---|---|---|---|---|---|
+{oracle_rows}
+
+![training curves](curves.png)
+
+![samples](samples.png)
+
+| prompt | oracle says the image matches |
+|---|---|
+{prompts}
+
+## Editing without fine-tuning (Muse 3.3)
+
+Inpainting and outpainting fill the masked tokens in {options.steps} steps; mask-free editing
+re-masks {edit_options.mask_rate:.0%} of the tokens {edit_options.iterations} times, each round
+filled in {edit_options.steps} steps with top-k {edit_options.top_k}.
+
+| edit | before | prompt | oracle says the result matches |
+|---|---|---|---|
+{edit_rows}
+
+![inpaint](inpaint.png) ![outpaint](outpaint.png) ![edit](edit.png)
+
+## Time
+
+| phase | wall time |
+|---|---|
+{phases}
+| total | {total:.0f} s |
+"""
+
+
+def html(text: str, out: Path) -> str:
+    """report.md as one HTML page, its pictures inlined, so it opens anywhere as a single file."""
+    import markdown as markdown_lib  # Python-Markdown (a TensorBoard dependency)
+
+    def inline(match: re.Match) -> str:
+        path = out / match.group(2)
+        if not path.is_file():
+            return match.group(0)
+        data = base64.b64encode(path.read_bytes()).decode()
+        return f"![{match.group(1)}](data:image/png;base64,{data})"
+
+    body = markdown_lib.markdown(re.sub(r"!\[([^\]]*)\]\(([^)]+\.png)\)", inline, text),
+                                 extensions=["tables"])
+    return f"""<!doctype html>
+<html><head><meta charset="utf-8"><title>muse_jax demo</title>
+<style>body{{font-family:sans-serif;max-width:1100px;margin:2em auto;line-height:1.4}}
+table{{border-collapse:collapse}}td,th{{border:1px solid #ccc;padding:3px 8px}}
+img{{max-width:100%;vertical-align:top;margin:4px}}</style></head>
+<body>{body}</body></html>
+"""
+
+
+def write(out: Path, timer, options, edit_options, oracles: dict, oracle_curves: dict,
+          grid: list[dict], edited: dict, vq_config, base_config, workdir: str,
+          metrics_path: Path) -> None:
+    """curves.png, report.md, report.html and report.json (every figure, for scripts)."""
+    plot_curves(read_metrics(metrics_path), oracle_curves, out / "curves.png")
+    text = markdown(timer, options, edit_options, oracles, grid, edited, vq_config, base_config,
+                    workdir)
+    (out / "report.md").write_text(text)
+    (out / "report.html").write_text(html(text, out))
+    with open(out / "report.json", "w") as f:
+        json.dump({"oracle": oracles, "oracle_curves": oracle_curves, "samples": grid,
+                   "edits": edited, "sampling": dataclasses.asdict(options),
+                   "editing": dataclasses.asdict(edit_options),
+                   "phases": [dataclasses.asdict(p) for p in timer.phases]}, f, indent=2,
+                  default=lambda x: x.item() if isinstance(x, np.generic) else str(x))

@@ -1,0 +1,63 @@
+"""Captions of shapes scenes in many phrasings (muse_jax/data/shapes_captions.py)."""
+import numpy as np
+import pytest
+
+from muse_jax.data import shapes, shapes_captions
+
+
+def _scenes(n, seed=0):
+    rng = np.random.default_rng(seed)
+    return [shapes.sample_objects(rng) for _ in range(n)]
+
+
+def test_no_training_caption_uses_a_held_out_phrasing_and_every_held_out_one_does():
+    rng = np.random.default_rng(1)
+    held_places = [p for ps in shapes_captions._HELD_OUT_PLACES.values() for p in ps]
+    held_frames = [f.split("{}")[0] for f in shapes_captions._HELD_OUT_FRAMES]
+    for objects in _scenes(3000):
+        train = shapes_captions.describe(objects, rng, "varied").lower()
+        held = shapes_captions.describe(objects, rng, "held_out").lower()
+        assert not any(p in train for p in held_places), train
+        assert not any(train.startswith(f) for f in held_frames), train
+        assert ";" not in train
+        assert any(p in held for p in held_places) and any(held.startswith(f) for f in held_frames), held
+
+
+def test_a_single_object_is_named_by_its_own_colour_shape_and_place_words():
+    rng = np.random.default_rng(2)
+    for objects in _scenes(2000):
+        for phrasing, places in (("varied", shapes_captions._TRAIN_PLACES),
+                                 ("held_out", shapes_captions._HELD_OUT_PLACES)):
+            (obj,) = objects[:1]
+            text = shapes_captions.describe([obj], rng, phrasing).lower()
+            words = set(text.replace(",", " ").replace(".", " ").replace(";", " ").split())
+            colours = {c for c, ws in shapes_captions._COLOR_WORDS.items() if words & set(ws)}
+            assert colours == {obj.color}, text
+            shape_words = {w for ws in shapes_captions._SHAPE_WORDS.values() for w in ws}
+            named = {s for s, ws in shapes_captions._SHAPE_WORDS.items() if words & set(ws)}
+            assert named == {obj.shape} and len(words & shape_words) == 1, text
+            # The longest place phrase found is one of the object's cell.
+            found = max((p for ps in places.values() for p in ps if p in text), key=len)
+            assert found in places[obj.cell], text
+
+
+def test_varied_captions_vary_order_counts_case_and_synonyms():
+    rng = np.random.default_rng(3)
+    texts = [shapes_captions.describe(o, rng, "varied") for o in _scenes(2000)]
+    assert len(set(texts)) > 1990
+    assert any(t[0].isupper() for t in texts) and any(t[0].islower() for t in texts)
+    assert any(t.endswith(".") for t in texts)
+    for word in ("two ", "violet", "turquoise", "disc", "box", "there is", "corner", " one "):
+        assert any(word in t.lower() for t in texts), word
+
+
+def test_the_phrasing_changes_the_caption_never_the_image():
+    canonical = shapes.ShapesSource(split="train", seed=5)
+    varied = shapes.ShapesSource(split="train", seed=5, phrasing="varied")
+    for i in range(20):
+        a, b = canonical[i], varied[i]
+        np.testing.assert_array_equal(a["image"], b["image"])
+        assert a["caption"] == shapes.caption(canonical.objects(i))
+        assert b["caption"] == varied.get_caption(i) != a["caption"]  # drawn per record, stable
+    with pytest.raises(ValueError, match="phrasing must be one of"):
+        shapes.ShapesSource(phrasing="poetic")
