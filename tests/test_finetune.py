@@ -223,7 +223,11 @@ def test_dry_run_sizes_lora_against_full_finetuning_at_base_256():
     assert lora_r["params"]["total"] == 24 * 8 * 16 * 2 * 1280
     lp, fp = lora_r["per_device_bytes"], full_r["per_device_bytes"]
     assert lp["pretrained"] == fp["params"]  # the same weights, frozen instead of trained
-    assert lp["whole_state"] < 0.02 * fp["whole_state"]
+    # Adapters, Adam moments and EMA: 4 x 4 bytes an adapter weight, between split 8 ways and
+    # whole (B of q/k/v is [rank, heads, kv]: no fsdp axis to split); 5 % of the full state.
+    adapter_bytes = 16 * lora_r["params"]["total"]
+    assert adapter_bytes / 8 < lp["whole_state"] < adapter_bytes
+    assert lp["whole_state"] < 0.1 * fp["whole_state"]
     assert lora_r["activations"] == full_r["activations"]
     # LoRA saves the full fine-tune's Adam moments (2x the weights), its gradients and its EMA,
     # holding the weights once (frozen) instead of twice; the frozen T5-XXL stays in both.
