@@ -70,6 +70,17 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.eval.num_samples = 8  # images generated from eval captions at each evaluation (0: none)
     c.eval.sample_steps = 24  # decoding steps of those samples (Muse: 24 base, 8 SR)
 
+    # Fine-tuning (configs/finetune_256.py): from the run `finetune.init_from` names, all the
+    # weights (lora.rank 0) or LoRA adapters on them (models/lora.py; the run's checkpoints
+    # then hold the adapters only, sampling adds them to the frozen init_from weights).
+    common.add_finetune(c)
+    c.finetune.lora = ml_collections.ConfigDict()
+    c.finetune.lora.rank = 0  # adapter rank r (0: no adapters; every weight trains)
+    c.finetune.lora.alpha = 8.0  # the adapters' delta A B is scaled by alpha / r
+    c.finetune.lora.dropout = 0.0  # drop rate of the adapters' rank components (models/lora.py)
+    # projections adapted: query key value out (every attention's) and mlp_in mlp_out
+    c.finetune.lora.targets = ("query", "key", "value", "out")
+
     common.add_mesh(c)
     common.add_train(c)
     c.train.num_steps = 1_000_000  # optimiser steps (Muse: 1M at batch 512)

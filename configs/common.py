@@ -31,6 +31,8 @@ def add_data(c: ml_collections.ConfigDict) -> None:
     # shapes source only: train captions' wording, canonical | varied (drawn per example; the
     # held-out phrasings of data/shapes_captions.py are never used in training)
     c.data.shapes_phrasing = "canonical"
+    c.data.shapes_exclude_colors = ()  # shapes source only: colours never drawn (new concepts)
+    c.data.shapes_exclude_shapes = ()  # shapes source only: shapes never drawn (new concepts)
 
 
 def add_optim(c: ml_collections.ConfigDict) -> None:
@@ -47,6 +49,11 @@ def add_optim(c: ml_collections.ConfigDict) -> None:
     c.optim.warmup_steps = 5_000  # linear warmup from 0
     c.optim.schedule = "cosine"  # cosine | constant, after warmup
     c.optim.grad_clip = 1.0  # global-norm clipping (0: off)
+
+
+def add_finetune(c: ml_collections.ConfigDict) -> None:
+    c.finetune = ml_collections.ConfigDict()
+    c.finetune.init_from = ""  # workdir of a trained run of this stage to start from ("" = scratch)
 
 
 def add_mesh(c: ml_collections.ConfigDict) -> None:

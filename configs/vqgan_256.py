@@ -48,8 +48,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.gan.lecam_decay = 0.999  # EMA decay of the discriminator logits for LeCam
     c.gan.lr = 1e-4  # discriminator learning rate (same schedule shape as the generator)
 
-    c.finetune = ml_collections.ConfigDict()
-    c.finetune.init_from = ""  # workdir of a trained tokenizer to start from ("" = scratch)
+    common.add_finetune(c)
     c.finetune.decoder_only = False  # freeze encoder + codebook, train the decoder (Muse 2.5)
     c.finetune.extra_decoder_blocks = 0  # zero-initialised res blocks added a decoder level
 

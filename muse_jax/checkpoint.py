@@ -185,6 +185,24 @@ def _set_aside(manager: ocp.CheckpointManager, directory: str, steps: list[int])
     manager.reload()
 
 
+def save_state(directory: str, step: int, state: Any) -> None:
+    """Writes `state` alone (no data iterator) as the checkpoint of `step` under `directory`:
+    a run that `load_state` reads (to sample, or to fine-tune from), not one that resumes.
+    Used by exports (a LoRA fine-tune merged into a standalone run)."""
+    if "://" not in directory:
+        directory = os.path.abspath(directory)
+    manager = ocp.CheckpointManager(directory, item_names=("state",),
+                                    options=ocp.CheckpointManagerOptions(create=True))
+    try:
+        manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state)))
+        manager.wait_until_finished()
+    except Exception as e:  # noqa: BLE001  orbax and TensorStore raise many types
+        raise CheckpointError(f"could not write the checkpoint of step {step} in {directory}: "
+                              f"{describe(e)}") from None
+    finally:
+        manager.close()
+
+
 def load_state(directory: str, sharding: jax.sharding.Sharding | None = None) -> Any:
     """The latest readable train state of another run (to fine-tune from, or to sample with).
 

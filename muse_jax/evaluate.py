@@ -37,7 +37,7 @@ def define_flags() -> None:
 
 def evaluate(workdir: str, eval_name: str, num_samples: int, options, seed: int = 0,
              batch_size: int = 64, sr_workdir: str | None = None, sr_options=None,
-             edit_options=None) -> dict:
+             edit_options=None, lora_scale: float = 1.0) -> dict:
     """Runs `eval_name` on the base run of `workdir` (and the SR run of `sr_workdir`)."""
     from muse_jax import inference, sampling, shapes_evals
 
@@ -50,9 +50,11 @@ def evaluate(workdir: str, eval_name: str, num_samples: int, options, seed: int 
         raise UserError("--eval=shapes_sr needs --sr_workdir (a super-resolution run)")
     if sr_workdir and eval_name not in ("shapes_sr", "shapes_inpaint"):
         raise UserError(f"--sr_workdir is for --eval=shapes_sr or shapes_inpaint, not {eval_name}")
-    pipe = inference.load(workdir)
+    pipe = inference.load(workdir, lora_scale=lora_scale)
     settings = {"eval": eval_name, "workdir": workdir, "num_samples": num_samples, "seed": seed,
                 **dataclasses.asdict(options)}
+    if lora_scale != 1.0:
+        settings["lora_scale"] = lora_scale
     if sr_workdir:
         sr_options = sr_options or dataclasses.replace(options, steps=8)
         sr_options.check()
@@ -81,7 +83,7 @@ def main(argv) -> None:
         raise UserError(f"unexpected arguments: {' '.join(argv[1:])}")
     result = evaluate(FLAGS.workdir, FLAGS.eval, FLAGS.num_samples, sampling_flags.options(),
                       FLAGS.seed, FLAGS.batch_size, FLAGS.sr_workdir, sampling_flags.sr_options(),
-                      sampling_flags.edit_options())
+                      sampling_flags.edit_options(), FLAGS.lora_scale)
     print(json.dumps(result, indent=2))
 
 

@@ -85,19 +85,22 @@ class Pipeline:
         return np.asarray(decode({"params": self.tokenizer_params}, ids))
 
 
-def load(workdir: str, stage: str = "base", text_encoder=None) -> Pipeline:
+def load(workdir: str, stage: str = "base", text_encoder=None,
+         lora_scale: float = 1.0) -> Pipeline:
     """A base (or `stage="sr"`) run's EMA weights from its latest checkpoint, with its frozen
-    parts; `text_encoder` reuses one already loaded."""
+    parts; `text_encoder` reuses one already loaded. A LoRA fine-tune's weights are its
+    `finetune.init_from` run's with the adapters added at `lora_scale` (tasks/finetune.py)."""
     from muse_jax.tasks import base as base_task
+    from muse_jax.tasks import finetune
     from muse_jax.tasks import sr as sr_task
     from muse_jax.tasks import vqgan as vqgan_task
     from muse_jax.text import create_encoder
 
     run = runs.open_run(workdir, stage, "--workdir" if stage == "base" else "--sr_workdir")
-    state = run.state()
+    params = finetune.sampling_weights(run, lora_scale)
     tokenizer, tokenizer_params, _ = vqgan_task.load_tokenizer(run.config.tokenizer.workdir)
     build = base_task.build_model if stage == "base" else sr_task.build_model
-    return Pipeline(run=run, model=build(run.config), params=state["ema_params"],
+    return Pipeline(run=run, model=build(run.config), params=params,
                     tokenizer=tokenizer, tokenizer_params=tokenizer_params,
                     text_encoder=text_encoder or create_encoder(run.config.text))
 

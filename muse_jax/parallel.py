@@ -33,6 +33,7 @@ LOGICAL_AXIS_RULES: tuple[tuple[str, Any], ...] = (
     ("kv", None),  # per-head width
     ("vocab", "tensor"),  # output classes / token vocabulary
     ("relpos_buckets", None),  # T5 relative-position buckets
+    ("lora_rank", None),  # LoRA adapters' rank (models/lora.py): small, never split
     # convolution weights (kernel layout HWIO)
     ("conv_in", "fsdp"),
     ("conv_out", "tensor"),

@@ -188,6 +188,19 @@ def frozen_models(config) -> dict[str, tuple[Any, str]]:
     return out
 
 
+def pretrained_model(task) -> dict[str, tuple[Any, str]]:
+    """{"pretrained": (boxed abstract params, label)} for a LoRA fine-tune, whose state holds
+    the adapters only (tasks/finetune.py) and whose steps hold the model's weights frozen;
+    {} for any other run (a full fine-tune's weights are its state)."""
+    from muse_jax.tasks import finetune
+
+    if not finetune.uses_lora(task.config):
+        return {}
+    with nn.logical_axis_rules(parallel.LOGICAL_AXIS_RULES):
+        tree = jax.eval_shape(task.training.init_params, jax.random.key(0))
+    return {"pretrained": (tree, "frozen pretrained weights (LoRA fine-tune)")}
+
+
 # ------------------------------------------------------------------ meshes
 def candidate_meshes(num_devices: int, config) -> list[dict]:
     """(data, fsdp, tensor) splits worth considering: powers of two for fsdp and tensor."""
@@ -236,7 +249,7 @@ def plan(config, devices, memory_gib: float) -> dict:
     task = tasks.create(config)
     task.check_config()
     boxed = abstract_state(task)
-    frozen = frozen_models(config)
+    frozen = {**frozen_models(config), **pretrained_model(task)}
     state = nn.unbox(boxed)
     rows = [(label, sum(count(subtree(state.params, n)) for n in names), len(names))
             for label, names in group_params(state.params)]
@@ -244,6 +257,8 @@ def plan(config, devices, memory_gib: float) -> dict:
               "params": {label: n for label, n, _ in rows},
               "param_rows": [{"name": label, "count": n, "modules": k} for label, n, k in rows]}
     report["params"]["total"] = count(state.params)
+    if "pretrained" in frozen:
+        report["pretrained_params"] = count(nn.unbox(frozen["pretrained"][0]))
     if getattr(state, "disc_params", None):
         report["discriminator_params"] = count(state.disc_params)
     report["optimizer"] = config.optim.name
@@ -309,6 +324,9 @@ def format_table(report: dict, title: str) -> str:
             f"{row['name']} ({row['modules']} x {_num(row['count'] / row['modules'])})"
         lines.append(f"  {label:<44}{_num(row['count']):>10}")
     lines.append(f"  {'total':<44}{_num(report['params']['total']):>10}")
+    if "pretrained_params" in report:
+        lines.append(f"  {'(LoRA adapters; frozen pretrained weights)':<44}"
+                     f"{_num(report['pretrained_params']):>10}")
     if "discriminator_params" in report:
         lines.append(f"  {'discriminator':<44}{_num(report['discriminator_params']):>10}")
     lines += ["", f"{'per device':<46}{'GiB':>10}"]

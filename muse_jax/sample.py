@@ -139,7 +139,7 @@ def main(argv) -> None:
         raise UserError(f"--batch_size must be >= 1, got {FLAGS.batch_size}")
     prompts = _read_prompts()
     mode = _editing()
-    pipe = inference.load(FLAGS.workdir)
+    pipe = inference.load(FLAGS.workdir, lora_scale=FLAGS.lora_scale)
     sr_pipe = inference.load_sr(FLAGS.sr_workdir, pipe) if FLAGS.sr_workdir else None
     rows = [p for p in prompts for _ in range(FLAGS.num_images)]
     images = generate(pipe, sr_pipe, rows, mode, options, sr_options, edit_options)

@@ -28,6 +28,8 @@ def define(sr: bool = True, edit: bool = True) -> None:
                        "Gumbel noise on the confidence that picks which tokens to keep, annealed "
                        "to 0 over the steps (MaskGIT: 4.5).")
     flags.DEFINE_integer("seed", 0, "Random seed.")
+    flags.DEFINE_float("lora_scale", 1.0, "A LoRA fine-tune's adapters x this (0: the run it "
+                       "was fine-tuned from, 1: as trained); any other run takes only 1.")
     if sr:
         flags.DEFINE_string("sr_workdir", None, "Workdir of a trained super-resolution run: the "
                             "base model's tokens are then super-resolved and decoded at its size.")

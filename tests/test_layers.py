@@ -59,6 +59,7 @@ LAYERS = {
     "muse_jax.evaluate": CLI,
     "muse_jax.demo": CLI,
     "muse_jax.config_docs": CLI,
+    "muse_jax.merge_lora": CLI,
     "muse_jax.data.convert": CLI,
     "muse_jax.data.precompute_tokens": CLI,
     "muse_jax.text.precompute": CLI,

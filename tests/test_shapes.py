@@ -280,3 +280,21 @@ def test_cell_mask_covers_exactly_the_object_of_its_cell(size):
     drawn = np.any(shapes.render([obj], size) != shapes.BACKGROUND, axis=-1)
     mask = shapes.cell_mask("middle right", size)
     assert drawn.any() and not (drawn & ~mask).any()
+
+
+def test_excluded_concepts_never_appear_and_the_oracle_still_reads_them():
+    held_out = shapes.ShapesSource(image_size=64, seed=0, size=300, exclude_colors=("cyan",),
+                                   exclude_shapes=("triangle",))
+    seen = [o for i in range(300) for o in held_out.objects(i)]
+    assert {o.color for o in seen} == set(shapes.COLORS) - {"cyan"}
+    assert {o.shape for o in seen} == {"circle", "square"}
+    assert held_out[7]["caption"] == shapes.caption(held_out.objects(7))
+    # The full palette draws the same scenes as before the option existed.
+    full = shapes.ShapesSource(image_size=64, seed=0, size=10)
+    rng = np.random.default_rng([0, 0, 3])
+    assert full.objects(3) == shapes.sample_objects(rng)
+    new = shapes.ShapeObject("cyan", "triangle", "center")
+    image = shapes.render([new], 64, np.random.default_rng(0))
+    assert shapes.parse_image(image) == [new]
+    with pytest.raises(ValueError, match="unknown colour or shape"):
+        shapes.ShapesSource(exclude_colors=("teal",))

@@ -60,16 +60,17 @@ def _row_major(objects: Sequence[ShapeObject]) -> list[ShapeObject]:
     return sorted(objects, key=lambda o: CELLS.index(o.cell))
 
 
-def sample_objects(rng: np.random.Generator, min_objects: int = 1,
-                   max_objects: int = 3) -> list[ShapeObject]:
-    """Uniform count, distinct uniform cells, independent uniform colour and shape; row-major."""
+def sample_objects(rng: np.random.Generator, min_objects: int = 1, max_objects: int = 3,
+                   colors: Sequence[str] = tuple(COLORS),
+                   shapes: Sequence[str] = SHAPES) -> list[ShapeObject]:
+    """Uniform count, distinct uniform cells, independent uniform colour and shape (of
+    `colors` and `shapes`, a part of the palette: concepts a run never sees); row-major."""
     n = int(rng.integers(min_objects, max_objects + 1))
     cells = rng.choice(len(CELLS), size=n, replace=False)
-    colors = rng.integers(len(COLORS), size=n)
-    shapes = rng.integers(len(SHAPES), size=n)
-    names = list(COLORS)
-    return _row_major([ShapeObject(names[c], SHAPES[s], CELLS[k])
-                       for k, c, s in zip(cells, colors, shapes)])
+    color_ids = rng.integers(len(colors), size=n)
+    shape_ids = rng.integers(len(shapes), size=n)
+    return _row_major([ShapeObject(colors[c], shapes[s], CELLS[k])
+                       for k, c, s in zip(cells, color_ids, shape_ids)])
 
 
 def _coverage(shape: str, xs: np.ndarray, ys: np.ndarray, cx: float, cy: float,
@@ -327,7 +328,8 @@ class ShapesSource:
 
     def __init__(self, image_size: int = 64, split: str = "train", seed: int = 0,
                  min_objects: int = 1, max_objects: int = 3, size: int | None = None,
-                 phrasing: str = "canonical"):
+                 phrasing: str = "canonical", exclude_colors: Sequence[str] = (),
+                 exclude_shapes: Sequence[str] = ()):
         if split not in _SPLITS:
             raise ValueError(f"split must be one of {list(_SPLITS)}, got {split!r}")
         if image_size < 24:
@@ -337,6 +339,16 @@ class ShapesSource:
                              f"{min_objects}, {max_objects}")
         if phrasing not in shapes_captions.PHRASINGS:
             raise ValueError(f"phrasing must be one of {shapes_captions.PHRASINGS}, got {phrasing!r}")
+        unknown = (sorted(set(exclude_colors) - set(COLORS))
+                   + sorted(set(exclude_shapes) - set(SHAPES)))
+        if unknown:
+            raise ValueError(f"unknown colour or shape to exclude: {unknown} (colours "
+                             f"{list(COLORS)}, shapes {list(SHAPES)})")
+        # Excluded concepts (a fine-tune's new ones) never appear; the oracle still reads them.
+        self.colors = tuple(c for c in COLORS if c not in exclude_colors)
+        self.shapes = tuple(s for s in SHAPES if s not in exclude_shapes)
+        if not self.colors or not self.shapes:
+            raise ValueError("at least one colour and one shape must be left")
         self.image_size, self.split, self.seed = image_size, split, seed
         self.phrasing = phrasing
         self.min_objects, self.max_objects = min_objects, max_objects
@@ -353,11 +365,12 @@ class ShapesSource:
         return np.random.default_rng([self.seed, _SPLITS[self.split], index])
 
     def objects(self, index: int) -> list[ShapeObject]:
-        return sample_objects(self._rng(index), self.min_objects, self.max_objects)
+        return sample_objects(self._rng(index), self.min_objects, self.max_objects,
+                              self.colors, self.shapes)
 
     def __getitem__(self, index: int) -> dict:
         rng = self._rng(index)
-        objects = sample_objects(rng, self.min_objects, self.max_objects)
+        objects = sample_objects(rng, self.min_objects, self.max_objects, self.colors, self.shapes)
         return {"image": render(objects, self.image_size, rng),
                 "caption": self._caption(index, objects)}
 

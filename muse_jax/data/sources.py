@@ -72,7 +72,9 @@ def create(data, split: str, seed: int):
         return ShapesSource(image_size=data.image_size, split=split, seed=seed,
                             max_objects=data.shapes_max_objects,
                             size=data.eval_size if split == "eval" else train_size,
-                            phrasing=data.shapes_phrasing if split == "train" else "canonical")
+                            phrasing=data.shapes_phrasing if split == "train" else "canonical",
+                            exclude_colors=tuple(data.get("shapes_exclude_colors", ())),
+                            exclude_shapes=tuple(data.get("shapes_exclude_shapes", ())))
     # Decoding JPEGs at a reduced scale stops at the training size (or the minimum-size filter).
     min_side = max(data.image_size, data.get("min_size", 0))
     if data.source == "image_folder":

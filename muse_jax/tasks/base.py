@@ -35,6 +35,7 @@ from muse_jax import masking, metrics, optimizers, parallel, sampling
 from muse_jax.config import ConfigError
 from muse_jax.errors import UserError
 from muse_jax.models.transformer import MaskedTransformer
+from muse_jax.tasks import finetune
 from muse_jax.tasks import vqgan as vqgan_task
 
 
@@ -73,6 +74,7 @@ def check_config(c) -> None:
             raise ConfigError(f"data.train_{kind} and data.eval_{kind} must both name "
                               f"precomputed directories or both be empty, got {train!r} "
                               f"and {eval_!r}")
+    finetune.check_config(c)
 
 
 # -------------------------------------------------------------------- frozen models
@@ -219,27 +221,53 @@ def _check_embeddings(c):
 class MaskedTokenTraining:
     """How a masked token model trains and is evaluated, whatever conditions it besides the
     text: the model takes (tokens, text, text_mask, *conditioning); `conditioning` is a tuple
-    of arrays with a leading batch axis, () for the base stage. Caption dropout replaces the
-    text only, so guidance's unconditional branch keeps the other conditioning."""
+    of arrays with a leading batch axis, () for the base stage, and `example` one example of
+    each (for init). Caption dropout replaces the text only, so guidance's unconditional
+    branch keeps the other conditioning.
 
-    def __init__(self, config, model):
-        self.config, self.model = config, model
+    What the state's `params` are is `weights`' (tasks/finetune.py): the model's weights, or
+    LoRA adapters that the steps add to the pretrained weights in `frozen`.
+    """
+
+    def __init__(self, config, model, example: tuple = ()):
+        self.config, self.model, self.example = config, model, example
         self.num_tokens = math.prod(model.grid)
+        self.weights = finetune.create(config)
         self.lr = optimizers.learning_rate(config.optim, config.train.num_steps)
         self.tx = optimizers.create(config.optim, config.train.num_steps)
 
-    def init_state(self, rng, *conditioning) -> BaseState:
-        """A fresh state; `conditioning`: one example of each input after the text."""
+    def init_params(self, rng):
+        """The model's freshly initialised params, boxed with their logical axes."""
         m = self.config.model
         tokens = jnp.zeros((1, self.num_tokens), jnp.int32)
         text = jnp.zeros((1, self.config.text.max_length, m.text_dim), jnp.float32)
-        params = self.model.init(rng, tokens, text, jnp.ones(text.shape[:2], bool),
-                                 *conditioning)["params"]
+        return self.model.init(rng, tokens, text, jnp.ones(text.shape[:2], bool),
+                               *self.example)["params"]
+
+    def init_state(self, rng) -> BaseState:
+        """A fresh state: the trainable part (`weights.trainable`) of fresh params."""
+        # The model's init keeps `rng` itself, so a run from scratch is the run it always was.
+        params = self.weights.trainable(jax.random.fold_in(rng, 1), self.init_params(rng))
         return BaseState(step=jnp.zeros((), jnp.int32), params=params,
                          opt_state=self.tx.init(params), ema_params=params)
 
-    def train_step(self, state: BaseState, inputs: Inputs, conditioning: tuple,
-                   rng) -> tuple[BaseState, dict]:
+    def load_weights(self, mesh) -> dict:
+        """What `weights` needs in the steps' `frozen` (the pretrained weights of a LoRA run)."""
+        return self.weights.load(
+            lambda: parallel.abstract_sharded(self.init_params, mesh, jax.random.key(0)))
+
+    def start_state(self, state: BaseState) -> BaseState:
+        """A fresh run's state; a full fine-tune's params (and EMA) copied from `init_from`."""
+        params = self.weights.start_params(state.params)
+        if params is state.params:
+            return state
+        # The EMA gets buffers of its own: the train step donates the state, and one buffer
+        # donated twice (as params and as EMA) crashes XLA.
+        return state.replace(params=params, opt_state=self.tx.init(params),
+                             ema_params=jax.tree.map(jnp.copy, params))
+
+    def train_step(self, state: BaseState, inputs: Inputs, conditioning: tuple, rng,
+                   frozen: dict) -> tuple[BaseState, dict]:
         c = self.config
         tokens = inputs.tokens
         rng_rate, rng_mask, rng_drop, rng_dropout = jax.random.split(rng, 4)
@@ -252,7 +280,9 @@ class MaskedTokenTraining:
         masked_inputs = jnp.where(mask, self.model.mask_id, tokens)
 
         def loss_fn(params, part, key):
-            logits = self.model.apply({"params": params}, part["inputs"], part["emb"],
+            key, key_adapters = jax.random.split(key)
+            weights = self.weights.train_weights(params, frozen, key_adapters)
+            logits = self.model.apply({"params": weights}, part["inputs"], part["emb"],
                                       part["text_mask"], *part["conditioning"],
                                       deterministic=False, rngs={"dropout": key})
             return masking.masked_cross_entropy(logits, part["tokens"], part["mask"],
@@ -272,9 +302,11 @@ class MaskedTokenTraining:
         return state.replace(step=state.step + 1, params=params, opt_state=opt_state,
                              ema_params=ema), out
 
-    def eval_step(self, state: BaseState, inputs: Inputs, conditioning: tuple, rng) -> dict:
+    def eval_step(self, state: BaseState, inputs: Inputs, conditioning: tuple, rng,
+                  frozen: dict) -> dict:
         """Sums at each fixed mask rate (EMA weights, full captions), plus token counts."""
         c = self.config
+        weights = self.weights.weights(state.ema_params, frozen)
         tokens = inputs.tokens
         batch_size = tokens.shape[0]
         out = {"count": jnp.asarray(batch_size, jnp.float32),
@@ -283,7 +315,7 @@ class MaskedTokenTraining:
             rate = jnp.full((batch_size,), r, jnp.float32)
             mask = masking.random_mask(jax.random.fold_in(rng, i), batch_size, self.num_tokens, rate)
             masked_inputs = jnp.where(mask, self.model.mask_id, tokens)
-            logits = self.model.apply({"params": state.ema_params}, masked_inputs, inputs.emb,
+            logits = self.model.apply({"params": weights}, masked_inputs, inputs.emb,
                                       inputs.text_mask, *conditioning)
             loss, aux = masking.masked_cross_entropy(logits, tokens, mask)
             masked = jnp.sum(mask).astype(jnp.float32)
@@ -336,7 +368,7 @@ class MaskedTokenSteps:
     def __init__(self, training: MaskedTokenTraining, models: FrozenModels, mesh,
                  condition: Condition):
         self.training, self.models, self.condition = training, models, condition
-        self.frozen = {**models.weights, **condition.weights}
+        self.frozen = {**models.weights, **condition.weights, **training.load_weights(mesh)}
         c = training.config
         self._num_samples = min(c.eval.num_samples, c.data.eval_batch_size)
         self._generate = sampling.make_generate(
@@ -345,18 +377,18 @@ class MaskedTokenSteps:
         self._sample_grid = jax.jit(self._sample_rows, out_shardings=parallel.replicated(mesh))
 
     def start_state(self, state: BaseState) -> BaseState:
-        return state
+        return self.training.start_state(state)
 
     def prepare_batch(self, local: dict) -> dict:
         return self.models.prepare_batch(local)
 
     def train_step(self, state: BaseState, batch, rng, frozen) -> tuple[BaseState, dict]:
         return self.training.train_step(state, self.models.inputs(batch, frozen),
-                                        self.condition.inputs(batch, frozen), rng)
+                                        self.condition.inputs(batch, frozen), rng, frozen)
 
     def eval_step(self, state: BaseState, batch, rng, frozen) -> dict:
         return self.training.eval_step(state, self.models.inputs(batch, frozen),
-                                       self.condition.inputs(batch, frozen), rng)
+                                       self.condition.inputs(batch, frozen), rng, frozen)
 
     def summary_images(self, state: BaseState, batch, frozen) -> dict[str, np.ndarray]:
         """`samples`: the first `eval.num_samples` eval images as the tokenizer renders them
@@ -370,6 +402,7 @@ class MaskedTokenSteps:
 
     def _sample_rows(self, params, batch, frozen) -> list:
         batch = jax.tree.map(lambda x: x[:self._num_samples], batch)
+        params = self.training.weights.weights(params, frozen)
         inputs = self.models.inputs(batch, frozen)
         conditioning = self.condition.inputs(batch, frozen)
         canvas = jnp.full(inputs.tokens.shape, self.training.model.mask_id, jnp.int32)

@@ -91,7 +91,8 @@ class SRTask:
     def __init__(self, config):
         self.config = config
         self.model = build_model(config)
-        self.training = base.MaskedTokenTraining(config, self.model)
+        low_res = jnp.zeros((1, config.model.low_res_grid_size ** 2), jnp.int32)
+        self.training = base.MaskedTokenTraining(config, self.model, (low_res,))
         self.uses_captions = not config.data.train_text_embeddings  # raw captions in the batches
 
     def check_config(self) -> None:
@@ -110,8 +111,7 @@ class SRTask:
                               f"must be even (multi-axis attention splits the heads in half)")
 
     def init_state(self, rng) -> base.BaseState:
-        low_res = jnp.zeros((1, self.config.model.low_res_grid_size ** 2), jnp.int32)
-        return self.training.init_state(rng, low_res)
+        return self.training.init_state(rng)
 
     def load(self, mesh) -> base.MaskedTokenSteps:
         """The base stage's frozen models (high-res tokenizer, text) and the low-res tokenizer."""

@@ -25,6 +25,7 @@ from muse_jax.config import ConfigError
 from muse_jax.models import discriminator as disc_lib
 from muse_jax.models import perceptual
 from muse_jax.models.vqgan import VQGAN
+from muse_jax.tasks import finetune
 
 
 @flax.struct.dataclass
@@ -136,10 +137,10 @@ class VQGANSteps:
         if not source:
             return state
         saved = runs.open_run(source, "vqgan", "finetune.init_from").state()
-        params = _merge(state.params, saved["params"], source)
+        params = finetune.copy_weights(state.params, saved["params"], source)[0]
         disc_params = state.disc_params
         if self.disc and saved.get("disc_params"):
-            disc_params = _merge(state.disc_params, saved["disc_params"], source)
+            disc_params = finetune.copy_weights(state.disc_params, saved["disc_params"], source)[0]
         logging.info("initialised from %s", source)
         return state.replace(params=params, opt_state=self.tx.init(params),
                              disc_params=disc_params)
@@ -251,20 +252,3 @@ def _with_lr(optim, lr):
     with optim.unlocked():
         optim.lr = lr
     return optim
-
-
-def _merge(target, source, where: str):
-    """`target` with every leaf that `source` has at the same path (shapes must agree)."""
-    flat_source = flax.traverse_util.flatten_dict(flax.core.unfreeze(source))
-    flat_target = flax.traverse_util.flatten_dict(flax.core.unfreeze(target))
-    merged = {}
-    for path, value in flat_target.items():
-        if path in flat_source:
-            loaded = flat_source[path]
-            if tuple(loaded.shape) != tuple(value.shape):
-                raise ConfigError(f"{where}: parameter {'/'.join(path)} has shape {loaded.shape}, "
-                                  f"the config expects {value.shape}")
-            merged[path] = parallel.put(np.asarray(loaded, value.dtype), value.sharding)
-        else:
-            merged[path] = value
-    return flax.traverse_util.unflatten_dict(merged)
