@@ -50,6 +50,7 @@ LAYERS = {
     "muse_jax.plan": RUN,
     "muse_jax.training": RUN,
     "muse_jax.inference": RUN,
+    "muse_jax.diffusers_import": RUN,  # a diffusers aMUSEd folder -> run directories
     "muse_jax.shapes_evals": RUN,
     "muse_jax.sampling_flags": RUN,  # the CLIs' shared flags: absl definitions, no command
     # CLIs: exactly the modules with `if __name__ == "__main__":` (checked below).
@@ -57,6 +58,7 @@ LAYERS = {
     "muse_jax.sample": CLI,
     "muse_jax.evaluate": CLI,
     "muse_jax.demo": CLI,
+    "muse_jax.import_diffusers": CLI,
     "muse_jax.config_docs": CLI,
     "muse_jax.data.convert": CLI,
     "muse_jax.data.precompute_tokens": CLI,

@@ -48,6 +48,21 @@ def reference(model, tokens, text, pooled, micro, h):
     return out.permute(0, 2, 3, 1).reshape(len(tokens), h * h, -1).numpy()  # [B, h*w, K]
 
 
+def run(module, params, tokens, text, pooled, micro):
+    @jax.jit
+    def fn(params, tokens, text, pooled, micro):
+        context = module.apply({"params": params}, text, pooled, micro, method="condition")
+        return module.apply({"params": params}, tokens, context, method="logits")
+    return np.asarray(fn(params, tokens, text, pooled, micro))
+
+
+def packed(args):
+    """(tokens, text with the pooled embedding as its last position): Muse's model interface."""
+    tokens, text, pooled, _ = args
+    pooled = np.pad(pooled, ((0, 0), (0, text.shape[-1] - pooled.shape[-1])))
+    return jnp.asarray(tokens), jnp.asarray(np.concatenate([text, pooled[:, None]], axis=1))
+
+
 def load(path):
     hf = diffusers.UVit2DModel.load_config(path)
     config = uvit.UVitConfig.from_diffusers(hf)
@@ -64,14 +79,14 @@ def test_uvit_logits_match_diffusers(tmp_path, resample):
     config, params = load(tmp_path)
     module = uvit.UVit2D(config)
     args = inputs(cfg)
-    ours = np.asarray(jax.jit(module.apply)({"params": params}, *args))
+    ours = run(module, params, *args)
     ref = reference(model, *args, cfg["sample_size"])
     diff, scale = np.abs(ours - ref).max(), np.abs(ref).max()
     print(f"U-ViT logits ({'with' if resample else 'no'} resampling): max abs diff {diff:.3g} "
           f"(logits up to {scale:.3g})")
     assert diff < 1e-4
     assert module.mask_id == cfg["vocab_size"] - 1
-    init = module.init(jax.random.key(0), *args)["params"]
+    init = module.init(jax.random.key(0), *packed(args))["params"]
     assert jax.tree.structure(params) == jax.tree.structure(nn.unbox(init))  # every weight mapped
 
 
@@ -87,7 +102,7 @@ def test_uvit_at_amused_256_size_matches_diffusers(tmp_path):
     del model
     config, params = load(tmp_path)
     assert config == uvit.UVitConfig()  # the defaults here are aMUSEd-256's too
-    ours = np.asarray(jax.jit(uvit.UVit2D(config).apply)({"params": params}, *args))
+    ours = run(uvit.UVit2D(config), params, *args)
     diff = np.abs(ours - ref).max()
     print(f"U-ViT at aMUSEd-256 size: max abs logit diff {diff:.3g} (logits up to {np.abs(ref).max():.3g})")
     assert diff < 1e-4
@@ -95,8 +110,7 @@ def test_uvit_at_amused_256_size_matches_diffusers(tmp_path):
 
 def test_every_uvit_parameter_has_logical_axis_names():
     config = uvit.UVitConfig.from_diffusers({**TINY, "downsample": True, "upsample": True})
-    args = [jnp.asarray(a) for a in inputs(TINY)]
-    boxed = jax.eval_shape(uvit.UVit2D(config).init, jax.random.key(0), *args)["params"]
+    boxed = jax.eval_shape(uvit.UVit2D(config).init, jax.random.key(0), *packed(inputs(TINY)))["params"]
     leaves = jax.tree.leaves(boxed, is_leaf=lambda x: isinstance(x, nn.Partitioned))
     assert leaves and all(isinstance(x, nn.LogicallyPartitioned) and len(x.names) == x.value.ndim
                           for x in leaves)

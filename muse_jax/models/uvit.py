@@ -256,11 +256,22 @@ class UVitBlock(nn.Module):
 
 
 class UVit2D(nn.Module):
-    """tokens [B, h*w] int32 + text [B,L,encoder_hidden_size] + pooled [B,cond_embed_dim] +
-    micro_conds [B,5] -> logits [B, h*w, codebook_size] float32."""
+    """tokens [B, h*w] int32 + text [B, L+1, D] -> logits [B, h*w, codebook_size] float32.
+
+    Muse's model interface (`__call__(tokens, text, text_mask)`, `encode_context(text,
+    text_mask)`, `logits`), so training, the sampler and editing run it unchanged. The text is
+    packed the way `text.append_pooled` packs CLIP's output: the token states, then the pooled
+    projection as one more position (both 768 wide in aMUSEd; a narrower one zero-padded),
+    so the pooled embedding travels
+    wherever the text does (caption dropout, the empty caption, negative prompts). The mask is
+    not read: aMUSEd attends to every position. `micro_conds` are fixed per model (aMUSEd's
+    pipeline defaults: a 256x256 (512x512) original, crop (0, 0), aesthetic score 6); `condition`
+    takes them, and the pooled embedding, explicitly.
+    """
     config: UVitConfig
     dtype: Any = jnp.float32
     mask_token_id: int | None = None  # None: vocab_size - 1, aMUSEd's
+    micro_conds: tuple[float, ...] = (256.0, 256.0, 0.0, 0.0, 6.0)
 
     @property
     def mask_id(self) -> int:
@@ -288,9 +299,17 @@ class UVit2D(nn.Module):
         self.head_norm = RMSNorm(eps, affine, dt)
         self.head_logits = dense(c.codebook_size, ("embed", "vocab"), dt)
 
-    def encode_context(self, text, pooled, micro_conds) -> dict:
+    def encode_context(self, text, text_mask=None) -> dict:
+        """`condition` of packed text [B, L+1, D] (states, then the pooled embedding)."""
+        del text_mask
+        micro = jnp.broadcast_to(jnp.asarray(self.micro_conds, jnp.float32),
+                                 (text.shape[0], len(self.micro_conds)))
+        return self.condition(text[:, :-1], text[:, -1, :self.config.cond_embed_dim], micro)
+
+    def condition(self, text, pooled, micro_conds) -> dict:
         """The conditioning the token pass reads, fixed over the decoding steps: `cond` [B,hidden]
-        and the text's keys and values for every attention layer."""
+        and the text's keys and values for every attention layer. text [B,L,D], pooled [B,P],
+        micro_conds [B,5] as diffusers' UVit2DModel takes them."""
         c = self.config
         text = self.encoder_norm(self.encoder_proj(text.astype(self.dtype)))
         micro = sinusoidal_embedding(micro_conds.reshape(-1), c.micro_cond_encode_dim)
@@ -317,8 +336,8 @@ class UVit2D(nn.Module):
         x = self.head_logits(self.head_norm(self.head_proj(x)))
         return x.reshape(B, h * w, -1).astype(jnp.float32)
 
-    def __call__(self, tokens, text, pooled, micro_conds, *, deterministic: bool = True):
-        return self.logits(tokens, self.encode_context(text, pooled, micro_conds), deterministic)
+    def __call__(self, tokens, text, text_mask=None, *, deterministic: bool = True):
+        return self.logits(tokens, self.encode_context(text, text_mask), deterministic)
 
 
 def params_from_diffusers(get: Callable[[str], np.ndarray], config: UVitConfig) -> dict:
