@@ -96,7 +96,7 @@ def train_step_memory(pipe, batch: int) -> dict:
         def loss(p):
             inputs = jnp.where(mask, model.mask_id, tokens)
             logits = model.apply({"params": p}, inputs, emb, None)
-            return masking.masked_cross_entropy(logits, tokens, mask, 0.1)
+            return masking.masked_cross_entropy(logits, tokens, mask, 0.1)[0]
         grads = jax.grad(loss)(params)
         updates, opt_state = tx.update(grads, opt_state, params)
         return optax.apply_updates(params, updates), opt_state
@@ -140,7 +140,7 @@ def main(argv) -> None:
 
         rows, report = [], {"benchmark": "amused_import", "steps": _STEPS.value,
                             "cpu_count": os.cpu_count(), "batches": {}}
-        for batch in (int(b) for b in _BATCHES.value):
+        for batch in (int(b) for b in _BATCHES.value if b):
             run_ours(batch), run_theirs(batch, 1)  # warm-up: compilation (torch: allocations)
             times = {"muse_jax": [], "diffusers": []}
             for _ in range(_REPEATS.value):
