@@ -38,11 +38,17 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.text.encoder = "t5"  # minilm | t5 | clip (see muse_jax/text/__init__.py)
     c.text.path = ""  # local checkpoint directory (T5-XXL in the paper)
     c.text.tokenizer_path = ""  # tokenizer directory when not in path (aMUSEd's tokenizer/)
+    c.text.append_pooled = False  # clip: pooled projection as one more position (aMUSEd's U-ViT)
     c.text.max_length = 64  # caption tokens; longer captions are truncated
     c.text.dtype = "bfloat16"  # encoder compute and weight dtype (frozen)
     c.text.batch_size = 256  # prompts per encoder call outside training (sampling, precompute)
 
     c.model = ml_collections.ConfigDict()
+    # muse (models/transformer.py) | uvit (aMUSEd's U-ViT, models/uvit.py; written by
+    # `python -m muse_jax.import_diffusers`, which fills model.diffusers and the text block)
+    c.model.kind = "muse"
+    c.model.diffusers = ""  # uvit: the UVit2DModel's diffusers config.json, as a JSON string
+    c.model.micro_conditioning = (256.0, 256.0, 0.0, 0.0, 6.0)  # uvit: width, height, crop, aesthetic
     c.model.codebook_size = 8192  # must equal the tokenizer's (checked when it loads)
     c.model.grid_size = 16  # tokens per side: image_size / the tokenizer's downsampling factor
     c.model.text_dim = 4096  # text-embedding width (T5-XXL 4096, MiniLM 384; checked on load)

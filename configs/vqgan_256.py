@@ -22,6 +22,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     common.add_data(c)
 
     c.model = ml_collections.ConfigDict()
+    # muse (models/vqgan.py) | diffusers (a diffusers VQModel, models/vq_diffusers.py: written
+    # by `python -m muse_jax.import_diffusers`, which fills model.diffusers)
+    c.model.kind = "muse"
+    c.model.diffusers = ""  # diffusers: the VQModel's diffusers config.json, as a JSON string
     c.model.channels = 128  # base width of encoder and decoder
     c.model.channel_mult = (1, 1, 2, 2, 4)  # width multipliers; len-1 stride-2 stages: f=16
     c.model.num_res_blocks = 2  # residual blocks per resolution level

@@ -28,7 +28,7 @@ from muse_jax.config import ConfigError
 # Config keys that name another local path a run reads. `data.*` paths matter to a resumed
 # training run only, which reads them from its config file; the record is kept consistent.
 PATH_KEYS = ("tokenizer.workdir", "low_res.tokenizer_workdir", "finetune.init_from",
-             "text.path", "loss.perceptual_weights", "data.path", "data.eval_path",
+             "text.path", "text.tokenizer_path", "loss.perceptual_weights", "data.path", "data.eval_path",
              "data.train_text_embeddings", "data.eval_text_embeddings", "data.train_tokens",
              "data.eval_tokens")
 # What trains a run of each stage, for the message when there is none.

@@ -38,6 +38,9 @@ class SamplingOptions:
     temperature: float = 1.0  # softmax temperature of the token sampling
     top_k: int = 0  # sample from the k most likely tokens only (0: all)
     choice_temperature: float = 4.5  # Gumbel noise scale of the confidence (MaskGIT's value)
+    # How that scale anneals: "maskgit" c (1 - (s+1)/T), zero at the last step; "amused"
+    # AmusedScheduler's linspace(c, 0, T), c (1 - s/(T-1)), full at the first step.
+    choice_schedule: str = "maskgit"
 
     def check(self) -> None:
         from muse_jax.errors import UserError
@@ -48,8 +51,10 @@ class SamplingOptions:
         if self.guidance_schedule not in ("linear", "cosine", "constant"):
             raise UserError(f"guidance_schedule must be linear, cosine or constant, got "
                             f"{self.guidance_schedule!r}")
-        if self.temperature <= 0:
-            raise UserError(f"temperature must be > 0, got {self.temperature}")
+        if self.temperature < 0:
+            raise UserError(f"temperature must be >= 0 (0: greedy), got {self.temperature}")
+        if self.choice_schedule not in ("maskgit", "amused"):
+            raise UserError(f"choice_schedule must be maskgit or amused, got {self.choice_schedule!r}")
         if self.top_k < 0:
             raise UserError(f"top_k must be >= 0, got {self.top_k}")
         if self.choice_temperature < 0:
@@ -64,6 +69,20 @@ def guidance_scale(options: SamplingOptions, step) -> jax.Array:
     if options.guidance_schedule == "cosine":
         return options.guidance * (1.0 - jnp.cos(0.5 * jnp.pi * progress))
     return options.guidance * jnp.asarray(progress, jnp.float32)
+
+
+# diffusers' AmusedPipeline defaults (pipelines/deprecated/amused, AmusedScheduler): 12 steps,
+# guidance_scale 10 held constant (its uncond + 10 (cond - uncond) is (1 + 9) cond - 9 uncond),
+# temperature (2, 0) annealed by linspace, multinomial sampling at temperature 1, no top-k.
+AMUSED = SamplingOptions(steps=12, guidance=9.0, guidance_schedule="constant", temperature=1.0,
+                         top_k=0, choice_temperature=2.0, choice_schedule="amused")
+
+
+def choice_scale(options: SamplingOptions, step) -> jax.Array:
+    """The Gumbel-noise scale of the confidence at decoding step `step` (0-based)."""
+    if options.choice_schedule == "amused":
+        return options.choice_temperature * (1.0 - step / max(options.steps - 1, 1))
+    return options.choice_temperature * (1.0 - (step + 1) / options.steps)
 
 
 def _top_k(logits, k: int):
@@ -95,11 +114,14 @@ def decode(logits_fn: Callable, canvas, mask_id: int, rng, options: SamplingOpti
             guided = (1.0 + t) * cond - t * uncond
         else:
             guided = logits_fn(tokens).astype(jnp.float32)
-        guided = _top_k(guided / options.temperature, options.top_k)
-        sampled = jax.random.categorical(rng_sample, guided, axis=-1).astype(jnp.int32)
+        if options.temperature == 0:  # greedy: the most likely token, confidence its log-prob
+            sampled = jnp.argmax(guided, axis=-1).astype(jnp.int32)
+        else:
+            guided = _top_k(guided / options.temperature, options.top_k)
+            sampled = jax.random.categorical(rng_sample, guided, axis=-1).astype(jnp.int32)
         log_probs = jax.nn.log_softmax(guided, axis=-1)
         confidence = jnp.take_along_axis(log_probs, sampled[..., None], axis=-1)[..., 0]
-        anneal = options.choice_temperature * (1.0 - (step + 1) / options.steps)
+        anneal = choice_scale(options, step)
         confidence = confidence + anneal * jax.random.gumbel(rng_gumbel, confidence.shape)
         sampled = jnp.where(masked, sampled, tokens)
         confidence = jnp.where(masked, confidence, _INF)

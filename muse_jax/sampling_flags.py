@@ -17,6 +17,13 @@ _EDIT = sampling.EditOptions()
 
 def define(sr: bool = True, edit: bool = True) -> None:
     """Defines the decoding flags, and those of the SR stage and of editing when asked."""
+    flags.DEFINE_enum("preset", "muse", ["muse", "amused"],
+                      "Defaults of the decoding flags: muse (the paper's) or amused (diffusers' "
+                      "AmusedPipeline: 12 steps, guidance 10 held constant, its temperature "
+                      "schedule); flags given explicitly override either.")
+    flags.DEFINE_enum("choice_schedule", _DEFAULT.choice_schedule, ["maskgit", "amused"],
+                      "How the choice temperature anneals: maskgit (to 0 after the last step) or "
+                      "amused (AmusedScheduler's linspace, 0 at the last step).")
     flags.DEFINE_integer("steps", _DEFAULT.steps, "Decoding steps (Muse: 24 for the base model).")
     flags.DEFINE_float("guidance", _DEFAULT.guidance,
                        "Final classifier-free guidance scale (0: off, one pass a step).")
@@ -47,11 +54,17 @@ def define(sr: bool = True, edit: bool = True) -> None:
                              "Mask-free editing: sample among the k most likely (Muse: 3).")
 
 
+_OPTION_FLAGS = ("steps", "guidance", "guidance_schedule", "temperature", "top_k",
+                 "choice_temperature", "choice_schedule")
+
+
 def options() -> sampling.SamplingOptions:
-    out = sampling.SamplingOptions(steps=FLAGS.steps, guidance=FLAGS.guidance,
-                                   guidance_schedule=FLAGS.guidance_schedule,
-                                   temperature=FLAGS.temperature, top_k=FLAGS.top_k,
-                                   choice_temperature=FLAGS.choice_temperature)
+    """The preset's options, with every decoding flag given on the command line applied."""
+    import dataclasses
+    preset = sampling.AMUSED if FLAGS.preset == "amused" else _DEFAULT
+    given = {name: FLAGS[name].value for name in _OPTION_FLAGS
+             if FLAGS[name].present or FLAGS.preset == "muse"}
+    out = dataclasses.replace(preset, **given)
     out.check()
     return out
 

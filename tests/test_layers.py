@@ -50,6 +50,7 @@ LAYERS = {
     "muse_jax.plan": RUN,
     "muse_jax.training": RUN,
     "muse_jax.inference": RUN,
+    "muse_jax.diffusers_import": RUN,  # a diffusers aMUSEd folder -> run directories
     "muse_jax.shapes_evals": RUN,
     "muse_jax.sampling_flags": RUN,  # the CLIs' shared flags: absl definitions, no command
     "muse_jax.demo_report": RUN,  # the demo's report: curves, Markdown and HTML
@@ -58,6 +59,7 @@ LAYERS = {
     "muse_jax.sample": CLI,
     "muse_jax.evaluate": CLI,
     "muse_jax.demo": CLI,
+    "muse_jax.import_diffusers": CLI,
     "muse_jax.config_docs": CLI,
     "muse_jax.merge_lora": CLI,
     "muse_jax.data.convert": CLI,

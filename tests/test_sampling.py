@@ -74,11 +74,20 @@ def test_guidance_schedules_rise_to_the_scale():
 
 
 @pytest.mark.parametrize("field,value,message", [("steps", 0, "steps must be >= 1"),
-                                                 ("temperature", 0.0, "temperature must be > 0"),
+                                                 ("temperature", -0.5, r"temperature must be >= 0 \(0: greedy\)"),
+                                                 ("choice_schedule", "linear", "choice_schedule must be"),
                                                  ("guidance_schedule", "up", "guidance_schedule")])
 def test_bad_options(field, value, message):
     with pytest.raises(UserError, match=message):
         sampling.SamplingOptions(**{field: value}).check()
+
+
+def test_amused_choice_schedule_is_amused_schedulers_linspace():
+    """AmusedScheduler.set_timesteps(12, (2, 0)): torch.linspace(2, 0, 12), step i's noise scale."""
+    values = [float(sampling.choice_scale(sampling.AMUSED, s)) for s in range(12)]
+    np.testing.assert_allclose(values, np.linspace(2.0, 0.0, 12), atol=1e-6)
+    maskgit = sampling.SamplingOptions(steps=4, choice_temperature=4.5)
+    assert [float(sampling.choice_scale(maskgit, s)) for s in range(4)] == [3.375, 2.25, 1.125, 0.0]
 
 
 def _eqns(jaxpr):

@@ -49,6 +49,13 @@ class BaseState:
 
 def build_model(config) -> MaskedTransformer:
     m = config.model
+    if m.get("kind", "muse") == "uvit":
+        import json
+
+        from muse_jax.models import uvit
+        return uvit.UVit2D(uvit.UVitConfig.from_diffusers(json.loads(m.diffusers)),
+                           dtype=jnp.dtype(m.dtype),
+                           micro_conds=tuple(float(x) for x in m.micro_conditioning))
     return MaskedTransformer(codebook_size=m.codebook_size, grid=(m.grid_size, m.grid_size),
                              width=m.width, depth=m.depth, num_heads=m.num_heads,
                              mlp_dim=m.mlp_dim, dropout=m.dropout, dtype=jnp.dtype(m.dtype),

@@ -233,6 +233,13 @@ class VQGANSteps:
 
 def build_model(config) -> VQGAN:
     m = config.model
+    if m.get("kind", "muse") == "diffusers":
+        import json
+
+        from muse_jax.models import vq_diffusers
+        return vq_diffusers.DiffusersVQ(
+            vq_diffusers.VQModelConfig.from_diffusers(json.loads(m.diffusers)),
+            dtype=jnp.dtype(m.dtype))
     return VQGAN(channels=m.channels, channel_mult=tuple(m.channel_mult),
                  num_res_blocks=m.num_res_blocks, norm_groups=m.norm_groups,
                  attention=m.attention, codebook_size=m.codebook_size, code_dim=m.code_dim,

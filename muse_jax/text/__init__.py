@@ -19,6 +19,8 @@ The `config.text` block (an `ml_collections.ConfigDict`; `default_config()` retu
               transformers' AutoTokenizer reads. Nothing is ever fetched from a hub.
   tokenizer_path  the tokenizer's directory when it is not `path` (aMUSEd keeps it in
               tokenizer/, beside text_encoder/); "" = `path`.
+  append_pooled  clip only: the pooled projection as one more position of every embedding
+              (length max_length + 1), which is how aMUSEd's U-ViT (models/uvit.py) reads it.
   max_length  tokens per prompt, special tokens included; longer prompts are truncated
               (logged as a warning), shorter ones padded. The embedding length L.
   dtype       "float32" | "bfloat16": compute and parameter dtype (the encoder is frozen, so
@@ -50,6 +52,7 @@ def default_config() -> ml_collections.ConfigDict:
         "encoder": "minilm",
         "path": "",
         "tokenizer_path": "",
+        "append_pooled": False,
         "max_length": 32,
         "dtype": "float32",
         "batch_size": 64,

@@ -48,8 +48,10 @@ class TextEncoder:
     """A frozen pretrained text encoder with its tokenizer; see the module docstring."""
 
     def __init__(self, name: str, module: nn.Module, params: Any, tokenizer, max_length: int,
-                 batch_size: int, mesh: jax.sharding.Mesh | None = None):
+                 batch_size: int, mesh: jax.sharding.Mesh | None = None,
+                 append_pooled: bool = False):
         self.name, self.module, self.tokenizer = name, module, tokenizer
+        self.append_pooled = append_pooled
         self.max_length, self.batch_size, self.mesh = max_length, batch_size, mesh
         self.params = params
         self._jit_apply = jax.jit(self.apply)
@@ -64,9 +66,21 @@ class TextEncoder:
     def dtype(self):
         return self.module.dtype
 
+    @property
+    def length(self) -> int:
+        """Positions of an embedding: max_length, and one more with `append_pooled`."""
+        return self.max_length + int(self.append_pooled)
+
     def apply(self, params: Any, ids: jax.Array, mask: jax.Array) -> jax.Array:
-        """Pure: ids [B,L] int32, mask [B,L] bool -> embeddings [B,L,D], zero where mask is False."""
-        hidden = self.module.apply({"params": params}, ids, mask)
+        """Pure: ids [B,L] int32, mask [B,length] bool -> embeddings [B,length,D], zero where
+        mask is False. With `append_pooled` (CLIP, for aMUSEd's U-ViT: models/uvit.py) the
+        pooled projection, zero-padded to D, is the last position."""
+        if self.append_pooled:
+            hidden, pooled = self.apply_with_pooled(params, ids, mask)
+            pooled = jnp.pad(pooled, ((0, 0), (0, hidden.shape[-1] - pooled.shape[-1])))
+            hidden = jnp.concatenate([hidden, pooled[:, None].astype(hidden.dtype)], axis=1)
+        else:
+            hidden = self.module.apply({"params": params}, ids, mask)
         return jax.lax.stop_gradient(jnp.where(mask[..., None], hidden, 0).astype(hidden.dtype))
 
     def tokenize(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
@@ -74,17 +88,18 @@ class TextEncoder:
         texts = check_texts(texts)
         L = self.max_length
         if not texts:
-            return np.zeros((0, L), np.int32), np.zeros((0, L), bool)
+            return np.zeros((0, L), np.int32), np.zeros((0, self.length), bool)
         enc = self.tokenizer(texts, max_length=L, truncation=True, padding="max_length",
                              return_attention_mask=True)
         ids = np.asarray(enc["input_ids"], np.int32)
         mask = np.asarray(enc["attention_mask"], bool)
         if self.name == "clip":  # causal tower, padding read as aMUSEd reads it: text/clip.py
-            return ids, self._log_truncated(texts, mask) | True
+            self._log_truncated(texts, mask)
+            return ids, np.ones((len(ids), self.length), bool)
         self._log_truncated(texts, mask)
         return ids, mask
 
-    def _log_truncated(self, texts: list[str], mask: np.ndarray) -> np.ndarray:
+    def _log_truncated(self, texts: list[str], mask: np.ndarray) -> None:
         L = self.max_length
         full = np.flatnonzero(mask.all(axis=1))  # only these can have been truncated
         if full.size:
@@ -95,7 +110,6 @@ class TextEncoder:
                 log.warning("text encoder: %d of %d prompts truncated to max_length=%d tokens "
                             "(longest: prompt %d, %d tokens, %d characters)",
                             len(cut), len(texts), L, i, n, len(texts[i]))
-        return mask
 
     @property
     def pooled_dim(self) -> int:
@@ -126,7 +140,7 @@ class TextEncoder:
     def encode(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
         """embeddings [B,max_length,dim] float32 (zero at padding) and mask [B,max_length] bool."""
         ids, mask = self.tokenize(texts)
-        (out,) = self._batched(lambda *a: (self._jit_apply(*a),), ids, mask, (self.max_length, self.dim))
+        (out,) = self._batched(lambda *a: (self._jit_apply(*a),), ids, mask, (self.length, self.dim))
         return out, mask
 
     def _batched(self, fn, ids: np.ndarray, mask: np.ndarray, *shapes) -> list[np.ndarray]:
@@ -170,6 +184,9 @@ def _check_config(c) -> tuple[str, str, int, int, Any]:
     if c.encoder in ("t5", "clip") and not str(c.path).strip():
         raise ConfigError(f"config.text.path must name a local {c.encoder.upper()} checkpoint "
                           f"directory when config.text.encoder is '{c.encoder}'")
+    if c.get("append_pooled", False) and c.encoder != "clip":
+        raise ConfigError(f"config.text.append_pooled needs config.text.encoder 'clip' (the "
+                          f"one with a pooled projection), got {c.encoder!r}")
     return c.encoder, str(c.path), int(c.max_length), int(c.batch_size), DTYPES[c.dtype]
 
 
@@ -200,4 +217,9 @@ def create_encoder(text_config, mesh: jax.sharding.Mesh | None = None) -> TextEn
         boxed = jax.eval_shape(module.init, jax.random.key(0), ids, jnp.ones((1, max_length), bool))
         shardings = parallel.logical_shardings(boxed["params"], mesh)
         params = parallel.put(params, shardings)  # multi-process safe, no collectives
-    return TextEncoder(name, module, params, tokenizer, max_length, batch_size, mesh)
+    append = bool(text_config.get("append_pooled", False))
+    widths = (module.config.projection_dim, module.config.hidden_size) if append else (0, 0)
+    if widths[0] > widths[1]:
+        raise ConfigError(f"config.text.append_pooled: the pooled projection ({widths[0]}) is "
+                          f"wider than the token states ({widths[1]})")
+    return TextEncoder(name, module, params, tokenizer, max_length, batch_size, mesh, append)

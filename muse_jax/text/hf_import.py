@@ -23,8 +23,17 @@ import numpy as np
 from muse_jax.errors import CheckpointError
 from muse_jax.models.activations import ACTIVATIONS  # noqa: F401  (the encoders' table)
 
-WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json",
+WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "model.fp16.safetensors",
+                "model.safetensors.index.fp16.json",
                 "pytorch_model.bin", "pytorch_model.bin.index.json")
+# (single file, sharded index) pairs, in the order they are looked for; the fp16 variants are
+# what `save_pretrained(variant="fp16")` writes (aMUSEd ships both precisions).
+TRANSFORMERS_FILES = (("model.safetensors", "model.safetensors.index.json"),
+                      ("model.fp16.safetensors", "model.safetensors.index.fp16.json"),
+                      ("pytorch_model.bin", "pytorch_model.bin.index.json"))
+DIFFUSERS_FILES = (("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.safetensors.index.json"),
+                   ("diffusion_pytorch_model.fp16.safetensors",
+                    "diffusion_pytorch_model.safetensors.index.fp16.json"))
 TOKENIZER_FILES = ("tokenizer.json", "spiece.model", "vocab.txt", "vocab.json")
 EXPECTED = ("config.json + model.safetensors (or model.safetensors.index.json and its shards, "
             "or pytorch_model.bin) + tokenizer.json (or spiece.model / vocab.txt / vocab.json + merges.txt)")
@@ -72,11 +81,21 @@ def read_config(path: Path) -> dict:
         raise CheckpointError(f"cannot read {path / 'config.json'}: {e}") from None
 
 
-def _index_shards(path: Path) -> list[str]:
-    for index in ("model.safetensors.index.json", "pytorch_model.bin.index.json"):
-        if (path / index).is_file() and not (path / index.replace(".index.json", "")).is_file():
+def _index_shards(path: Path, candidates=TRANSFORMERS_FILES) -> list[str]:
+    """The shard files the first index found names (none when a single file comes first)."""
+    for single, index in candidates:
+        if (path / single).is_file():
+            return []
+        if (path / index).is_file():
             return sorted(set(_weight_map(path / index).values()))
     return []
+
+
+def missing_weights(path: Path, candidates=TRANSFORMERS_FILES) -> list[str]:
+    """What is missing for `path` to hold one complete set of weights: [] when complete."""
+    if not any((path / f).is_file() for pair in candidates for f in pair):
+        return [" or ".join(f for pair in candidates for f in pair)]
+    return [f for f in _index_shards(path, candidates) if not (path / f).is_file()]
 
 
 def _weight_map(index: Path) -> dict[str, str]:
@@ -93,13 +112,12 @@ class Weights:
     torch installed) are memory-mapped one file at a time.
     """
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, candidates=TRANSFORMERS_FILES):
         self.path = path
         self._files: dict[str, str] = {}  # tensor name -> file name
         self._handles: dict[str, object] = {}
         self._torch_file: tuple[str, dict] | None = None  # the one pickle held open
-        for single, index in (("model.safetensors", "model.safetensors.index.json"),
-                              ("pytorch_model.bin", "pytorch_model.bin.index.json")):
+        for single, index in candidates:
             if (path / single).is_file():
                 names = self._open(single).keys() if single.endswith(".safetensors") else self._torch(single)
                 self._files = dict.fromkeys(names, single)

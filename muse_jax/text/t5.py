@@ -25,6 +25,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from muse_jax.models.norms import RMSNorm
 from muse_jax.text import hf_import
 
 @dataclasses.dataclass(frozen=True)
@@ -85,21 +86,6 @@ def relative_position_buckets(length: int, num_buckets: int, max_distance: int) 
     large = max_exact + np.where(rel < max_exact, 0, scaled).astype(np.int64)
     large = np.minimum(large, half - 1)
     return (buckets + np.where(rel < max_exact, rel, large)).astype(np.int32)
-
-
-class RMSNorm(nn.Module):
-    """T5's layer norm: scale only, no mean subtraction, statistics in float32."""
-    eps: float
-    dtype: Any = jnp.float32
-    param_dtype: Any = jnp.float32
-
-    @nn.compact
-    def __call__(self, x):
-        scale = self.param("scale", logical(nn.initializers.ones, ("embed",)),
-                           (x.shape[-1],), self.param_dtype)
-        x = x.astype(jnp.float32)
-        x = x * jax.lax.rsqrt(jnp.mean(jnp.square(x), axis=-1, keepdims=True) + self.eps)
-        return (scale.astype(jnp.float32) * x).astype(self.dtype)
 
 
 class T5Attention(nn.Module):
