@@ -51,6 +51,7 @@ LAYERS = {
     "muse_jax.training": RUN,
     "muse_jax.inference": RUN,
     "muse_jax.shapes_evals": RUN,
+    "muse_jax.quality": RUN,  # FID, CLIP score, tokenizer metrics: loops over loaded runs
     "muse_jax.sampling_flags": RUN,  # the CLIs' shared flags: absl definitions, no command
     # CLIs: exactly the modules with `if __name__ == "__main__":` (checked below).
     "muse_jax.train": CLI,
