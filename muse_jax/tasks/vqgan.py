@@ -110,11 +110,9 @@ class VQGANTask:
         return VQGANSteps(self, {"perceptual": parallel.put(weights, parallel.replicated(mesh))})
 
     def summarize_eval(self, totals: dict) -> dict:
-        counts = np.asarray(totals["code_counts"], np.float64)
-        probs = counts / max(counts.sum(), 1)
+        usage = codebook_usage(totals["code_counts"])
         return {"eval_psnr": float(totals["psnr_sum"] / totals["count"]),
-                "eval_codebook_usage": float(np.mean(counts > 0)),
-                "eval_perplexity": float(np.exp(-np.sum(probs * np.log(np.maximum(probs, 1e-12)))))}
+                **{f"eval_{k}": v for k, v in usage.items()}}
 
     def reconstruct(self, params, images):
         return self.model.apply({"params": params}, images)[0]
@@ -231,6 +229,14 @@ class VQGANSteps:
         recon = self._reconstruct(state.params, images)
         return {"reconstructions": metrics_lib.image_grid(jax.device_get(images),
                                                           jax.device_get(recon))}
+
+
+def codebook_usage(code_counts) -> dict:
+    """Share of codes used at least once, and the perplexity of their use (of K codes)."""
+    counts = np.asarray(code_counts, np.float64)
+    probs = counts / max(counts.sum(), 1)
+    return {"codebook_usage": float(np.mean(counts > 0)),
+            "perplexity": float(np.exp(-np.sum(probs * np.log(np.maximum(probs, 1e-12)))))}
 
 
 def build_model(config) -> VQGAN:
