@@ -35,8 +35,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.tokenizer.workdir = ""  # workdir of a trained VQGAN run (config.json + checkpoints/)
 
     c.text = ml_collections.ConfigDict()
-    c.text.encoder = "t5"  # minilm | t5 (see muse_jax/text/__init__.py)
+    c.text.encoder = "t5"  # minilm | t5 | clip (see muse_jax/text/__init__.py)
     c.text.path = ""  # local checkpoint directory (T5-XXL in the paper)
+    c.text.tokenizer_path = ""  # tokenizer directory when not in path (aMUSEd's tokenizer/)
     c.text.max_length = 64  # caption tokens; longer captions are truncated
     c.text.dtype = "bfloat16"  # encoder compute and weight dtype (frozen)
     c.text.batch_size = 256  # prompts per encoder call outside training (sampling, precompute)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import posixpath
 from typing import Any
 
 import ml_collections
@@ -63,8 +64,9 @@ def resolve(workdir: str, path: str) -> str:
     """A path named in `workdir`'s config.json, as this process can open it."""
     if not path or _is_url(path) or os.path.isabs(path):
         return path
-    if _is_url(workdir):
-        return str(epath.Path(workdir) / path)
+    if _is_url(workdir):  # gs://bucket/runs/base + ../tokenizer -> gs://bucket/runs/tokenizer
+        scheme, rest = workdir.split("://", 1)
+        return f"{scheme}://{posixpath.normpath(posixpath.join(rest, path))}"
     return os.path.normpath(os.path.join(os.path.abspath(workdir), path))
 
 

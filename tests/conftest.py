@@ -9,6 +9,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import pytest  # noqa: E402
+from torch_refs import stub_meta_registrations  # noqa: E402
+
+stub_meta_registrations()  # before anything imports transformers' models: see torch_refs.py
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -200,3 +200,22 @@ def test_a_run_copied_elsewhere_with_its_tokenizer_samples_from_another_director
     # Relative to the current directory the copy is found too; the tokenizer still beside it.
     monkeypatch.chdir(tmp_path)
     assert inference.load("moved/base").config.tokenizer.workdir == str(moved / "tokenizer")
+
+
+def test_a_run_in_a_gcs_bucket_samples_by_its_gs_url(base_dir, tmp_path, monkeypatch, pipe):
+    """Runs live on GCS on TPU VMs: opened by URL through epath (and Orbax), never os.path."""
+    import shutil
+
+    import fake_gcs
+    from muse_jax import inference
+    shutil.copytree(base_dir.parent, tmp_path / "bucket" / "runs")
+    fake_gcs.install(monkeypatch, tmp_path)
+    monkeypatch.chdir(tmp_path / "bucket")  # a relative "gs:/bucket/..." must not resolve either
+    remote = inference.load("gs://bucket/runs/base")
+    assert remote.config.tokenizer.workdir == "gs://bucket/runs/tokenizer"
+    options = sampling.SamplingOptions(steps=2)
+    prompt = ["a blue square at the top left"]
+    np.testing.assert_array_equal(sample_tokens(remote, prompt, options, seed=4),
+                                  sample_tokens(pipe, prompt, options, seed=4))
+    with pytest.raises(Exception, match="gs://bucket/runs/nothing"):
+        inference.load("gs://bucket/runs/nothing")

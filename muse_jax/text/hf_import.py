@@ -18,23 +18,16 @@ import struct
 from pathlib import Path
 from typing import Iterable
 
-import jax
 import numpy as np
 
 from muse_jax.errors import CheckpointError
+from muse_jax.models.activations import ACTIVATIONS  # noqa: F401  (the encoders' table)
 
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json",
                 "pytorch_model.bin", "pytorch_model.bin.index.json")
-TOKENIZER_FILES = ("tokenizer.json", "spiece.model", "vocab.txt")
-# The activations of Hugging Face encoder configs (BERT's hidden_act, T5's dense_act_fn).
-ACTIVATIONS = {
-    "relu": jax.nn.relu,
-    "gelu": lambda x: jax.nn.gelu(x, approximate=False),
-    "gelu_new": lambda x: jax.nn.gelu(x, approximate=True),  # what HF's "gated-gelu" means
-    "silu": jax.nn.silu,
-}
+TOKENIZER_FILES = ("tokenizer.json", "spiece.model", "vocab.txt", "vocab.json")
 EXPECTED = ("config.json + model.safetensors (or model.safetensors.index.json and its shards, "
-            "or pytorch_model.bin) + tokenizer.json (or spiece.model / vocab.txt)")
+            "or pytorch_model.bin) + tokenizer.json (or spiece.model / vocab.txt / vocab.json + merges.txt)")
 
 
 def check_dir(path: str | os.PathLike, what: str, tokenizer: bool = True) -> Path:
@@ -56,10 +49,19 @@ def check_dir(path: str | os.PathLike, what: str, tokenizer: bool = True) -> Pat
     else:
         missing += [f for f in _index_shards(path) if not (path / f).is_file()]
     if tokenizer and not any((path / name).is_file() for name in TOKENIZER_FILES):
-        missing.append("tokenizer.json (or spiece.model / vocab.txt)")
+        missing.append("tokenizer.json (or spiece.model / vocab.txt / vocab.json + merges.txt)")
     if missing:
         raise CheckpointError(f"{what} checkpoint directory '{path}' is incomplete: missing "
                               f"{', '.join(missing)}; expected {EXPECTED}")
+    return path
+
+
+def check_tokenizer_dir(path: str | os.PathLike, what: str) -> Path:
+    """`path` as a Path if it holds tokenizer files, else a one-line CheckpointError."""
+    path = Path(path).expanduser()
+    if not any((path / name).is_file() for name in TOKENIZER_FILES):
+        raise CheckpointError(f"{what} tokenizer directory '{path}' has no tokenizer files; expected "
+                              f"one of {', '.join(TOKENIZER_FILES)} (vocab.json with merges.txt)")
     return path
 
 
