@@ -68,7 +68,7 @@ class BatchProgress:
         tmp = self.dir / "state.json.tmp"
         tmp.write_text(json.dumps({"settings": self.settings, "next_batch": next_batch,
                                    "sums": self.sums}, indent=1))
-        tmp.rename(self.dir / "state.json")
+        tmp.replace(self.dir / "state.json")  # atomic on local disks (a POSIX rename)
         for name in [*self.stats, *(["arrays"] if self.arrays else [])]:
             old = self.dir / f"{name}-{previous}.npz"
             if previous != next_batch and old.exists():
