@@ -49,7 +49,8 @@ def reference_stats(batches: Callable[[], Iterator[np.ndarray]], num_batches: in
 def sample_scores(pipe, prompts: list[str], options, seed: int, batch_size: int, inception,
                   clip_score: Callable, out_dir: str, settings: dict) -> dict:
     """Samples `prompts` batch by batch (resumable under `out_dir`): sample feature
-    statistics, CLIP score, and the sampling time per 1,000 samples of this session."""
+    statistics, CLIP score, and the seconds per 1,000 samples of this session (sampling,
+    decoding, Inception, CLIP and the record of the batch; the compiling first batch left out)."""
     from muse_jax.images import to_model, to_uint8
 
     progress = BatchProgress(out_dir, settings, {"samples": FEATURES})
@@ -67,12 +68,12 @@ def sample_scores(pipe, prompts: list[str], options, seed: int, batch_size: int,
                           pipe.blank(len(batch)))
         # Scored as the 8-bit images a user would save, as the reference images are.
         images = to_model(to_uint8(pipe.decode(np.asarray(tokens))))
-        if b > start_batch:  # the first batch compiles
-            seconds, sampled = seconds + time.perf_counter() - t0, sampled + len(batch)
         progress.stats["samples"].add(inception(images))
         progress.add("clip_sum", np.sum(clip_score(images, batch)))
         progress.add("count", len(batch))
         progress.commit(b + 1)
+        if b > start_batch:  # the first batch compiles
+            seconds, sampled = seconds + time.perf_counter() - t0, sampled + len(batch)
     return {"stats": progress.stats["samples"],
             "clip_score": progress.sums["clip_sum"] / progress.sums["count"],
             "resumed_at_batch": start_batch,
