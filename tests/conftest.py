@@ -47,3 +47,18 @@ def tokenizer_dir(tmp_path_factory) -> Path:
     config.train.num_steps = 2
     training.train_and_evaluate(config, str(workdir))
     return workdir
+
+
+def train_tiny_base(root: Path) -> Path:
+    """A tiny shapes tokenizer (root/tokenizer) and base run on it (root/base), 2 steps each."""
+    from muse_jax import config as config_lib
+    from muse_jax import training
+
+    vq = config_lib.load_file(config_lib.CONFIG_DIR / "vqgan_shapes.py", "tiny")
+    vq.train.num_steps = 2
+    training.train_and_evaluate(vq, str(root / "tokenizer"))
+    base = config_lib.load_file(config_lib.CONFIG_DIR / "base_shapes.py", "tiny")
+    base.tokenizer.workdir = str(root / "tokenizer")
+    base.train.num_steps = 2
+    training.train_and_evaluate(base, str(root / "base"))
+    return root / "base"

@@ -52,6 +52,7 @@ LAYERS = {
     "muse_jax.inference": RUN,
     "muse_jax.diffusers_import": RUN,  # a diffusers aMUSEd folder -> run directories
     "muse_jax.shapes_evals": RUN,
+    "muse_jax.quality": RUN,  # FID, CLIP score, tokenizer metrics: loops over loaded runs
     "muse_jax.sampling_flags": RUN,  # the CLIs' shared flags: absl definitions, no command
     "muse_jax.demo_report": RUN,  # the demo's report: curves, Markdown and HTML
     # CLIs: exactly the modules with `if __name__ == "__main__":` (checked below).

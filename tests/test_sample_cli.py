@@ -5,9 +5,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import run_module
-from muse_jax import config as config_lib
-from muse_jax import sampling, training
+from conftest import run_module, train_tiny_base
+from muse_jax import sampling
 from muse_jax.inference import load, sample_tokens, shift_canvas, token_mask_from_pixels
 
 ONE_DEVICE = {"XLA_FLAGS": ""}
@@ -15,15 +14,7 @@ ONE_DEVICE = {"XLA_FLAGS": ""}
 
 @pytest.fixture(scope="module")
 def base_dir(tmp_path_factory):
-    root = tmp_path_factory.mktemp("runs")
-    vq = config_lib.load_file(config_lib.CONFIG_DIR / "vqgan_shapes.py", "tiny")
-    vq.train.num_steps = 2
-    training.train_and_evaluate(vq, str(root / "tokenizer"))
-    base = config_lib.load_file(config_lib.CONFIG_DIR / "base_shapes.py", "tiny")
-    base.tokenizer.workdir = str(root / "tokenizer")
-    base.train.num_steps = 2
-    training.train_and_evaluate(base, str(root / "base"))
-    return root / "base"
+    return train_tiny_base(tmp_path_factory.mktemp("runs"))
 
 
 @pytest.fixture(scope="module")

@@ -22,6 +22,7 @@ import dataclasses
 from typing import Any, Callable
 
 import flax.linen as nn
+import jax
 from flax.linen import with_logical_partitioning as logical
 import jax.numpy as jnp
 import numpy as np
@@ -167,3 +168,83 @@ def encoder_params_from_hf(get: Callable[[str], np.ndarray], prefix: str,
                     "fc2": linear(f"{pre}.mlp.fc2", (config.intermediate_size,), (D,))},
         }
     return params
+
+
+# --- Vision tower (CLIP score) ---------------------------------------------------------------
+
+# CLIP's pixel normalisation (the CLIPImageProcessor's image_mean / image_std).
+IMAGE_MEAN = (0.48145466, 0.4578275, 0.40821073)
+IMAGE_STD = (0.26862954, 0.26130258, 0.27577711)
+
+
+@dataclasses.dataclass(frozen=True)
+class CLIPVisionConfig:
+    encoder: CLIPEncoderConfig = CLIPEncoderConfig(hidden_size=1024, num_layers=24, num_heads=16,
+                                                   intermediate_size=4096)
+    image_size: int = 224
+    patch_size: int = 14
+    projection_dim: int = 768
+
+    @classmethod
+    def from_hf(cls, hf: dict) -> "CLIPVisionConfig":
+        """From a full `CLIPConfig` config.json (its `vision_config`) or a `CLIPVisionConfig`."""
+        projection_dim = hf.get("projection_dim", 512)
+        if hf.get("model_type") == "clip":
+            hf = hf["vision_config"]
+        return cls(encoder=CLIPEncoderConfig.from_hf(hf), image_size=hf.get("image_size", 224),
+                   patch_size=hf.get("patch_size", 32), projection_dim=projection_dim)
+
+
+class CLIPVisionTransformer(nn.Module):
+    """pixel_values [B,S,S,3] (CLIP-normalised, S = image_size) -> image embedding
+    [B, projection_dim]: transformers' `CLIPModel.get_image_features` (class token, after
+    `post_layernorm`, through `visual_projection`), unnormalised.
+
+    The patch embedding is a strided conv without bias; a learned class token is prepended and
+    learned absolute positions added; then `pre_layrnorm` (transformers' spelling), the shared
+    `CLIPEncoder` with no mask, and `post_layernorm` on the class token.
+    """
+    config: CLIPVisionConfig
+    dtype: Any = jnp.float32
+    param_dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, pixel_values):
+        c, kw = self.config, dict(dtype=self.dtype, param_dtype=self.param_dtype)
+        D, p = c.encoder.hidden_size, c.patch_size
+        init = nn.initializers.normal(0.02)
+        kernel = self.param("patch_embed", logical(init, (None, None, None, "embed")),
+                            (p, p, 3, D), self.param_dtype)
+        x = jax.lax.conv_general_dilated(pixel_values.astype(self.dtype),
+                                         kernel.astype(self.dtype), (p, p), "VALID",
+                                         dimension_numbers=("NHWC", "HWIO", "NHWC"))
+        x = x.reshape(x.shape[0], -1, D)
+        cls = self.param("class_embed", logical(init, ("embed",)), (D,), self.param_dtype)
+        x = jnp.concatenate([jnp.broadcast_to(cls.astype(self.dtype), (x.shape[0], 1, D)), x], 1)
+        pos = self.param("position_embed", logical(init, (None, "embed")),
+                         ((c.image_size // p) ** 2 + 1, D), self.param_dtype)
+        x = layer_norm(c.encoder.layer_norm_eps, "pre_norm", **kw)(x + pos.astype(self.dtype))
+        x = CLIPEncoder(c.encoder, name="encoder", **kw)(x)[-1]
+        pooled = layer_norm(c.encoder.layer_norm_eps, "post_norm", **kw)(x[:, 0])
+        proj = self.param("projection", logical(nn.initializers.normal(D ** -0.5), ("embed", None)),
+                          (D, c.projection_dim), self.param_dtype)
+        return pooled @ proj.astype(self.dtype)
+
+
+def vision_params_from_hf(get: Callable[[str], np.ndarray], config: CLIPVisionConfig) -> dict:
+    """`CLIPVisionTransformer` params from a transformers `CLIPModel` state dict (`get(name)`
+    returns a numpy array): `vision_model.*` and `visual_projection.weight`."""
+    pre = "vision_model"
+
+    def norm(name):
+        return {"scale": get(f"{pre}.{name}.weight"), "bias": get(f"{pre}.{name}.bias")}
+
+    return {
+        "patch_embed": np.transpose(get(f"{pre}.embeddings.patch_embedding.weight"), (2, 3, 1, 0)),
+        "class_embed": get(f"{pre}.embeddings.class_embedding"),
+        "position_embed": get(f"{pre}.embeddings.position_embedding.weight"),
+        "pre_norm": norm("pre_layrnorm"),
+        "encoder": encoder_params_from_hf(get, f"{pre}.encoder", config.encoder),
+        "post_norm": norm("post_layernorm"),
+        "projection": get("visual_projection.weight").T,
+    }

