@@ -7,7 +7,9 @@ file, a mesh that does not fit. `run(main)` (use it instead of `absl.app.run`) t
 wrong type, which absl would otherwise report with a traceback. Genuine bugs still raise with
 their traceback. A training run stopped by SIGTERM (a preemption notice) after saving its
 checkpoint raises `Preempted`, which becomes `preempted: <message>` and exit status 143
-(128 + SIGTERM, what a shell reports for a process that SIGTERM ended): not done, rerun it.
+(128 + SIGTERM, what a shell reports for a process that SIGTERM ended): not done, rerun it;
+stopped by Ctrl-C the same way, `interrupted: <message>` and 130 (128 + SIGINT). A Ctrl-C
+anywhere else (a KeyboardInterrupt) is `interrupted` in one line and 130 too.
 """
 from __future__ import annotations
 
@@ -20,6 +22,7 @@ from absl import app, flags
 
 EXIT_USER_ERROR = 2
 EXIT_PREEMPTED = 143
+EXIT_INTERRUPTED = 130
 
 
 class UserError(Exception):
@@ -32,7 +35,12 @@ class CheckpointError(UserError):
 
 
 class Preempted(Exception):
-    """Stopped on a preemption notice with a checkpoint saved; the same command resumes."""
+    """Stopped on a preemption notice (or Ctrl-C) with a checkpoint saved; the same command
+    resumes. `status`: the exit status, 128 + the signal."""
+
+    def __init__(self, message: str, status: int = EXIT_PREEMPTED):
+        super().__init__(message)
+        self.status = status
 
 
 def _fail(message: str):
@@ -50,8 +58,12 @@ def cli_main(main):
         except UserError as e:
             _fail(str(e))
         except Preempted as e:
-            print(f"preempted: {e}", file=sys.stderr, flush=True)
-            sys.exit(EXIT_PREEMPTED)
+            word = "interrupted" if e.status == EXIT_INTERRUPTED else "preempted"
+            print(f"{word}: {e}", file=sys.stderr, flush=True)
+            sys.exit(e.status)
+        except KeyboardInterrupt:
+            print("interrupted (Ctrl-C)", file=sys.stderr, flush=True)
+            sys.exit(EXIT_INTERRUPTED)
 
     return wrapped
 

@@ -149,3 +149,26 @@ def test_cli_reports_and_rejects_bad_input(tmp_path):
                         f"--out={tmp_path / 'o2'}")
     assert result.returncode == 2
     assert result.stderr.strip().splitlines()[-1] == f"error: --input={tmp_path / 'missing'} does not exist"
+
+
+def test_out_holding_another_tools_files_is_refused_and_left_as_it_was(tmp_path):
+    for i in range(2):
+        Image.fromarray(photo(20, 20, i)).save(tmp_path / f"{i}.png")
+    foreign = tmp_path / "embeddings"  # as text/precompute.py leaves it: no convert.json
+    foreign.mkdir()
+    (foreign / "metadata.json").write_text('{"format": "caption embeddings"}')
+    (foreign / "emb-00000-of-00001.array_record").write_bytes(b"embeddings")
+    with pytest.raises(UserError, match=r"--out .*embeddings is not empty and holds no "
+                                        r"conversion \(emb-00000-of-00001.array_record, "
+                                        r"metadata.json\); .*--overwrite"):
+        convert.convert(str(tmp_path), str(foreign), num_workers=0, progress=False)
+    assert (foreign / "metadata.json").read_text() == '{"format": "caption embeddings"}'
+    assert sorted(p.name for p in foreign.iterdir()) == ["emb-00000-of-00001.array_record",
+                                                         "metadata.json"]
+    # An empty directory is fine; so is --overwrite on the foreign one.
+    (tmp_path / "empty").mkdir()
+    assert convert.convert(str(tmp_path), str(tmp_path / "empty"), num_workers=0,
+                           progress=False)["written"] == 2
+    assert convert.convert(str(tmp_path), str(foreign), num_workers=0, overwrite=True,
+                           progress=False)["written"] == 2
+    assert json.loads((foreign / "metadata.json").read_text())["written"] == 2
