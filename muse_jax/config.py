@@ -58,7 +58,11 @@ def reference(stage: str) -> ml_collections.ConfigDict:
 
 
 def validate(config: ml_collections.ConfigDict) -> None:
-    """Raises ConfigError naming the first unknown, missing or mistyped key."""
+    """Raises ConfigError naming the first unknown, missing or mistyped key, or the first
+    value out of range (`check_values`)."""
+    if not isinstance(config, ml_collections.ConfigDict):
+        raise ConfigError(f"the config file's get_config() must return an "
+                          f"ml_collections.ConfigDict, got {type(config).__name__}")
     if "stage" not in config:
         raise ConfigError("config has no 'stage' key (one of vqgan, base, sr)")
     _compare(config, reference(config.stage), "config")
@@ -103,6 +107,10 @@ def check_values(config: ml_collections.ConfigDict) -> None:
         if not ok(value):
             raise ConfigError(f"config key {key} must be {what}, got {value!r}")
     data = config.get("data")
+    if data is not None and data.get("source") == "shapes" and data.image_size < 24:
+        raise ConfigError(f"config key data.image_size must be >= 24 with data.source='shapes' "
+                          f"(muse_jax/data/shapes.py draws a 3x3 grid of objects), got "
+                          f"{data.image_size}")
     if data is not None and data.eval_size < data.eval_batch_size:
         raise ConfigError(f"config key data.eval_size ({data.eval_size}) must be at least "
                           f"data.eval_batch_size ({data.eval_batch_size}): no eval batch fits")

@@ -104,8 +104,13 @@ class NonfiniteGuard:
             return
         self.skipped += 1
         self.in_a_row += 1
+        if self.in_a_row > 3 and self.in_a_row & (self.in_a_row - 1):
+            return self._check_limit(step)  # a long streak logs at 1, 2, 3, 4, 8, 16, ...
         logging.warning("step %d: loss, gradients or parameters not finite, update skipped (%d "
                         "in a row, %d in all)", step, self.in_a_row, self.skipped)
+        self._check_limit(step)
+
+    def _check_limit(self, step: int) -> None:
         if self.in_a_row >= self.limit:
             latest = self._latest_checkpoint()
             kept = (f"the latest checkpoint, step {latest}, holds the state from before them"

@@ -73,9 +73,14 @@ def test_guidance_schedules_rise_to_the_scale():
         assert values == sorted(values) and values[-1] == pytest.approx(3.0) and values[0] < 1.0
 
 
-@pytest.mark.parametrize("field,value,message", [("steps", 0, "steps must be >= 1"),
-                                                 ("temperature", 0.0, "temperature must be > 0"),
-                                                 ("guidance_schedule", "up", "guidance_schedule")])
+@pytest.mark.parametrize("field,value,message", [
+    ("steps", 0, "steps must be >= 1"),
+    ("temperature", 0.0, "temperature must be finite and > 0, got 0.0"),
+    ("temperature", float("nan"), "temperature must be finite and > 0, got nan"),
+    ("guidance", float("nan"), "guidance must be finite and >= 0, got nan"),
+    ("guidance", float("inf"), "guidance must be finite and >= 0, got inf"),
+    ("choice_temperature", float("nan"), "choice_temperature must be finite and >= 0"),
+    ("guidance_schedule", "up", "guidance_schedule")])
 def test_bad_options(field, value, message):
     with pytest.raises(UserError, match=message):
         sampling.SamplingOptions(**{field: value}).check()
