@@ -81,6 +81,10 @@ def check_workdir_config(workdir: str, config: ml_collections.ConfigDict) -> Non
         raise ConfigError(f"{config_file} is not valid JSON ({e}); move it away, or choose "
                           f"another --workdir") from None
     new = _flat(json.loads(config.to_json_best_effort()))
+    if old.get("stage") != new.get("stage"):
+        raise ConfigError(f"{workdir} holds a {old.get('stage')!r}-stage run and this config "
+                          f"trains the {new.get('stage')!r} stage (key stage differs); its "
+                          f"config.json is kept; choose another --workdir")
     differ = sorted(k for k in set(old) | set(new)
                     if _decides_shapes(k) and old.get(k) != new.get(k))
     if differ:

@@ -103,6 +103,11 @@ def _check_out(out: str) -> str:
         if os.path.isdir(path):
             raise UserError(f"--out {out}: {path} is a directory")
     parent = os.path.dirname(os.path.abspath(out))
+    existing = parent
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing):
+        raise UserError(f"--out {out} cannot be written: {existing} is a file, not a directory")
     try:
         os.makedirs(parent, exist_ok=True)
         with tempfile.NamedTemporaryFile(dir=parent, prefix=".write_test_"):

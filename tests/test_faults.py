@@ -227,6 +227,16 @@ def server(tmp_path_factory):
     s.close()
 
 
+def stopped_by_sigterm(server: Server, workdir: Path, step: int, *extra: str) -> "Run":
+    """A run stopped by SIGTERM right after `step`: its checkpoint saved, status 143."""
+    run = server.start(workdir, *extra, pause_at=step)
+    run.wait_paused()
+    os.kill(run.pid, signal.SIGTERM)
+    run.release()
+    assert run.finish() == 143, run.output()[-3000:]
+    return run
+
+
 def complete_steps(workdir: Path) -> list[int]:
     root = workdir / "checkpoints"
     return sorted(int(p.name) for p in root.iterdir() if p.name.isdigit()) if root.exists() else []

@@ -200,3 +200,77 @@ def test_a_run_copied_elsewhere_with_its_tokenizer_samples_from_another_director
     # Relative to the current directory the copy is found too; the tokenizer still beside it.
     monkeypatch.chdir(tmp_path)
     assert inference.load("moved/base").config.tokenizer.workdir == str(moved / "tokenizer")
+
+
+# ---------------------------------------------------------------------------- big jobs, bad --out
+def test_out_that_cannot_be_written_fails_before_anything_loads(tmp_path):
+    from muse_jax import sample
+    from muse_jax.errors import UserError
+
+    (tmp_path / "dir.png").mkdir()
+    (tmp_path / "file").write_text("")
+    for out, message in [(tmp_path / "x.json", "must name a .png file"),
+                         (tmp_path / "x.jpg", "must name a .png file"),
+                         (tmp_path / "dir.png", "dir.png is a directory"),
+                         (tmp_path / "file" / "x.png", "file is a file, not a directory")]:
+        with pytest.raises(UserError, match=message):
+            sample._check_out(str(out))
+    assert sample._check_out(str(tmp_path / "new" / "x.png")) == str(tmp_path / "new" / "x.json")
+    # Through the CLI the --out check comes first: the missing run is never looked at.
+    result = run_module("muse_jax.sample", f"--workdir={tmp_path / 'no_run'}", "--prompt=a",
+                        f"--out={tmp_path / 'x.json'}", env=ONE_DEVICE)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1].startswith("error: --out must name a .png")
+
+
+def _sample_peak_rss_mib(*args) -> tuple[float, str]:
+    """Runs `muse_jax.sample` with `args`; (its peak resident memory in MiB, its stderr)."""
+    import os
+    import subprocess
+    import sys
+
+    from conftest import REPO
+    code = ("import resource, runpy, sys\nsys.argv = ['muse_jax.sample'] + sys.argv[1:]\n"
+            "try:\n    runpy.run_module('muse_jax.sample', run_name='__main__')\nfinally:\n"
+            "    print('peak_rss_kib', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, "
+            "file=sys.stderr)\n")
+    result = subprocess.run([sys.executable, "-c", code, *args], cwd=REPO, capture_output=True,
+                            text=True, timeout=600,
+                            env={**os.environ, "JAX_PLATFORMS": "cpu", **ONE_DEVICE})
+    assert result.returncode == 0, result.stderr[-3000:]
+    kib = int(result.stderr.strip().splitlines()[-1].split()[-1])
+    return kib / 1024, result.stderr
+
+
+@pytest.mark.slow
+def test_a_long_prompts_file_samples_in_memory_bounded_by_the_batch(base_dir, pipe, tmp_path):
+    from muse_jax import metrics
+
+    # Batch by batch, written row by row, the grid is the one a single call makes.
+    rows = [p for p in ["a red circle at the center", "a blue square at the top left",
+                        "a green triangle at the bottom"] for _ in range(2)]
+    (tmp_path / "three.txt").write_text("\n".join(rows[::2]) + "\n")
+    out = tmp_path / "three.png"
+    _sample_peak_rss_mib(f"--workdir={base_dir}", f"--prompts_file={tmp_path / 'three.txt'}",
+                         "--num_images=2", "--batch_size=4", "--steps=2", f"--out={out}")
+    tokens = sample_tokens(pipe, rows, sampling.SamplingOptions(steps=2), seed=0, batch_size=4)
+    images = np.concatenate([pipe.decode(tokens[:4]), pipe.decode(tokens[4:])])
+    # The same tokens; decoding on one device or eight may round a pixel differently.
+    np.testing.assert_allclose(np.asarray(Image.open(out)), metrics.image_grid(
+        *images.reshape(3, 2, 64, 64, 3), columns=2), atol=1)
+
+    # 16x the prompts, the same peak memory: nothing grows with the number of images.
+    peaks = {}
+    for n in (128, 2048):
+        (tmp_path / f"{n}.txt").write_text("".join(f"a red circle number {i}\n"
+                                                   for i in range(n)))
+        out = tmp_path / f"{n}.png"
+        peaks[n], stderr = _sample_peak_rss_mib(
+            f"--workdir={base_dir}", f"--prompts_file={tmp_path / f'{n}.txt'}",
+            "--num_images=1", "--batch_size=64", "--steps=1", f"--out={out}")
+        assert Image.open(out).size == (64, n * 64)
+        assert f"sampling: 100%" in stderr and f"{n}/{n}" in stderr  # progress, in images
+        assert json.loads(out.with_suffix(".json").read_text())["num_prompts"] == n
+    print("sampling peak RSS MiB:", peaks)
+    # Held whole, 1920 more images would be >= 1920 x 61 KiB (float32 + uint8) = 115 MiB more.
+    assert peaks[2048] - peaks[128] < 40, peaks
