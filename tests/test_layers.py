@@ -44,8 +44,8 @@ LAYERS = {
     "muse_jax.checksums": FOUNDATION,
     "muse_jax.metrics": FOUNDATION,
     "muse_jax.optimizers": FOUNDATION,
-    "muse_jax.runs": FOUNDATION,
-    "muse_jax.workdir_lock": FOUNDATION,  # one training run a workdir (fcntl.flock)  # opening a run's directory: config.json + checkpoint only
+    "muse_jax.runs": FOUNDATION,  # opening a run's directory: config.json + checkpoint only
+    "muse_jax.workdir_lock": FOUNDATION,  # one training run a workdir (fcntl.flock)
     "muse_jax.models": MODELS,
     "muse_jax.data": DATA,
     "muse_jax.text": TEXT,
