@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Callable
+from typing import Callable, Iterator
 
 import jax
 import numpy as np
@@ -139,6 +139,43 @@ def batched(fn: Callable[[slice], object], rows: int, batch_size: int,
     if isinstance(outs[0], dict):
         return {k: np.concatenate([o[k] for o in outs]) for k in outs[0]}
     return np.concatenate(outs)
+
+
+def sample_to_grid(path: str, rows: Iterator[str], num_prompts: int, columns: int, size: int,
+                   images_of: Callable[[list[str], int], np.ndarray], batch_size: int,
+                   desc: str = "sampling") -> None:
+    """Writes the PNG grid at `path` of `num_prompts` rows of `columns` images each, `rows`
+    giving each image's prompt in grid order; `images_of(prompts, first_row)` makes the
+    images [len(prompts), size, size, 3] in [-1, 1] of one batch (at most `batch_size`).
+
+    Batch by batch, each finished grid row written as it completes (`grid_png.GridWriter`):
+    memory holds one batch and one grid row however many prompts there are, and a job that
+    fails leaves no partial file under `path`. A progress bar counts images on stderr.
+    """
+    import itertools
+
+    from muse_jax.grid_png import GridWriter
+
+    total = num_prompts * columns
+    grid = GridWriter(path, num_prompts, columns, size, size)
+    pending, first_row = [], 0
+    try:
+        with tqdm(total=total, unit="image", desc=desc, dynamic_ncols=True) as bar:
+            while first_row < total:
+                part = list(itertools.islice(rows, min(batch_size, total - first_row)))
+                if not part:
+                    raise UserError(f"{total - first_row} of the {total} images' prompts are "
+                                    f"missing (did the prompts file change while sampling?)")
+                pending.extend(images_of(part, first_row))
+                while len(pending) >= columns:
+                    grid.add_row(np.stack(pending[:columns]))
+                    del pending[:columns]
+                first_row += len(part)
+                bar.update(len(part))
+        grid.close()
+    except BaseException:
+        grid.abandon()
+        raise
 
 
 def _rng(seed: int, part: slice, first_row: int = 0):

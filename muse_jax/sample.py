@@ -194,10 +194,7 @@ def generate(pipe, sr_pipe, rows: list[str], first_row: int, mode: str | None, s
 def main(argv) -> None:
     if len(argv) > 1:
         raise UserError(f"unexpected arguments: {' '.join(argv[1:])}")
-    from tqdm import tqdm
-
     from muse_jax import inference
-    from muse_jax.grid_png import GridWriter
 
     options = sampling_flags.options()
     sr_options = sampling_flags.sr_options()
@@ -216,29 +213,11 @@ def main(argv) -> None:
     size = (sr_pipe or pipe).size
     start = starting_point(pipe, sr_pipe, mode)
 
-    # Batch by batch: sample, decode, and write each finished row of the grid, so memory holds
-    # one batch and one grid row however many prompts there are.
-    total = num_prompts * FLAGS.num_images
-    grid = GridWriter(FLAGS.out, num_prompts, FLAGS.num_images, size, size)
-    rows, pending, first_row = _rows(), [], 0
-    try:
-        with tqdm(total=total, unit="image", desc="editing" if mode == "edit" else "sampling",
-                  dynamic_ncols=True) as bar:
-            while first_row < total:
-                part = list(itertools.islice(rows, FLAGS.batch_size))
-                if not part:
-                    raise UserError(f"--prompts_file {FLAGS.prompts_file} changed while sampling")
-                pending.extend(generate(pipe, sr_pipe, part, first_row, mode, start, options,
-                                        sr_options, edit_options))
-                while len(pending) >= FLAGS.num_images:
-                    grid.add_row(np.stack(pending[:FLAGS.num_images]))
-                    del pending[:FLAGS.num_images]
-                first_row += len(part)
-                bar.update(len(part))
-        grid.close()
-    except BaseException:
-        grid.abandon()
-        raise
+    inference.sample_to_grid(
+        FLAGS.out, _rows(), num_prompts, FLAGS.num_images, size,
+        lambda part, first_row: generate(pipe, sr_pipe, part, first_row, mode, start, options,
+                                         sr_options, edit_options),
+        FLAGS.batch_size, desc="editing" if mode == "edit" else "sampling")
     settings = {"workdir": FLAGS.workdir, "prompts": list(FLAGS.prompt),
                 "prompts_file": FLAGS.prompts_file, "num_prompts": num_prompts,
                 "negative_prompt": FLAGS.negative_prompt,

@@ -223,54 +223,49 @@ def test_out_that_cannot_be_written_fails_before_anything_loads(tmp_path):
     assert result.stderr.strip().splitlines()[-1].startswith("error: --out must name a .png")
 
 
-def _sample_peak_rss_mib(*args) -> tuple[float, str]:
-    """Runs `muse_jax.sample` with `args`; (its peak resident memory in MiB, its stderr)."""
-    import os
-    import subprocess
-    import sys
-
-    from conftest import REPO
-    code = ("import resource, runpy, sys\nsys.argv = ['muse_jax.sample'] + sys.argv[1:]\n"
-            "try:\n    runpy.run_module('muse_jax.sample', run_name='__main__')\nfinally:\n"
-            "    print('peak_rss_kib', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, "
-            "file=sys.stderr)\n")
-    result = subprocess.run([sys.executable, "-c", code, *args], cwd=REPO, capture_output=True,
-                            text=True, timeout=600,
-                            env={**os.environ, "JAX_PLATFORMS": "cpu", **ONE_DEVICE})
-    assert result.returncode == 0, result.stderr[-3000:]
-    kib = int(result.stderr.strip().splitlines()[-1].split()[-1])
-    return kib / 1024, result.stderr
-
-
 @pytest.mark.slow
-def test_a_long_prompts_file_samples_in_memory_bounded_by_the_batch(base_dir, pipe, tmp_path):
+def test_sampling_batch_by_batch_writes_the_grid_a_single_call_makes(base_dir, pipe, tmp_path):
     from muse_jax import metrics
 
-    # Batch by batch, written row by row, the grid is the one a single call makes.
     rows = [p for p in ["a red circle at the center", "a blue square at the top left",
                         "a green triangle at the bottom"] for _ in range(2)]
     (tmp_path / "three.txt").write_text("\n".join(rows[::2]) + "\n")
     out = tmp_path / "three.png"
-    _sample_peak_rss_mib(f"--workdir={base_dir}", f"--prompts_file={tmp_path / 'three.txt'}",
-                         "--num_images=2", "--batch_size=4", "--steps=2", f"--out={out}")
+    result = run_module("muse_jax.sample", f"--workdir={base_dir}",
+                        f"--prompts_file={tmp_path / 'three.txt'}", "--num_images=2",
+                        "--batch_size=4", "--steps=2", f"--out={out}", env=ONE_DEVICE,
+                        check=True)
+    assert "sampling: 100%" in result.stderr and "6/6" in result.stderr  # progress, in images
+    assert json.loads(out.with_suffix(".json").read_text())["num_prompts"] == 3
     tokens = sample_tokens(pipe, rows, sampling.SamplingOptions(steps=2), seed=0, batch_size=4)
     images = np.concatenate([pipe.decode(tokens[:4]), pipe.decode(tokens[4:])])
     # The same tokens; decoding on one device or eight may round a pixel differently.
     np.testing.assert_allclose(np.asarray(Image.open(out)), metrics.image_grid(
         *images.reshape(3, 2, 64, 64, 3), columns=2), atol=1)
 
-    # 16x the prompts, the same peak memory: nothing grows with the number of images.
+
+@pytest.mark.slow
+def test_a_long_prompt_list_samples_in_memory_bounded_by_the_batch(pipe, tmp_path):
+    """16x the prompts, the same peak of host memory (numpy's allocations, which tracemalloc
+    sees): the images never accumulate, whatever the number of prompts."""
+    import tracemalloc
+
+    from muse_jax import inference
+    options = sampling.SamplingOptions(steps=1)
+
+    def images_of(part, first_row):
+        return pipe.decode(sample_tokens(pipe, part, options, seed=0, batch_size=len(part),
+                                         first_row=first_row))
+
     peaks = {}
-    for n in (128, 2048):
-        (tmp_path / f"{n}.txt").write_text("".join(f"a red circle number {i}\n"
-                                                   for i in range(n)))
-        out = tmp_path / f"{n}.png"
-        peaks[n], stderr = _sample_peak_rss_mib(
-            f"--workdir={base_dir}", f"--prompts_file={tmp_path / f'{n}.txt'}",
-            "--num_images=1", "--batch_size=64", "--steps=1", f"--out={out}")
-        assert Image.open(out).size == (64, n * 64)
-        assert f"sampling: 100%" in stderr and f"{n}/{n}" in stderr  # progress, in images
-        assert json.loads(out.with_suffix(".json").read_text())["num_prompts"] == n
-    print("sampling peak RSS MiB:", peaks)
-    # Held whole, 1920 more images would be >= 1920 x 61 KiB (float32 + uint8) = 115 MiB more.
-    assert peaks[2048] - peaks[128] < 40, peaks
+    for n in (64, 1024):
+        images_of(["warm up"] * 32, 0)  # compiled before measuring
+        tracemalloc.start()
+        inference.sample_to_grid(str(tmp_path / f"{n}.png"), (f"prompt {i}" for i in range(n)),
+                                 n, 1, 64, images_of, batch_size=32)
+        peaks[n] = tracemalloc.get_traced_memory()[1] / 2**20
+        tracemalloc.stop()
+        assert Image.open(tmp_path / f"{n}.png").size == (64, n * 64)
+    print("sampling peak traced MiB:", peaks)
+    # Held whole, 960 more images would be >= 960 x 48 KiB (float32) = 45 MiB more.
+    assert peaks[1024] - peaks[64] < 4, peaks
