@@ -68,14 +68,14 @@ def _count_prompts() -> int:
     if FLAGS.prompts_file:
         if not os.path.isfile(FLAGS.prompts_file):
             raise UserError(f"--prompts_file {FLAGS.prompts_file} not found")
-        in_file, line = 0, 0
-        try:
-            with open(FLAGS.prompts_file, encoding="utf-8") as f:
-                for line, text in enumerate(f, start=1):
-                    in_file += bool(text.strip())
-        except UnicodeDecodeError as e:
-            raise UserError(f"--prompts_file {FLAGS.prompts_file} is not UTF-8 text (line "
-                            f"{line + 1}: {e.reason} at byte {e.start} of a read block)") from None
+        in_file = 0
+        with open(FLAGS.prompts_file, "rb") as f:  # line by line: the line at fault is named
+            for line, raw in enumerate(f, start=1):
+                try:
+                    in_file += bool(raw.decode("utf-8").strip())
+                except UnicodeDecodeError as e:
+                    raise UserError(f"--prompts_file {FLAGS.prompts_file} is not UTF-8 text "
+                                    f"(line {line}, byte {e.start + 1}: {e.reason})") from None
         if not in_file:
             raise UserError(f"--prompts_file {FLAGS.prompts_file} holds no prompts")
         count += in_file

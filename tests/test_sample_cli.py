@@ -87,7 +87,8 @@ def test_evaluate_cli_prints_oracle_scores(base_dir):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("case", ["mask size", "empty prompts file", "zero steps", "no checkpoint"])
+@pytest.mark.parametrize("case", ["mask size", "empty prompts file", "zero steps", "no checkpoint",
+                                  "non-UTF-8 prompts file"])
 def test_bad_input_is_one_line(case, base_dir, tmp_path):
     args = [f"--workdir={base_dir}", "--prompt=a red circle at the center", f"--out={tmp_path}/x.png"]
     if case == "mask size":
@@ -99,6 +100,10 @@ def test_bad_input_is_one_line(case, base_dir, tmp_path):
         (tmp_path / "p.txt").write_text("\n\n")
         args = [f"--workdir={base_dir}", f"--prompts_file={tmp_path}/p.txt"]
         message = "holds no prompts"
+    elif case == "non-UTF-8 prompts file":
+        (tmp_path / "p.txt").write_bytes(b"a red circle\n\xff\xfe at the top\n")
+        args = [f"--workdir={base_dir}", f"--prompts_file={tmp_path}/p.txt", f"--out={tmp_path}/x.png"]
+        message = "p.txt is not UTF-8 text (line 2, byte 1: invalid start byte)"
     elif case == "zero steps":
         args.append("--steps=0")
         message = "steps must be >= 1"
