@@ -10,8 +10,11 @@ What can go wrong, and what happens then:
   naming the step and the cause. Old checkpoints are only deleted once a newer one is complete:
   the preservation policy keeps `keep + 1`, the newest of which may still be being written,
   because orbax deletes the old steps even when the save it made room for failed.
-- An unreadable checkpoint (truncated files, missing metadata): `restore` warns, names what
-  was wrong, sets it aside as `<step>.unreadable` and takes the one before it.
+- An unreadable checkpoint (truncated files, missing metadata, or arrays whose checksums
+  (muse_jax/checksums.py, saved beside the state as the `checksums` item) no longer match):
+  `restore` warns, names what was wrong, sets it aside as `<step>.unreadable` and takes the
+  one before it. Checkpoints written before checksums existed load unchecked.
+- A state with a NaN or inf anywhere is never saved (`save` warns and returns False).
 """
 from __future__ import annotations
 
@@ -25,7 +28,10 @@ import orbax.checkpoint as ocp
 from absl import logging
 from etils import epath
 
+from muse_jax import checksums
 from muse_jax.errors import CheckpointError
+
+CHECKSUMS = "checksums"  # the Composite item holding the state's checksums
 
 
 def describe(error: BaseException) -> str:
@@ -67,6 +73,10 @@ class Checkpointer:
     def latest_step(self) -> int | None:
         return self._manager.latest_step()
 
+    def due(self, step: int) -> bool:
+        """Whether the policy saves `step` (every `every` steps, or a preemption sync point)."""
+        return self._manager.should_save(step)
+
     def reached_preemption(self, step: int) -> bool:
         """Multi-host: all processes got past a preemption notice and agreed to stop at `step`."""
         return self._manager.reached_preemption(step)
@@ -75,11 +85,16 @@ class Checkpointer:
         """Starts an asynchronous save if the policy (or `force`) says so; True if it did."""
         if not (force or self._manager.should_save(step)):
             return False
+        sums, finite = checksums.compute(state)
+        if not finite:
+            logging.warning("step %d: not saved, the state holds NaN or inf values", step)
+            return False
         self._finish_pending()
         try:
             self._manager.save(step, args=ocp.args.Composite(
                 state=ocp.args.StandardSave(state),
-                data=grain.checkpoint.CheckpointSave(data_iterator)), force=True)
+                data=grain.checkpoint.CheckpointSave(data_iterator),
+                **{CHECKSUMS: ocp.args.JsonSave(sums)}), force=True)
         except Exception as e:  # noqa: BLE001  orbax and TensorStore raise many types
             self._fail(step, describe(e))
         self._pending = step
@@ -115,9 +130,9 @@ class Checkpointer:
         `<step>.unreadable`) so that the run can write those steps again.
         """
         def args(step):
-            del step
             return ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state),
-                                      data=grain.checkpoint.CheckpointRestore(data_iterator))
+                                      data=grain.checkpoint.CheckpointRestore(data_iterator),
+                                      **_checksums_args(self.directory, step))
 
         _, restored = restore_latest(self._manager, self.directory, args, set_aside=True)
         return restored["state"]
@@ -151,6 +166,8 @@ def restore_latest(manager: ocp.CheckpointManager, directory: str,
     for step in reversed(manager.all_steps()):
         try:
             restored = manager.restore(step, args=args(step))
+            if CHECKSUMS in restored and restored[CHECKSUMS] is not None:
+                checksums.verify(restored["state"], restored[CHECKSUMS])
         except Exception as e:  # noqa: BLE001  a corrupt checkpoint fails in many ways
             unreadable.append((step, describe(e)))
             logging.warning("checkpoint of step %d in %s is unreadable (%s); trying the one "
@@ -167,6 +184,13 @@ def restore_latest(manager: ocp.CheckpointManager, directory: str,
         raise CheckpointError(f"no checkpoint in {directory} could be read: " +
                               "; ".join(f"step {s}: {cause}" for s, cause in unreadable))
     raise CheckpointError(f"no checkpoint found under {directory}")
+
+
+def _checksums_args(directory: str, step: int) -> dict:
+    """The Composite entry that reads a step's checksums, if it has them (older ones do not)."""
+    if (epath.Path(directory) / str(step) / CHECKSUMS).exists():
+        return {CHECKSUMS: ocp.args.JsonRestore()}
+    return {}
 
 
 def _set_aside(manager: ocp.CheckpointManager, directory: str, steps: list[int]) -> None:
@@ -216,14 +240,16 @@ def load_state(directory: str, sharding: jax.sharding.Sharding | None = None) ->
     # "data" (the iterator state) is registered only so that orbax does not warn that it
     # cannot restore it: it is not read.
     manager = ocp.CheckpointManager(directory, item_handlers={
-        "state": ocp.StandardCheckpointHandler(), "data": grain.checkpoint.CheckpointHandler()})
+        "state": ocp.StandardCheckpointHandler(), "data": grain.checkpoint.CheckpointHandler(),
+        CHECKSUMS: ocp.JsonCheckpointHandler()})
     sharding = sharding or jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
 
     def args(step):
         metadata = manager.item_metadata(step)["state"]
         abstract = jax.tree.map(
             lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=sharding), metadata)
-        return ocp.args.Composite(state=ocp.args.StandardRestore(abstract))
+        return ocp.args.Composite(state=ocp.args.StandardRestore(abstract),
+                                  **_checksums_args(directory, step))
 
     try:
         _, restored = restore_latest(manager, directory, args)

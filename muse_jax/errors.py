@@ -7,10 +7,15 @@ file, a mesh that does not fit. `run(main)` (use it instead of `absl.app.run`) t
 wrong type, which absl would otherwise report with a traceback. Genuine bugs still raise with
 their traceback. A training run stopped by SIGTERM (a preemption notice) after saving its
 checkpoint raises `Preempted`, which becomes `preempted: <message>` and exit status 143
-(128 + SIGTERM, what a shell reports for a process that SIGTERM ended): not done, rerun it.
+(128 + SIGTERM, what a shell reports for a process that SIGTERM ended): not done, rerun it;
+stopped by Ctrl-C the same way, `interrupted: <message>` and 130 (128 + SIGINT). A Ctrl-C
+anywhere else (a KeyboardInterrupt) is `interrupted` in one line and 130 too. A full disk
+(or quota, file-size limit, read-only file system) met outside the checkpoint code is one
+`error:` line and exit 2 too.
 """
 from __future__ import annotations
 
+import errno
 import functools
 import logging
 import os
@@ -20,6 +25,10 @@ from absl import app, flags
 
 EXIT_USER_ERROR = 2
 EXIT_PREEMPTED = 143
+EXIT_INTERRUPTED = 130
+# OS errors that are the machine's state, not a bug: a full disk or quota, a file-size
+# limit, a read-only file system. They end any command with one line.
+_DISK_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS}
 
 
 class UserError(Exception):
@@ -32,7 +41,12 @@ class CheckpointError(UserError):
 
 
 class Preempted(Exception):
-    """Stopped on a preemption notice with a checkpoint saved; the same command resumes."""
+    """Stopped on a preemption notice (or Ctrl-C) with a checkpoint saved; the same command
+    resumes. `status`: the exit status, 128 + the signal."""
+
+    def __init__(self, message: str, status: int = EXIT_PREEMPTED):
+        super().__init__(message)
+        self.status = status
 
 
 def _fail(message: str):
@@ -50,8 +64,18 @@ def cli_main(main):
         except UserError as e:
             _fail(str(e))
         except Preempted as e:
-            print(f"preempted: {e}", file=sys.stderr, flush=True)
-            sys.exit(EXIT_PREEMPTED)
+            word = "interrupted" if e.status == EXIT_INTERRUPTED else "preempted"
+            print(f"{word}: {e}", file=sys.stderr, flush=True)
+            sys.exit(e.status)
+        except OSError as e:
+            if e.errno not in _DISK_ERRNOS:
+                raise
+            where = f" writing {e.filename}" if e.filename else ""
+            _fail(f"{e.strerror or e}{where} (errno {e.errno}); free space or choose another "
+                  f"directory, then run the same command again")
+        except KeyboardInterrupt:
+            print("interrupted (Ctrl-C)", file=sys.stderr, flush=True)
+            sys.exit(EXIT_INTERRUPTED)
 
     return wrapped
 
@@ -69,10 +93,18 @@ def flag_error(argv: list[str], error: Exception) -> str:
     overrides = [a.lstrip("-").partition("=")[0] for a in argv[1:]
                  if a.lstrip("-").startswith("config.")]
     if isinstance(error, (AttributeError, KeyError)):
-        key = str(error).strip("'\"")
+        # ml_collections raises AttributeError(KeyError("'key'\nDid you mean ...?")), which
+        # str() shows repr'd: unwrap to the message itself.
+        cause = error
+        while cause.args and isinstance(cause.args[0], BaseException):
+            cause = cause.args[0]
+        text = str(cause.args[0]) if cause.args else str(cause)
+        key, _, hint = text.strip().partition("\n")
+        key = key.strip("'\"")
         for name in overrides:
             if key in name.split("."):
-                return f"unknown config key {name} (--{name})"
+                hint = f"; {hint.strip()}" if hint.strip() else ""
+                return f"unknown config key {name} (--{name}){hint}"
     # absl wraps errors from the config file itself; its last line is the cause.
     lines = [line.strip() for line in str(error).strip().splitlines() if line.strip()]
     return lines[-1] if lines else type(error).__name__

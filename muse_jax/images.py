@@ -44,7 +44,9 @@ class ImageError(UserError):
     """An input image or mask that cannot be used as given."""
 
 
-def _open(path: str, what: str):
+def _open(path: str, what: str, size: int):
+    """The image, its size checked from the header before any pixel is decoded (a
+    20000x20000 file fails in one line, not after gigabytes of decoding)."""
     from PIL import Image, UnidentifiedImageError
 
     if not path or not os.path.exists(path):
@@ -53,7 +55,10 @@ def _open(path: str, what: str):
         raise ImageError(f"{what} {path} is a directory, not an image file")
     try:
         image = Image.open(path)
+        _check_size(image, path, size)
         image.load()
+    except Image.DecompressionBombError as e:
+        raise ImageError(f"{what} {path} is too large to open: {e}") from None
     except UnidentifiedImageError:
         raise ImageError(f"{what} {path} is not an image file that PIL can read") from None
     except OSError as e:  # truncated or damaged files
@@ -75,8 +80,7 @@ def load_image(path: str, size: int) -> np.ndarray:
 
     Greyscale, palette and CMYK images are converted; an alpha channel must be fully opaque.
     """
-    image = _open(path, "image")
-    _check_size(image, path, size)
+    image = _open(path, "image", size)
     if image.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in image.info:
         alpha = np.asarray(image.convert("RGBA"))[..., 3]
         transparent = int(np.sum(alpha < 255))
@@ -89,8 +93,7 @@ def load_image(path: str, size: int) -> np.ndarray:
 
 def load_mask(path: str, size: int) -> np.ndarray:
     """A black-and-white mask of `size`x`size` pixels as bool [size, size]: True = regenerate."""
-    image = _open(path, "mask")
-    _check_size(image, path, size)
+    image = _open(path, "mask", size)
     grey = np.asarray(image.convert("L"))
     white = grey >= 255 - MASK_TOLERANCE
     between = ~white & (grey > MASK_TOLERANCE)

@@ -5,12 +5,14 @@ super-resolution run checked to fit it. A `Pipeline` builds each compiled functi
 editor, tokenizer encode and decode) once and keeps it, so repeated calls of the same shapes
 (evaluation batches, editing) never trace or compile again. The functions below batch prompts,
 show progress and return numpy arrays: they are what `sample`, `evaluate` and `demo` call.
+Each row's random numbers depend on its position in the whole job (`first_row` + its index),
+so a job cut into parts (as `sample` does, to bound its memory) makes the same images.
 """
 from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Callable
+from typing import Callable, Iterator
 
 import jax
 import numpy as np
@@ -142,21 +144,58 @@ def batched(fn: Callable[[slice], object], rows: int, batch_size: int,
     return np.concatenate(outs)
 
 
-def _rng(seed: int, part: slice):
-    return jax.random.fold_in(jax.random.key(seed), part.start)
+def sample_to_grid(path: str, rows: Iterator[str], num_prompts: int, columns: int, size: int,
+                   images_of: Callable[[list[str], int], np.ndarray], batch_size: int,
+                   desc: str = "sampling") -> None:
+    """Writes the PNG grid at `path` of `num_prompts` rows of `columns` images each, `rows`
+    giving each image's prompt in grid order; `images_of(prompts, first_row)` makes the
+    images [len(prompts), size, size, 3] in [-1, 1] of one batch (at most `batch_size`).
+
+    Batch by batch, each finished grid row written as it completes (`grid_png.GridWriter`):
+    memory holds one batch and one grid row however many prompts there are, and a job that
+    fails leaves no partial file under `path`. A progress bar counts images on stderr.
+    """
+    import itertools
+
+    from muse_jax.grid_png import GridWriter
+
+    total = num_prompts * columns
+    grid = GridWriter(path, num_prompts, columns, size, size)
+    pending, first_row = [], 0
+    try:
+        with tqdm(total=total, unit="image", desc=desc, dynamic_ncols=True) as bar:
+            while first_row < total:
+                part = list(itertools.islice(rows, min(batch_size, total - first_row)))
+                if not part:
+                    raise UserError(f"{total - first_row} of the {total} images' prompts are "
+                                    f"missing (did the prompts file change while sampling?)")
+                pending.extend(images_of(part, first_row))
+                while len(pending) >= columns:
+                    grid.add_row(np.stack(pending[:columns]))
+                    del pending[:columns]
+                first_row += len(part)
+                bar.update(len(part))
+        grid.close()
+    except BaseException:
+        grid.abandon()
+        raise
+
+
+def _rng(seed: int, part: slice, first_row: int = 0):
+    return jax.random.fold_in(jax.random.key(seed), first_row + part.start)
 
 
 def sample_tokens(pipe: Pipeline, prompts: list[str], options, seed: int, negative: str = "",
                   canvas: np.ndarray | None = None, batch_size: int = 16,
-                  progress: bool = False) -> np.ndarray:
+                  progress: bool = False, first_row: int = 0) -> np.ndarray:
     """Token ids [P, N], one row a prompt, filling `canvas` (default: all [MASK])."""
     generate = pipe.generator(options)
     canvas = pipe.blank(len(prompts)) if canvas is None else canvas
     uncond = pipe.encode_text([negative])
 
     def part(p):
-        return generate(pipe.params, *pipe.encode_text(prompts[p]), *uncond, _rng(seed, p),
-                        canvas[p])
+        return generate(pipe.params, *pipe.encode_text(prompts[p]), *uncond,
+                        _rng(seed, p, first_row), canvas[p])
 
     return batched(part, len(prompts), batch_size, "sampling" if progress else None)
 
@@ -164,7 +203,7 @@ def sample_tokens(pipe: Pipeline, prompts: list[str], options, seed: int, negati
 def sample_two_stage(pipe: Pipeline, sr_pipe: Pipeline, prompts: list[str], options,
                      sr_options, seed: int, negative: str = "", canvas: np.ndarray | None = None,
                      sr_canvas: np.ndarray | None = None, batch_size: int = 16,
-                     progress: bool = False) -> dict[str, np.ndarray]:
+                     progress: bool = False, first_row: int = 0) -> dict[str, np.ndarray]:
     """Base then SR then the high-res decoder, one compiled call a batch (`sampling.make_cascade`),
     filling `canvas` and `sr_canvas` (default: all [MASK]; see `inpaint_canvases`).
 
@@ -179,14 +218,14 @@ def sample_two_stage(pipe: Pipeline, sr_pipe: Pipeline, prompts: list[str], opti
     uncond = pipe.encode_text([negative])
 
     def part(p):
-        return cascade(params, *pipe.encode_text(prompts[p]), *uncond, _rng(seed, p), canvas[p],
-                       sr_canvas[p])
+        return cascade(params, *pipe.encode_text(prompts[p]), *uncond, _rng(seed, p, first_row),
+                       canvas[p], sr_canvas[p])
 
     return batched(part, len(prompts), batch_size, "sampling" if progress else None)
 
 
 def super_resolve(sr_pipe: Pipeline, low_res: np.ndarray, prompts: list[str], options, seed: int,
-                  negative: str = "", batch_size: int = 16) -> np.ndarray:
+                  negative: str = "", batch_size: int = 16, first_row: int = 0) -> np.ndarray:
     """High-res token ids [P, N] for given low-res tokens [P, n] (an edited or a real image's)."""
     generate = sr_pipe.generator(options)
     uncond = sr_pipe.encode_text([negative])
@@ -194,21 +233,22 @@ def super_resolve(sr_pipe: Pipeline, low_res: np.ndarray, prompts: list[str], op
     low_res = np.asarray(low_res, np.int32)
 
     def part(p):
-        return generate(sr_pipe.params, *sr_pipe.encode_text(prompts[p]), *uncond, _rng(seed, p),
-                        blank[p], low_res[p])
+        return generate(sr_pipe.params, *sr_pipe.encode_text(prompts[p]), *uncond,
+                        _rng(seed, p, first_row), blank[p], low_res[p])
 
     return batched(part, len(prompts), batch_size)
 
 
 def edit(pipe: Pipeline, tokens: np.ndarray, prompts: list[str], options,
          edit_options: sampling.EditOptions, seed: int, negative: str = "",
-         batch_size: int = 16, progress: bool = False) -> np.ndarray:
+         batch_size: int = 16, progress: bool = False, first_row: int = 0) -> np.ndarray:
     """Mask-free editing (`sampling.make_edit`) of `tokens` [P, N] towards `prompts`."""
     run = pipe.editor(options, edit_options)
     uncond = pipe.encode_text([negative])
 
     def part(p):
-        return run(pipe.params, *pipe.encode_text(prompts[p]), *uncond, _rng(seed, p), tokens[p])
+        return run(pipe.params, *pipe.encode_text(prompts[p]), *uncond, _rng(seed, p, first_row),
+                   tokens[p])
 
     return batched(part, len(prompts), batch_size, "editing" if progress else None)
 

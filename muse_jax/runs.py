@@ -47,8 +47,59 @@ def _keys(config: ml_collections.ConfigDict):
             yield block, name
 
 
+# Config keys that decide the train state's structure and shapes: a run resumed with another
+# value cannot read its checkpoints. A block name covers its keys but for NOT_SHAPE's.
+SHAPE_KEYS = ("stage", "model", "gan.enabled", "gan.channels", "gan.num_layers", "optim.name")
+NOT_SHAPE = ("model.dropout", "model.dtype", "model.remat", "model.beta")
+
+
+def _flat(config, prefix: str = "") -> dict:
+    out = {}
+    for key, value in config.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, (dict, ml_collections.ConfigDict)):
+            out.update(_flat(value, name + "."))
+        else:
+            out[name] = list(value) if isinstance(value, tuple) else value
+    return out
+
+
+def _decides_shapes(key: str) -> bool:
+    return (any(key == k or key.startswith(k + ".") for k in SHAPE_KEYS)
+            and key not in NOT_SHAPE)
+
+
+def check_workdir_config(workdir: str, config: ml_collections.ConfigDict) -> None:
+    """Raises ConfigError, naming the keys that differ, if `workdir` already holds a run whose
+    stage or parameter shapes differ from `config`'s: resuming it would fail, and writing the
+    new config.json over the old would leave the old run unloadable."""
+    config_file = epath.Path(workdir) / "config.json"
+    if not config_file.exists():
+        return
+    try:
+        old = _flat(json.loads(config_file.read_text()))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{config_file} is not valid JSON ({e}); move it away, or choose "
+                          f"another --workdir") from None
+    new = _flat(json.loads(config.to_json_best_effort()))
+    if old.get("stage") != new.get("stage"):
+        raise ConfigError(f"{workdir} holds a {old.get('stage')!r}-stage run and this config "
+                          f"trains the {new.get('stage')!r} stage (key stage differs); its "
+                          f"config.json is kept; choose another --workdir")
+    differ = sorted(k for k in set(old) | set(new)
+                    if _decides_shapes(k) and old.get(k) != new.get(k))
+    if differ:
+        shown = ", ".join(f"{k} {old.get(k)!r} -> {new.get(k)!r}" for k in differ[:6])
+        more = f" and {len(differ) - 6} more" if len(differ) > 6 else ""
+        raise ConfigError(f"{workdir} holds a run whose config differs in keys that decide the "
+                          f"parameters: {shown}{more}; its config.json is kept; choose another "
+                          f"--workdir, or resume it with its own config")
+
+
 def save_config(workdir: str, config: ml_collections.ConfigDict) -> None:
-    """Writes `workdir/config.json`, local dependency paths relative to `workdir`."""
+    """Writes `workdir/config.json`, local dependency paths relative to `workdir`, once
+    `check_workdir_config` has found the config fits what the workdir holds."""
+    check_workdir_config(workdir, config)
     record = config.copy_and_resolve_references()
     if not _is_url(workdir):
         with record.unlocked():

@@ -9,7 +9,9 @@
   ... --sr_workdir=workdirs/sr_shapes --sr_steps=8       # then super-resolution (Muse 2.4)
 
 Writes the PNG grid (one row a prompt, --num_images columns) and, beside it, a JSON file of the
-settings used. The same flags and seed give the same images. With --sr_workdir the base tokens
+settings used. --out is checked (a writable .png path) before anything loads; the images are
+sampled, decoded and written batch by batch (muse_jax/grid_png.py), so memory holds one batch
+however many prompts a --prompts_file lists (the file is read as it is sampled). The same flags and seed give the same images. With --sr_workdir the base tokens
 go through the super-resolution model and its tokenizer's decoder in the same compiled call, so
 the grid is at the SR run's resolution, and --image is given at that resolution: inpainting and
 outpainting then work as Muse's text-guided inpainting does, on the input decimated to the base
@@ -19,8 +21,10 @@ tokens (--edit) are super-resolved afterwards.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 import os
+import tempfile
 
 import numpy as np
 from absl import flags, logging
@@ -47,19 +51,71 @@ def define_flags() -> None:
     sampling_flags.define()
 
 
-def _read_prompts() -> list[str]:
-    prompts = list(FLAGS.prompt)
+def _file_prompts():
+    """The non-empty lines of --prompts_file, read lazily (a file of millions stays on disk)."""
+    if not FLAGS.prompts_file:
+        return
+    with open(FLAGS.prompts_file, encoding="utf-8") as f:
+        for line in f:
+            if line.strip():
+                yield line.strip()
+
+
+def _count_prompts() -> int:
+    """How many prompts the flags give, checking --prompts_file once through (UTF-8, not
+    empty) before anything is loaded; the prompts themselves are read again as sampled."""
+    count = len(FLAGS.prompt)
     if FLAGS.prompts_file:
         if not os.path.isfile(FLAGS.prompts_file):
             raise UserError(f"--prompts_file {FLAGS.prompts_file} not found")
-        with open(FLAGS.prompts_file, encoding="utf-8") as f:
-            from_file = [line.strip() for line in f if line.strip()]
-        if not from_file:
+        in_file = 0
+        with open(FLAGS.prompts_file, "rb") as f:  # line by line: the line at fault is named
+            for line, raw in enumerate(f, start=1):
+                try:
+                    in_file += bool(raw.decode("utf-8").strip())
+                except UnicodeDecodeError as e:
+                    raise UserError(f"--prompts_file {FLAGS.prompts_file} is not UTF-8 text "
+                                    f"(line {line}, byte {e.start + 1}: {e.reason})") from None
+        if not in_file:
             raise UserError(f"--prompts_file {FLAGS.prompts_file} holds no prompts")
-        prompts += from_file
-    if not prompts:
+        count += in_file
+    if not count:
         raise UserError("give at least one --prompt or a --prompts_file")
-    return prompts
+    return count
+
+
+def _rows():
+    """Each prompt --num_images times, in grid order (a row of the grid a prompt)."""
+    for prompt in itertools.chain(FLAGS.prompt, _file_prompts()):
+        yield from itertools.repeat(prompt, FLAGS.num_images)
+
+
+def _check_out(out: str) -> str:
+    """Fails now, not after sampling, for an --out that cannot be written; returns the path of
+    the settings file beside it."""
+    root, ext = os.path.splitext(out)
+    if ext.lower() != ".png":
+        raise UserError(f"--out must name a .png file (the grid is written as PNG), got {out!r}")
+    settings = root + ".json"
+    if "://" in out:
+        return settings
+    for path in (out, settings):
+        if os.path.isdir(path):
+            raise UserError(f"--out {out}: {path} is a directory")
+    parent = os.path.dirname(os.path.abspath(out))
+    existing = parent
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing):
+        raise UserError(f"--out {out} cannot be written: {existing} is a file, not a directory")
+    try:
+        os.makedirs(parent, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=parent, prefix=".write_test_"):
+            pass
+    except OSError as e:
+        raise UserError(f"--out {out} cannot be written: {e.strerror or e} "
+                        f"({e.filename or parent})") from None
+    return settings
 
 
 def _editing() -> str | None:
@@ -84,51 +140,61 @@ def _outpaint() -> tuple[str, int]:
                         f"{FLAGS.outpaint!r}") from None
 
 
-def generate(pipe, sr_pipe, rows: list[str], mode: str | None, options, sr_options,
-             edit_options) -> np.ndarray:
-    """The images [len(rows), H, W, 3] in [-1, 1] that the flags ask for."""
+def starting_point(pipe, sr_pipe, mode: str | None) -> dict:
+    """What every batch starts from, computed once from --image (and --mask or --outpaint):
+    one row of each canvas, or the tokens of the image to edit."""
     from muse_jax import inference
     from muse_jax.images import load_image, load_mask
 
-    negative, seed, batch = FLAGS.negative_prompt, FLAGS.seed, FLAGS.batch_size
+    if mode is None:
+        return {}
     size = (sr_pipe or pipe).size
-    image = load_image(FLAGS.image, size)[None] if FLAGS.image else None
+    image = load_image(FLAGS.image, size)[None]
     if mode == "edit":
         low = image if sr_pipe is None else inference.decimate(image, pipe.size)
-        tokens = np.repeat(pipe.tokens_of(low), len(rows), axis=0)
-        result = inference.edit(pipe, tokens, rows, options, edit_options, seed, negative,
-                                batch, progress=True)
+        return {"tokens": pipe.tokens_of(low)}
+    if sr_pipe is None:
+        tokens = pipe.tokens_of(image)
+        if mode == "mask":
+            hole = inference.token_mask_from_pixels(load_mask(FLAGS.mask, size), pipe.grid)
+            return {"canvas": np.where(hole[None], pipe.mask_id, tokens)}
+        return {"canvas": inference.shift_canvas(tokens, pipe.grid, *_outpaint(), pipe.mask_id)}
+    if mode == "mask":
+        canvas, sr_canvas = inference.inpaint_canvases(pipe, sr_pipe, image,
+                                                       load_mask(FLAGS.mask, size)[None])
+    else:
+        canvas, sr_canvas = inference.outpaint_canvases(pipe, sr_pipe, image, *_outpaint())
+    return {"canvas": canvas, "sr_canvas": sr_canvas}
+
+
+def generate(pipe, sr_pipe, rows: list[str], first_row: int, mode: str | None, start: dict,
+             options, sr_options, edit_options) -> np.ndarray:
+    """The images [len(rows), H, W, 3] in [-1, 1] of rows `first_row`.. of the job: one
+    compiled call (rows is at most --batch_size long)."""
+    from muse_jax import inference
+
+    negative, seed, n = FLAGS.negative_prompt, FLAGS.seed, len(rows)
+    common = dict(batch_size=n, first_row=first_row)
+    each = {k: np.repeat(v, n, axis=0) for k, v in start.items()}
+    if mode == "edit":
+        result = inference.edit(pipe, each["tokens"], rows, options, edit_options, seed,
+                                negative, **common)
         if sr_pipe is None:
             return pipe.decode(result)
         return sr_pipe.decode(inference.super_resolve(sr_pipe, result, rows, sr_options, seed,
-                                                      negative, batch))
+                                                      negative, **common))
     if sr_pipe is None:
-        canvas = None
-        if mode:
-            tokens = np.repeat(pipe.tokens_of(image), len(rows), axis=0)
-            if mode == "mask":
-                hole = inference.token_mask_from_pixels(load_mask(FLAGS.mask, size), pipe.grid)
-                canvas = np.where(hole[None], pipe.mask_id, tokens)
-            else:
-                canvas = inference.shift_canvas(tokens, pipe.grid, *_outpaint(), pipe.mask_id)
-        return pipe.decode(inference.sample_tokens(pipe, rows, options, seed, negative, canvas,
-                                                   batch, progress=True))
-    canvas = sr_canvas = None
-    if mode == "mask":
-        masks = load_mask(FLAGS.mask, size)[None]
-        canvas, sr_canvas = inference.inpaint_canvases(pipe, sr_pipe, image, masks)
-    elif mode == "outpaint":
-        canvas, sr_canvas = inference.outpaint_canvases(pipe, sr_pipe, image, *_outpaint())
-    if canvas is not None:
-        canvas, sr_canvas = (np.repeat(c, len(rows), axis=0) for c in (canvas, sr_canvas))
+        return pipe.decode(inference.sample_tokens(pipe, rows, options, seed, negative,
+                                                   each.get("canvas"), **common))
     return inference.sample_two_stage(pipe, sr_pipe, rows, options, sr_options, seed, negative,
-                                      canvas, sr_canvas, batch, progress=True)["images"]
+                                      each.get("canvas"), each.get("sr_canvas"),
+                                      **common)["images"]
 
 
 def main(argv) -> None:
     if len(argv) > 1:
         raise UserError(f"unexpected arguments: {' '.join(argv[1:])}")
-    from muse_jax import inference, metrics
+    from muse_jax import inference
 
     options = sampling_flags.options()
     sr_options = sampling_flags.sr_options()
@@ -137,17 +203,24 @@ def main(argv) -> None:
         raise UserError(f"--num_images must be >= 1, got {FLAGS.num_images}")
     if FLAGS.batch_size < 1:
         raise UserError(f"--batch_size must be >= 1, got {FLAGS.batch_size}")
-    prompts = _read_prompts()
+    settings_file = _check_out(FLAGS.out)
+    num_prompts = _count_prompts()
     mode = _editing()
+    if mode == "outpaint":
+        _outpaint()
     pipe = inference.load(FLAGS.workdir, lora_scale=FLAGS.lora_scale)
     sr_pipe = inference.load_sr(FLAGS.sr_workdir, pipe) if FLAGS.sr_workdir else None
-    rows = [p for p in prompts for _ in range(FLAGS.num_images)]
-    images = generate(pipe, sr_pipe, rows, mode, options, sr_options, edit_options)
-    grid = metrics.image_grid(*images.reshape(len(prompts), FLAGS.num_images, *images.shape[1:]),
-                              columns=FLAGS.num_images)
-    os.makedirs(os.path.dirname(os.path.abspath(FLAGS.out)), exist_ok=True)
-    metrics.save_png(FLAGS.out, grid)
-    settings = {"workdir": FLAGS.workdir, "prompts": prompts, "negative_prompt": FLAGS.negative_prompt,
+    size = (sr_pipe or pipe).size
+    start = starting_point(pipe, sr_pipe, mode)
+
+    inference.sample_to_grid(
+        FLAGS.out, _rows(), num_prompts, FLAGS.num_images, size,
+        lambda part, first_row: generate(pipe, sr_pipe, part, first_row, mode, start, options,
+                                         sr_options, edit_options),
+        FLAGS.batch_size, desc="editing" if mode == "edit" else "sampling")
+    settings = {"workdir": FLAGS.workdir, "prompts": list(FLAGS.prompt),
+                "prompts_file": FLAGS.prompts_file, "num_prompts": num_prompts,
+                "negative_prompt": FLAGS.negative_prompt,
                 "num_images": FLAGS.num_images, "seed": FLAGS.seed, **dataclasses.asdict(options),
                 "image": FLAGS.image, "mask": FLAGS.mask, "outpaint": FLAGS.outpaint,
                 "edit": FLAGS.edit, "sr_workdir": FLAGS.sr_workdir}
@@ -155,7 +228,7 @@ def main(argv) -> None:
         settings["edit_options"] = dataclasses.asdict(edit_options)
     if sr_pipe is not None:
         settings.update(sr_steps=FLAGS.sr_steps, sr_guidance=FLAGS.sr_guidance)
-    with open(os.path.splitext(FLAGS.out)[0] + ".json", "w") as f:
+    with open(settings_file, "w") as f:
         json.dump(settings, f, indent=2)
     logging.info("wrote %s", FLAGS.out)
     print(FLAGS.out)

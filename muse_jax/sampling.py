@@ -46,19 +46,21 @@ class SamplingOptions:
         from muse_jax.errors import UserError
         if self.steps < 1:
             raise UserError(f"steps must be >= 1, got {self.steps}")
-        if self.guidance < 0:
-            raise UserError(f"guidance must be >= 0, got {self.guidance}")
+        if not 0 <= self.guidance < float("inf"):  # written so that NaN fails too
+            raise UserError(f"guidance must be finite and >= 0, got {self.guidance}")
         if self.guidance_schedule not in ("linear", "cosine", "constant"):
             raise UserError(f"guidance_schedule must be linear, cosine or constant, got "
                             f"{self.guidance_schedule!r}")
-        if self.temperature < 0:
-            raise UserError(f"temperature must be >= 0 (0: greedy), got {self.temperature}")
+        if not 0 <= self.temperature < float("inf"):
+            raise UserError(f"temperature must be finite and >= 0 (0: greedy), got "
+                            f"{self.temperature}")
         if self.choice_schedule not in ("maskgit", "amused"):
             raise UserError(f"choice_schedule must be maskgit or amused, got {self.choice_schedule!r}")
         if self.top_k < 0:
             raise UserError(f"top_k must be >= 0, got {self.top_k}")
-        if self.choice_temperature < 0:
-            raise UserError(f"choice_temperature must be >= 0, got {self.choice_temperature}")
+        if not 0 <= self.choice_temperature < float("inf"):
+            raise UserError(f"choice_temperature must be finite and >= 0, got "
+                            f"{self.choice_temperature}")
 
 
 def guidance_scale(options: SamplingOptions, step) -> jax.Array:

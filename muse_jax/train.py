@@ -4,7 +4,8 @@
   python -m muse_jax.train --config=configs/vqgan_256.py --dry_run --num_devices=8
 
 Everything a run writes lives under --workdir; running the same command again resumes from
-the latest checkpoint. SIGTERM saves a checkpoint and exits with status 143 (see training.py).
+the latest checkpoint. SIGTERM saves a checkpoint and exits with status 143, Ctrl-C with 130
+(see training.py); a second run on the same workdir is refused (muse_jax/workdir_lock.py).
 """
 from __future__ import annotations
 

@@ -6,11 +6,16 @@ TensorBoard events, metrics.jsonl, config.json and the latest image summaries. R
 same command again resumes from the latest checkpoint.
 
 Faults: SIGTERM (the preemption notice of TPU VMs) saves a checkpoint after the step in
-progress and exits with status 143 (errors.EXIT_PREEMPTED); rerunning resumes at that step. A
-step whose loss or gradients are not finite leaves the state unchanged (`skip_nonfinite`);
-skips are logged and counted (`nonfinite_skipped` in metrics.jsonl), and after
-`train.max_consecutive_nonfinite` in a row the run stops with an error. Checkpoint failures
-(disk full, unreadable checkpoints) are handled in muse_jax/checkpoint.py.
+progress and exits with status 143 (errors.EXIT_PREEMPTED); Ctrl-C (SIGINT) does the same and
+exits with 130; rerunning resumes at that step. A step whose loss, gradients or new state are
+not finite leaves the state unchanged (`skip_nonfinite`); skips are logged and counted
+(`nonfinite_skipped` in metrics.jsonl), no checkpoint is saved while the latest updates were
+skipped (so keep-N never rotates away the last good one), and after
+`train.max_consecutive_nonfinite` in a row the run stops with an error. The final checkpoint
+is saved before the final evaluation, so an evaluation error loses no step. Checkpoint
+failures (disk full, unreadable or corrupt checkpoints) are handled in muse_jax/checkpoint.py;
+the workdir lock in muse_jax/workdir_lock.py; the config check against the workdir's
+config.json in muse_jax/runs.py.
 """
 from __future__ import annotations
 
@@ -50,9 +55,12 @@ def skip_nonfinite(train_step):
     """`train_step` that leaves the state as it was, but for its step, when the update is bad.
 
     Bad means a non-finite "loss", "*_loss" or "*grad_norm" metric (one NaN or inf in any
-    gradient makes its norm non-finite): applying such an update would poison every later
-    step. The step counter still advances, so the data and the schedules move on. The
-    metrics gain "nonfinite" (1.0 for a skipped step). Runs inside the compiled step.
+    gradient makes its norm non-finite), or a NaN or inf anywhere in the new state: finite
+    gradients can still make a non-finite update (a NaN or inf learning rate, an overflowing
+    optimiser moment), and checking the parameters it produced catches every such update.
+    Applying a bad update would poison every later step. The step counter still advances, so
+    the data and the schedules move on. The metrics gain "nonfinite" (1.0 for a skipped
+    step). Runs inside the compiled step.
     """
     import jax
     import jax.numpy as jnp
@@ -61,6 +69,8 @@ def skip_nonfinite(train_step):
         new_state, metrics = train_step(state, batch, rng, frozen)
         checked = [jnp.all(jnp.isfinite(v)) for k, v in metrics.items()
                    if k == "loss" or k.endswith(("_loss", "grad_norm"))]
+        checked += [jnp.all(jnp.isfinite(leaf)) for leaf in jax.tree.leaves(new_state)
+                    if jnp.issubdtype(leaf.dtype, jnp.inexact)]
         finite = jnp.all(jnp.stack(checked))
         kept = jax.tree.map(lambda new, old: jnp.where(finite, new, old), new_state, state)
         return (kept.replace(step=new_state.step),
@@ -94,18 +104,40 @@ class NonfiniteGuard:
             return
         self.skipped += 1
         self.in_a_row += 1
-        logging.warning("step %d: loss or gradients not finite, update skipped (%d in a row, "
-                        "%d in all)", step, self.in_a_row, self.skipped)
+        if self.in_a_row > 3 and self.in_a_row & (self.in_a_row - 1):
+            return self._check_limit(step)  # a long streak logs at 1, 2, 3, 4, 8, 16, ...
+        logging.warning("step %d: loss, gradients or parameters not finite, update skipped (%d "
+                        "in a row, %d in all)", step, self.in_a_row, self.skipped)
+        self._check_limit(step)
+
+    def _check_limit(self, step: int) -> None:
         if self.in_a_row >= self.limit:
+            latest = self._latest_checkpoint()
+            kept = (f"the latest checkpoint, step {latest}, holds the state from before them"
+                    if latest is not None else "no checkpoint was saved")
             raise UserError(
                 f"steps {step - self.in_a_row + 1}-{step}: {self.in_a_row} updates in a row had a "
-                f"non-finite loss or gradients (train.max_consecutive_nonfinite={self.limit}); "
-                f"stopped, the checkpoints are kept (latest: step {self._latest_checkpoint()}); "
-                f"lower optim.lr or check the data")
+                f"non-finite loss, gradients or parameters (train.max_consecutive_nonfinite="
+                f"{self.limit}); stopped, {kept}; lower optim.lr or check the data")
+
+
+def save_checkpoint(ckpt, guard: NonfiniteGuard, step: int, state, data_iterator,
+                    force: bool = False) -> bool:
+    """Saves when due (or `force`d), except right after skipped updates: their state is the
+    last good one under a later step, and saving it would rotate away the checkpoints from
+    before the fault (the ones to go back to) while it lasts. True if a save started."""
+    if not (force or ckpt.due(step)):
+        return False
+    guard.settle()  # this step's flag: one wait on the device per checkpoint
+    if guard.in_a_row:
+        logging.warning("step %d: not checkpointed, the last %d update(s) were skipped",
+                        step, guard.in_a_row)
+        return False
+    return ckpt.save(step, state, data_iterator, force=True)
 
 
 class PreemptionNotice:
-    """Turns SIGTERM into a flag that the loop checks after each step.
+    """Turns SIGTERM and SIGINT (Ctrl-C) into a flag that the loop checks after each step.
 
     Single-process runs only: in a multi-process run JAX's preemption service owns SIGTERM and
     the processes agree on a step to stop at (`Checkpointer.reached_preemption`). Once the run
@@ -117,18 +149,30 @@ class PreemptionNotice:
         import jax
 
         self.received = False
-        self._previous = None
+        self.status = errors.EXIT_PREEMPTED  # 128 + the signal that came first
+        self._previous = {}
         if jax.process_count() == 1 and threading.current_thread() is threading.main_thread():
-            self._previous = signal.signal(signal.SIGTERM, self._handle)
+            for signum in (signal.SIGTERM, signal.SIGINT):
+                self._previous[signum] = signal.signal(signum, self._handle)
 
     def _handle(self, signum, frame):
-        del signum, frame
+        del frame
+        if not self.received:
+            self.status = 128 + signum
         self.received = True
 
+    def stop(self, step: int, latest: int | None, directory: str) -> errors.Preempted:
+        """The exception that ends the run at `step`, saying where it can resume from."""
+        where = (f"its checkpoint is in {directory}" if latest == step else
+                 f"the latest checkpoint is step {latest} in {directory} (the updates since were "
+                 f"skipped as non-finite)")
+        return errors.Preempted(f"stopped at step {step}, {where}; run the same command to "
+                                f"resume", status=self.status)
+
     def uninstall(self) -> None:
-        if self._previous is not None:
-            signal.signal(signal.SIGTERM, self._previous)
-            self._previous = None
+        for signum, previous in self._previous.items():
+            signal.signal(signum, previous)
+        self._previous = {}
 
 
 def _absolute(workdir: str) -> str:
@@ -157,25 +201,39 @@ class ProgressBar:
 def train_and_evaluate(config, workdir: str, progress_bar: bool = False) -> dict:
     """Runs (or resumes) training to `config.train.num_steps`; returns the last eval metrics.
 
-    `progress_bar`: also draw a tqdm bar of the steps on stderr (process 0 only)."""
+    The config is checked (values, then against what the workdir holds) and the workdir
+    locked against a second run before anything is written. `progress_bar`: also draw a
+    tqdm bar of the steps on stderr (process 0 only)."""
     import jax
-    from clu import periodic_actions
-    from etils import epath
 
-    from muse_jax import checkpoint, metrics, parallel, runs, tasks
     from muse_jax import config as config_lib
-    from muse_jax.data import pipeline
+    from muse_jax import runs, tasks
+    from muse_jax.workdir_lock import WorkdirLock
 
     config_lib.validate(config)
     task = tasks.create(config)
     task.check_config()
     prepare_workdir(workdir)
-    if jax.process_index() == 0:
-        runs.save_config(workdir, config)
+    lock = WorkdirLock(workdir).acquire() if jax.process_index() == 0 else None
+    try:
+        runs.check_workdir_config(workdir, config)
+        if jax.process_index() == 0:
+            runs.save_config(workdir, config)
+        return _train(config, workdir, task, progress_bar)
+    finally:
+        if lock:
+            lock.release()
+
+
+def _train(config, workdir: str, task, progress_bar: bool) -> dict:
+    import jax
+    from clu import periodic_actions
+    from etils import epath
+
+    from muse_jax import checkpoint, metrics, parallel
+    from muse_jax.data import pipeline
+
     t = config.train
-    if t.max_consecutive_nonfinite < 1:
-        raise config_lib.ConfigError(f"train.max_consecutive_nonfinite must be >= 1, got "
-                                     f"{t.max_consecutive_nonfinite}")
 
     # ------------------------------------------------------------------ mesh
     mesh = parallel.create_mesh(config.mesh)
@@ -269,16 +327,16 @@ def train_and_evaluate(config, workdir: str, progress_bar: bool = False) -> dict
                     bar(done, scalars)
             elif bar:
                 bar(done)
+            saved = save_checkpoint(ckpt, guard, done, state, train_iter,
+                                    force=done == t.num_steps)
             if done % t.eval_every == 0 or done == t.num_steps:
                 last_eval = evaluate(done)
-            saved = ckpt.save(done, state, train_iter, force=done == t.num_steps)
             if done < t.num_steps and (notice.received or ckpt.reached_preemption(done)):
                 if not saved:
-                    ckpt.save(done, state, train_iter, force=True)
+                    save_checkpoint(ckpt, guard, done, state, train_iter, force=True)
                 ckpt.close()  # returns once the checkpoint is complete
                 preempted = True
-                raise errors.Preempted(f"stopped at step {done}, its checkpoint is in "
-                                       f"{ckpt.directory}; run the same command to resume")
+                raise notice.stop(done, ckpt.latest_step(), ckpt.directory)
         guard.settle()
         if start_step >= t.num_steps:
             last_eval = evaluate(start_step)

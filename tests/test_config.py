@@ -60,11 +60,21 @@ def test_flag_error_names_override():
     argv = ["train", "--config=configs/vqgan_shapes.py", "--config.model.bogus=1"]
     assert errors.flag_error(argv, AttributeError("'bogus'")) == (
         "unknown config key config.model.bogus (--config.model.bogus)")
+    # What ml_collections raises for a near miss: the hint kept, no repr'd newline.
+    argv = ["train", "--config=configs/vqgan_shapes.py", "--config.optim.lrr=1"]
+    error = AttributeError(KeyError('\'lrr\'\nDid you mean "lr" instead of "lrr"?'))
+    assert errors.flag_error(argv, error) == (
+        'unknown config key config.optim.lrr (--config.optim.lrr); Did you mean "lr" instead '
+        'of "lrr"?')
 
 
 BAD_INPUTS = {
     "unknown key": (["--config=configs/vqgan_shapes.py:tiny", "--config.model.bogus=1"],
                     "unknown config key config.model.bogus"),
+    "near-miss key": (["--config=configs/vqgan_shapes.py:tiny", "--config.optim.lrr=1"],
+                      'unknown config key config.optim.lrr (--config.optim.lrr); Did you mean'),
+    "NaN learning rate": (["--config=configs/vqgan_shapes.py:tiny", "--config.optim.lr=nan"],
+                          "config key optim.lr must be finite and >= 0, got nan"),
     "wrong type": (["--config=configs/vqgan_shapes.py:tiny", "--config.optim.lr=fast"],
                    "--config.optim.lr=fast"),
     "missing config file": (["--config=configs/nope.py"], "config file configs/nope.py not found"),

@@ -149,3 +149,55 @@ def test_cli_reports_and_rejects_bad_input(tmp_path):
                         f"--out={tmp_path / 'o2'}")
     assert result.returncode == 2
     assert result.stderr.strip().splitlines()[-1] == f"error: --input={tmp_path / 'missing'} does not exist"
+
+
+def test_out_holding_another_tools_files_is_refused_and_left_as_it_was(tmp_path):
+    for i in range(2):
+        Image.fromarray(photo(20, 20, i)).save(tmp_path / f"{i}.png")
+    foreign = tmp_path / "embeddings"  # as text/precompute.py leaves it: no convert.json
+    foreign.mkdir()
+    (foreign / "metadata.json").write_text('{"format": "caption embeddings"}')
+    (foreign / "emb-00000-of-00001.array_record").write_bytes(b"embeddings")
+    with pytest.raises(UserError, match=r"--out .*embeddings is not empty and holds no "
+                                        r"conversion \(emb-00000-of-00001.array_record, "
+                                        r"metadata.json\); .*--overwrite"):
+        convert.convert(str(tmp_path), str(foreign), num_workers=0, progress=False)
+    assert (foreign / "metadata.json").read_text() == '{"format": "caption embeddings"}'
+    assert sorted(p.name for p in foreign.iterdir()) == ["emb-00000-of-00001.array_record",
+                                                         "metadata.json"]
+    # An empty directory is fine; so is --overwrite on the foreign one.
+    (tmp_path / "empty").mkdir()
+    assert convert.convert(str(tmp_path), str(tmp_path / "empty"), num_workers=0,
+                           progress=False)["written"] == 2
+    assert convert.convert(str(tmp_path), str(foreign), num_workers=0, overwrite=True,
+                           progress=False)["written"] == 2
+    assert json.loads((foreign / "metadata.json").read_text())["written"] == 2
+
+
+def test_tar_member_over_the_limit_is_skipped_unread_and_a_huge_caption_is_one_line(
+        tmp_path, monkeypatch):
+    from muse_jax.data import inputs
+
+    monkeypatch.setattr(inputs, "MAX_TAR_MEMBER_BYTES", 4000)  # 3 GiB members, scaled down
+    small, big = encode(photo(20, 20, 0), "PNG"), encode(photo(64, 64, 1), "BMP")
+    assert len(small) < 4000 < len(big)
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        for name, data in (("a.png", small), ("a.txt", b"small"), ("b.bmp", big),
+                           ("b.txt", b"big")):
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    (tmp_path / "shards").mkdir()
+    (tmp_path / "shards" / "00000.tar").write_bytes(buf.getvalue())
+    report = convert.convert(str(tmp_path / "shards"), str(tmp_path / "out"), num_workers=0,
+                             progress=False)
+    assert report["written"] == 1 and report["skipped"] == {inputs.TOO_LARGE: 1}
+    assert set(_records(tmp_path / "out")) == {"00000.tar:a"}
+
+    Image.fromarray(photo(20, 20, 2)).save(tmp_path / "c.png")
+    (tmp_path / "t.tsv").write_text(f"image\tcaption\nc.png\tshort\nc.png\t{'x' * 140_000}\n")
+    with pytest.raises(UserError, match=r"t.tsv, line 3: field larger than field limit "
+                                        r"\(131072\) \(a caption or path over 131,072"):
+        convert.convert(str(tmp_path / "t.tsv"), str(tmp_path / "out2"), num_workers=0,
+                        progress=False)

@@ -73,3 +73,30 @@ def test_bad_images_and_masks_fail_in_one_line(case, tmp_path):
         load(path, 8)
     assert message.format(d=tmp_path) in str(error.value)
     assert "\n" not in str(error.value)
+
+
+def _png_header_only(path, width, height):
+    """A PNG whose header claims `width`x`height` and holds (almost) no pixels: opening it
+    must not decode (or allocate) what the header promises."""
+    import struct
+    import zlib
+
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(
+            ">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(
+        ">IIBBBBB", width, height, 8, 2, 0, 0, 0)) + chunk(b"IDAT", zlib.compress(b"\0" * 16))
+        + chunk(b"IEND", b""))
+
+
+def test_a_huge_image_fails_from_its_header_before_any_decoding(tmp_path):
+    _png_header_only(tmp_path / "huge.png", 20000, 20000)
+    with pytest.raises(images.ImageError, match=r"image .*huge.png is too large to open: "
+                                                 r"Image size \(400000000 pixels\) exceeds"):
+        images.load_image(str(tmp_path / "huge.png"), 64)
+    _png_header_only(tmp_path / "big.png", 10000, 10000)  # under PIL's bomb limit
+    with pytest.warns(Image.DecompressionBombWarning):
+        with pytest.raises(images.ImageError, match=r"big.png is 10000x10000; this model works "
+                                                     r"at 64x64"):
+            images.load_mask(str(tmp_path / "big.png"), 64)

@@ -36,13 +36,16 @@ LAYERS = {
     "muse_jax.errors": FOUNDATION,
     "muse_jax.config": FOUNDATION,
     "muse_jax.images": FOUNDATION,
+    "muse_jax.grid_png": FOUNDATION,
     "muse_jax.parallel": FOUNDATION,
     "muse_jax.masking": FOUNDATION,
     "muse_jax.sampling": FOUNDATION,
     "muse_jax.checkpoint": FOUNDATION,
+    "muse_jax.checksums": FOUNDATION,
     "muse_jax.metrics": FOUNDATION,
     "muse_jax.optimizers": FOUNDATION,
     "muse_jax.runs": FOUNDATION,  # opening a run's directory: config.json + checkpoint only
+    "muse_jax.workdir_lock": FOUNDATION,  # one training run a workdir (fcntl.flock)
     "muse_jax.models": MODELS,
     "muse_jax.data": DATA,
     "muse_jax.text": TEXT,

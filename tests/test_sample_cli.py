@@ -78,7 +78,8 @@ def test_evaluate_cli_prints_oracle_scores(base_dir):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("case", ["mask size", "empty prompts file", "zero steps", "no checkpoint"])
+@pytest.mark.parametrize("case", ["mask size", "empty prompts file", "zero steps", "no checkpoint",
+                                  "non-UTF-8 prompts file"])
 def test_bad_input_is_one_line(case, base_dir, tmp_path):
     args = [f"--workdir={base_dir}", "--prompt=a red circle at the center", f"--out={tmp_path}/x.png"]
     if case == "mask size":
@@ -90,6 +91,10 @@ def test_bad_input_is_one_line(case, base_dir, tmp_path):
         (tmp_path / "p.txt").write_text("\n\n")
         args = [f"--workdir={base_dir}", f"--prompts_file={tmp_path}/p.txt"]
         message = "holds no prompts"
+    elif case == "non-UTF-8 prompts file":
+        (tmp_path / "p.txt").write_bytes(b"a red circle\n\xff\xfe at the top\n")
+        args = [f"--workdir={base_dir}", f"--prompts_file={tmp_path}/p.txt", f"--out={tmp_path}/x.png"]
+        message = "p.txt is not UTF-8 text (line 2, byte 1: invalid start byte)"
     elif case == "zero steps":
         args.append("--steps=0")
         message = "steps must be >= 1"
@@ -210,3 +215,72 @@ def test_a_run_in_a_gcs_bucket_samples_by_its_gs_url(base_dir, tmp_path, monkeyp
                                   sample_tokens(pipe, prompt, options, seed=4))
     with pytest.raises(Exception, match="gs://bucket/runs/nothing"):
         inference.load("gs://bucket/runs/nothing")
+
+
+# ---------------------------------------------------------------------------- big jobs, bad --out
+def test_out_that_cannot_be_written_fails_before_anything_loads(tmp_path):
+    from muse_jax import sample
+    from muse_jax.errors import UserError
+
+    (tmp_path / "dir.png").mkdir()
+    (tmp_path / "file").write_text("")
+    for out, message in [(tmp_path / "x.json", "must name a .png file"),
+                         (tmp_path / "x.jpg", "must name a .png file"),
+                         (tmp_path / "dir.png", "dir.png is a directory"),
+                         (tmp_path / "file" / "x.png", "file is a file, not a directory")]:
+        with pytest.raises(UserError, match=message):
+            sample._check_out(str(out))
+    assert sample._check_out(str(tmp_path / "new" / "x.png")) == str(tmp_path / "new" / "x.json")
+    # Through the CLI the --out check comes first: the missing run is never looked at.
+    result = run_module("muse_jax.sample", f"--workdir={tmp_path / 'no_run'}", "--prompt=a",
+                        f"--out={tmp_path / 'x.json'}", env=ONE_DEVICE)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1].startswith("error: --out must name a .png")
+
+
+@pytest.mark.slow
+def test_sampling_batch_by_batch_writes_the_grid_a_single_call_makes(base_dir, pipe, tmp_path):
+    from muse_jax import metrics
+
+    rows = [p for p in ["a red circle at the center", "a blue square at the top left",
+                        "a green triangle at the bottom"] for _ in range(2)]
+    (tmp_path / "three.txt").write_text("\n".join(rows[::2]) + "\n")
+    out = tmp_path / "three.png"
+    result = run_module("muse_jax.sample", f"--workdir={base_dir}",
+                        f"--prompts_file={tmp_path / 'three.txt'}", "--num_images=2",
+                        "--batch_size=4", "--steps=2", f"--out={out}", env=ONE_DEVICE,
+                        check=True)
+    assert "sampling: 100%" in result.stderr and "6/6" in result.stderr  # progress, in images
+    assert json.loads(out.with_suffix(".json").read_text())["num_prompts"] == 3
+    tokens = sample_tokens(pipe, rows, sampling.SamplingOptions(steps=2), seed=0, batch_size=4)
+    images = np.concatenate([pipe.decode(tokens[:4]), pipe.decode(tokens[4:])])
+    # The same tokens; decoding on one device or eight may round a pixel differently.
+    np.testing.assert_allclose(np.asarray(Image.open(out)), metrics.image_grid(
+        *images.reshape(3, 2, 64, 64, 3), columns=2), atol=1)
+
+
+@pytest.mark.slow
+def test_a_long_prompt_list_samples_in_memory_bounded_by_the_batch(pipe, tmp_path):
+    """16x the prompts, the same peak of host memory (numpy's allocations, which tracemalloc
+    sees): the images never accumulate, whatever the number of prompts."""
+    import tracemalloc
+
+    from muse_jax import inference
+    options = sampling.SamplingOptions(steps=1)
+
+    def images_of(part, first_row):
+        return pipe.decode(sample_tokens(pipe, part, options, seed=0, batch_size=len(part),
+                                         first_row=first_row))
+
+    peaks = {}
+    for n in (64, 1024):
+        images_of(["warm up"] * 32, 0)  # compiled before measuring
+        tracemalloc.start()
+        inference.sample_to_grid(str(tmp_path / f"{n}.png"), (f"prompt {i}" for i in range(n)),
+                                 n, 1, 64, images_of, batch_size=32)
+        peaks[n] = tracemalloc.get_traced_memory()[1] / 2**20
+        tracemalloc.stop()
+        assert Image.open(tmp_path / f"{n}.png").size == (64, n * 64)
+    print("sampling peak traced MiB:", peaks)
+    # Held whole, 960 more images would be >= 960 x 48 KiB (float32) = 45 MiB more.
+    assert peaks[1024] - peaks[64] < 4, peaks

@@ -73,10 +73,15 @@ def test_guidance_schedules_rise_to_the_scale():
         assert values == sorted(values) and values[-1] == pytest.approx(3.0) and values[0] < 1.0
 
 
-@pytest.mark.parametrize("field,value,message", [("steps", 0, "steps must be >= 1"),
-                                                 ("temperature", -0.5, r"temperature must be >= 0 \(0: greedy\)"),
-                                                 ("choice_schedule", "linear", "choice_schedule must be"),
-                                                 ("guidance_schedule", "up", "guidance_schedule")])
+@pytest.mark.parametrize("field,value,message", [
+    ("steps", 0, "steps must be >= 1"),
+    ("temperature", -0.5, r"temperature must be finite and >= 0 \(0: greedy\), got -0.5"),
+    ("temperature", float("nan"), r"temperature must be finite and >= 0 \(0: greedy\), got nan"),
+    ("guidance", float("nan"), "guidance must be finite and >= 0, got nan"),
+    ("guidance", float("inf"), "guidance must be finite and >= 0, got inf"),
+    ("choice_temperature", float("nan"), "choice_temperature must be finite and >= 0"),
+    ("choice_schedule", "linear", "choice_schedule must be"),
+    ("guidance_schedule", "up", "guidance_schedule")])
 def test_bad_options(field, value, message):
     with pytest.raises(UserError, match=message):
         sampling.SamplingOptions(**{field: value}).check()

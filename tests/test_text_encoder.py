@@ -126,3 +126,21 @@ def test_t5_needs_a_path():
     t5_without_path.encoder = "t5"
     with pytest.raises(ConfigError, match="local T5 checkpoint directory"):
         create_encoder(t5_without_path)
+
+
+class _NotATensor:  # a global that torch.load(weights_only=True) refuses to unpickle
+    pass
+
+
+def test_a_pickle_that_torch_refuses_is_one_line_naming_the_file(tmp_path):
+    import torch
+
+    from muse_jax.text.hf_import import Weights
+
+    torch.save({"w": torch.zeros(2), "extra": _NotATensor()}, tmp_path / "pytorch_model.bin")
+    with pytest.raises(CheckpointError) as e:
+        Weights(tmp_path)
+    msg = str(e.value)
+    assert "\n" not in msg and msg.startswith(f"cannot read {tmp_path / 'pytorch_model.bin'}: "
+                                              f"UnpicklingError: "), msg
+    assert "weights_only" in msg

@@ -18,7 +18,8 @@ so one conversion serves any setting of it.
 Shards are converted in parallel by --num_workers processes, each written under a temporary
 name and renamed when complete, with its counts in .convert/<shard>.json. A rerun with the
 same settings skips shards already complete (and redoes any whose input changed); metadata.json
-is written last. The final report says how many images were written, repaired and skipped,
+is written last. --out must be empty, new, or an earlier conversion's (it has convert.json):
+a directory of anything else is refused unless --overwrite. The final report says how many images were written, repaired and skipped,
 and why. Caption embeddings: `python -m muse_jax.text.precompute` with data.source=array_record
 and data.path=DIR (they follow each record's first caption).
 """
@@ -129,6 +130,20 @@ def _done(out: Path, name: str, fingerprint: str) -> dict | None:
     return counts if counts.get("fingerprint") == fingerprint else None
 
 
+def _check_out(out: Path, overwrite: bool) -> None:
+    """Refuses, before the input is listed, an --out that is not this converter's to write."""
+    previous = out / SETTINGS
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out} is a file, not a directory")
+    if not overwrite and not previous.is_file() and out.is_dir() and any(out.iterdir()):
+        # Not written by a conversion (no convert.json): another tool's data, e.g. caption
+        # embeddings, whose metadata.json this would replace.
+        found = sorted(p.name for p in out.iterdir())
+        raise UserError(f"--out {out} is not empty and holds no conversion ({', '.join(found[:3])}"
+                        f"{', ...' if len(found) > 3 else ''}); choose an empty or new "
+                        f"directory, or pass --overwrite")
+
+
 def _prepare(out: Path, settings: dict, overwrite: bool) -> None:
     previous = out / SETTINGS
     if previous.is_file() and json.loads(previous.read_text()) != settings and not overwrite:
@@ -150,6 +165,7 @@ def convert(input_path: str, out: str, fmt: str = "auto", shard_size: int = 5000
     """Converts `input_path` into shards in `out`; returns the report (also in metadata.json)."""
     from tqdm import tqdm
 
+    _check_out(Path(out), overwrite)
     fmt, tasks, listing_skips = inputs.list_tasks(input_path, fmt, shard_size, image_column,
                                                   caption_column)
     out_dir = Path(out)

@@ -29,6 +29,10 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".ti
 IMAGE_COLUMNS = ("image", "image_path", "img", "path", "filepath", "file", "filename", "file_name")
 CAPTION_COLUMNS = ("caption", "captions", "text", "title", "alt", "description", "prompt")
 FORMATS = ("auto", "folder", "csv", "tsv", "jsonl", "webdataset")
+# A tar member larger than this is skipped unread (counted): no image a decoder accepts
+# (decode.MAX_PIXELS) needs more, and reading one whole would hold gigabytes in memory.
+MAX_TAR_MEMBER_BYTES = 256 << 20
+TOO_LARGE = f"tar member over {MAX_TAR_MEMBER_BYTES >> 20} MiB (not read)"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -130,7 +134,13 @@ def _column(header: list[str], flag: str, names: tuple[str, ...], what: str, pat
 def _table_items(path: Path, delimiter: str, image_column: str, caption_column: str,
                  skipped: dict) -> list[tuple]:
     with open(path, newline="", encoding="utf-8", errors="surrogateescape") as f:
-        rows = [r for r in csv.reader(f, delimiter=delimiter) if r]
+        reader = csv.reader(f, delimiter=delimiter)
+        try:
+            rows = [r for r in reader if r]
+        except csv.Error as e:  # a field over csv.field_size_limit(): the read stays bounded
+            raise UserError(f"{path}, line {reader.line_num}: {e} (a caption or path over "
+                            f"{csv.field_size_limit():,} characters); shorten or drop that "
+                            f"row") from None
     if not rows:
         return []
     if {h.strip().lower() for h in rows[0]} & set(IMAGE_COLUMNS + CAPTION_COLUMNS):
@@ -208,6 +218,8 @@ def _read_tar(path: str):
             except (ValueError, AttributeError):
                 captions = []
         why = "" if image is not None else "no image in tar sample"
+        if "__too_large__" in group:
+            image, why = None, TOO_LARGE
         return f"{os.path.basename(path)}:{key}", image, captions, why
 
     try:
@@ -224,6 +236,9 @@ def _read_tar(path: str):
                     if current is not None:
                         yield emit(current, group)
                     current, group = key, {}
+                if member.size > MAX_TAR_MEMBER_BYTES:
+                    group["__too_large__"] = b""  # the stream skips its bytes unread
+                    continue
                 group[ext.lower()] = tar.extractfile(member).read()
     except (tarfile.TarError, OSError, EOFError):
         # The sample being read when the damage came is lost with it (one count).

@@ -143,7 +143,15 @@ class Weights:
                 raise CheckpointError(
                     f"{self.path / file} is a PyTorch pickle and torch is not installed; install "
                     "torch or convert the checkpoint to model.safetensors") from None
-            state = torch.load(self.path / file, map_location="cpu", weights_only=True, mmap=True)
+            try:
+                state = torch.load(self.path / file, map_location="cpu", weights_only=True,
+                                   mmap=True)
+            except Exception as e:  # noqa: BLE001  a refused pickle (UnpicklingError), a corrupt zip, ...
+                cause = next((line.strip() for line in str(e).splitlines() if line.strip()),
+                             type(e).__name__)
+                raise CheckpointError(f"cannot read {self.path / file}: {type(e).__name__}: "
+                                      f"{cause[:300]} (only plain tensors are loaded: "
+                                      f"weights_only)") from None
             self._torch_file = (file, state)
         return self._torch_file[1]
 
