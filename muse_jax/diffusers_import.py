@@ -29,7 +29,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from muse_jax import config as config_lib, runs
+from muse_jax import checkpoint, config as config_lib, runs
 from muse_jax.errors import CheckpointError
 from muse_jax.models import uvit, vq_diffusers
 from muse_jax.text import clip as clip_text, hf_import
@@ -84,15 +84,9 @@ def _getter(path: Path, candidates):
 
 
 def _save(workdir: Path, config, state: dict) -> None:
-    import orbax.checkpoint as ocp
-
     workdir.mkdir(parents=True, exist_ok=True)
     runs.save_config(str(workdir), config)
-    manager = ocp.CheckpointManager(str((workdir / "checkpoints").absolute()),
-                                    options=ocp.CheckpointManagerOptions(create=True))
-    manager.save(0, args=ocp.args.Composite(state=ocp.args.StandardSave(state)))
-    manager.wait_until_finished()
-    manager.close()
+    checkpoint.save_state(str(workdir / "checkpoints"), 0, state)
 
 
 def vq_run_config(hf: dict, vq: vq_diffusers.VQModelConfig, image_size: int):
