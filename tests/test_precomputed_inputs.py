@@ -79,7 +79,7 @@ def test_precomputed_step_matches_the_frozen_models(tokenizer_dir, dirs):
     assert models.text_encoder is None and models.tokenizer is None  # neither loaded nor run
     assert set(train_batch) == {"tokens", "text_emb", "text_mask"}
     assert train_batch["tokens"].shape == (8, 16, 16) and train_batch["tokens"].dtype == np.uint16
-    assert train_batch["text_emb"].shape == (8, 32, 384)
+    assert train_batch["text_emb"].shape == (8, 40, 384)  # base_shapes text.max_length
     _, got = jax.jit(steps.train_step)(state, train_batch, rng, steps.frozen)
     for key in ("loss", "accuracy", "grad_norm"):
         np.testing.assert_allclose(got[key], expected[key], rtol=1e-5, err_msg=key)
@@ -124,7 +124,7 @@ def test_mismatched_directories_give_one_line_errors(tokenizer_dir, dirs, tmp_pa
            lambda: tasks.create(_base(tokenizer_dir, {"data.train_tokens": eval_tokens})).check_config())
     raises(ConfigError, "holds 384-wide embeddings, model.text_dim is 512",
            lambda: load(**{"model.text_dim": 512}))
-    raises(ConfigError, "holds embeddings of 32 tokens, text.max_length is 16",
+    raises(ConfigError, "holds embeddings of 40 tokens, text.max_length is 16",
            lambda: load(**{"text.max_length": 16}))
     raises(ConfigError, "holds 16x16 token grids, model.grid_size is 8",
            lambda: load(**{"model.grid_size": 8}))
