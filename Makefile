@@ -27,9 +27,10 @@ $(STAMP): setup.py Makefile
 install: $(STAMP)
 
 # The whole suite, slow tests included (they are marked `slow`, never skipped).
-# Two workers: most tests are single-threaded compiles, so 2 cores run two at once.
+# Two workers: most tests are single-threaded compiles, so 2 cores run two at once. Whole files
+# go to one worker (loadfile): a module's trained-run fixtures are then built once, not on both.
 test: $(STAMP)
-	$(BIN)/python -m pytest -q -n 2 --durations=25 tests
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile --durations=25 tests
 
 # Everything but the tests marked slow.
 test-fast: $(STAMP)

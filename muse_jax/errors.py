@@ -23,6 +23,8 @@ import sys
 
 from absl import app, flags
 
+from muse_jax import host_memory
+
 EXIT_USER_ERROR = 2
 EXIT_PREEMPTED = 143
 EXIT_INTERRUPTED = 130
@@ -144,5 +146,7 @@ def _quiet_libraries(main):
 
 def run(main) -> None:
     """`absl.app.run(main)` with bad flags and `UserError`s reported in one line, exit 2, and
-    library INFO logging kept out of the terminal (`OwnInfoOnly`)."""
+    library INFO logging kept out of the terminal (`OwnInfoOnly`), and glibc set to reuse the
+    memory of XLA's per-step buffers (`host_memory`), before anything starts JAX."""
+    host_memory.keep_freed_memory()
     app.run(_quiet_libraries(cli_main(main)), flags_parser=parse_flags)

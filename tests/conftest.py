@@ -1,23 +1,46 @@
-"""Test-wide setup: 8 simulated CPU devices (set before JAX is imported), no hub access."""
+"""Test-wide setup: 8 simulated CPU devices (set before JAX is imported), no hub access, and
+one persistent XLA compilation cache for the whole session."""
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
+# Compiling is most of the suite's time, and many tests compile the same tiny programs (the
+# shapes tokenizer and base model, in-process and in the CLIs they start). One cache for the
+# session, made by the controlling process before the xdist workers start (they and every
+# subprocess inherit the environment), halves a tiny run's time once it is warm. A size limit
+# turns on JAX's file lock, so that two workers never read a half-written entry.
+_SESSION_CACHE = None
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+    _SESSION_CACHE = tempfile.mkdtemp(prefix="muse_jax_tests_xla_cache_")
+    os.environ.update(JAX_COMPILATION_CACHE_DIR=_SESSION_CACHE,
+                      JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+                      JAX_COMPILATION_CACHE_MAX_SIZE=str(16 << 30))
+
 import pytest  # noqa: E402
 from torch_refs import stub_meta_registrations  # noqa: E402
 
+from muse_jax import host_memory  # noqa: E402
+
 stub_meta_registrations()  # before anything imports transformers' models: see torch_refs.py
+host_memory.keep_freed_memory()  # as the CLIs do (muse_jax.errors.run), before JAX starts
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "slow: takes more than ~20 s; part of `make test`")
+
+
+def pytest_unconfigure(config):
+    if _SESSION_CACHE is not None:  # the process that made it (the controller under xdist)
+        shutil.rmtree(_SESSION_CACHE, ignore_errors=True)
 
 
 def run_module(module: str, *args: str, env: dict | None = None, timeout: float = 600,

@@ -253,7 +253,9 @@ def test_lora_resume_after_a_kill_gives_the_uninterrupted_adapters(base_run, tok
         assert run.finish() == -signal.SIGKILL
         again = server.start(killed, args=[*args, f"--workdir={killed}"])
         assert again.finish() == 0, again.output()[-3000:]
-        assert resumed_from(again.output()) == 4
+        # Step 4's checkpoint is written asynchronously: on a loaded machine the kill at step 5
+        # can land before it commits, and the run resumes from step 2's. Never from scratch.
+        assert resumed_from(again.output()) in (2, 4)
     finally:
         server.close()
     a, b = (checkpoint.load_state(str(d / "checkpoints")) for d in (straight, killed))
