@@ -43,7 +43,10 @@ def test_a_bit_flip_in_the_latest_checkpoint_sets_it_aside(server, tmp_path):
     run = server.start(workdir, pause_at=8)
     run.wait_paused()
     out = run.output()
-    assert "checkpoint of step 7" in out and "checksum mismatch in " in out, out[-3000:]
+    # The flips land in array bytes (a checksum mismatch) or in TensorStore's own structures (a
+    # read error), depending on that grouping too; either way step 7 is unreadable. The checksum
+    # itself is pinned by test_a_flipped_checkpoint_fails_its_checksums_and_the_one_before_loads.
+    assert "checkpoint of step 7 in " in out and " is unreadable (" in out, out[-3000:]
     assert resumed_from(out) == 6
     os.kill(run.pid, signal.SIGKILL)
     run.finish()
