@@ -425,6 +425,15 @@ def breakdown(jax_run, jax_extra, d: Dims, rounds: int = 3) -> dict:
 def main(argv) -> None:
     del argv
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from muse_jax import host_memory
+
+    # As every muse_jax command does (muse_jax.errors.run), before JAX starts its threads; the
+    # peers run in this process under the same settings. MUSE_JAX_MALLOC=default: glibc's own.
+    malloc = "muse_jax.host_memory" if host_memory.keep_freed_memory() else "glibc default"
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                                    "tests"))
+    from torch_refs import stub_meta_registrations
+    stub_meta_registrations()  # diffusers imports transformers, which imports torchvision
     import jax
     import torch
 
@@ -435,7 +444,8 @@ def main(argv) -> None:
     print(f"base step: {d.as_dict()}, float32; {os.cpu_count()} CPU cores "
           f"({platform.processor() or platform.machine()}); jax {jax.__version__} on "
           f"{jax.devices()[0].platform}, torch {torch.__version__} with "
-          f"{torch.get_num_threads()} threads; load average {load_start}", flush=True)
+          f"{torch.get_num_threads()} threads; malloc: {malloc}; load average {load_start}",
+          flush=True)
 
     systems, params, info = {}, {}, {}
     t0 = time.perf_counter()

@@ -214,4 +214,8 @@ def main(argv) -> None:
 
 if __name__ == "__main__":
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                                    "tests"))
+    from torch_refs import stub_meta_registrations
+    stub_meta_registrations()  # diffusers imports transformers, which imports torchvision
     app.run(main)
