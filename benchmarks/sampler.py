@@ -218,4 +218,6 @@ if __name__ == "__main__":
                                     "tests"))
     from torch_refs import stub_meta_registrations
     stub_meta_registrations()  # diffusers imports transformers, which imports torchvision
+    from muse_jax import host_memory
+    host_memory.keep_freed_memory()  # as `python -m muse_jax.sample` does; both sides get it
     app.run(main)
