@@ -117,7 +117,6 @@ def parse_args(argv=None):
 # ------------------------------------------------------------------ imports
 def stub_missing(forced: list[str]) -> list[str]:
     """Stubs clu's writers and grain where they cannot be imported (or are `forced`)."""
-    sys.path.insert(0, HERE)
     from base_step import _StubModule  # noqa: PLC0415  (benchmarks/ is no package)
 
     stubbed = []

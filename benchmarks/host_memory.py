@@ -2,15 +2,15 @@
 muse_jax.host_memory's settings, in alternating child processes on this machine's CPU.
 
     .venv/bin/python benchmarks/host_memory.py                 # the demo's base step, 3 rounds
-    .venv/bin/python benchmarks/host_memory.py --rounds=2 --steps=10 --width=512 --depth=8 \
-        --heads=8 --mlp_dim=2048 --codebook=1024 --text_len=77 --text_dim=768 --batch=8
+    .venv/bin/python benchmarks/host_memory.py --rounds=2 --measured_steps=10 --width=512 \
+        --depth=8 --heads=8 --mlp_dim=2048 --codebook=1024 --text_len=77 --text_dim=768 --batch=8
 
 The step is benchmarks/base_step.py's muse_jax step (AdamW, no EMA, no dropout); the defaults
 here are configs/base_shapes.py:demo's sizes (width 128, 4 blocks of 4 heads, MLP 512, 16x16
 tokens from 256 codes, 40 MiniLM tokens of width 384, batch 32). Each child compiles the step,
-runs --warmup steps, then counts, over --steps steps: minor page faults, system and user CPU
-seconds (getrusage) and wall seconds. Rounds alternate the two settings; medians are printed,
-then the ratios default / muse_jax.
+runs --warmup steps, then counts, over --measured_steps steps: minor page faults, system and
+user CPU seconds (getrusage) and wall seconds. Rounds alternate the two settings; medians are
+printed, then the ratios default / muse_jax.
 """
 from __future__ import annotations
 

@@ -5,9 +5,10 @@ base step) from an XLA worker thread. glibc serves a request that large from a f
 since a worker thread's arena cannot hold it, and unmaps it on free: every step the kernel
 hands out and zeroes the same gigabyte again, page by page. Measured 2026-12-01 on the 2-core
 machine, 40 steps of `configs/base_shapes.py:demo` (`benchmarks/host_memory.py` reruns it):
-13.7 M minor page faults and 27 s of system time by default; 1.1 M and 8 s with the settings
-below, which serve every thread from the main heap, never by `mmap`, and keep freed memory
-for reuse instead of returning it to the kernel. The cost: the process keeps its peak heap.
+13.7 M minor page faults and 27 s of system time by default; 1.15 M and 4.8 s with the
+settings below, which serve every thread from the main heap, never by `mmap`, and keep
+freed memory for reuse instead of returning it to the kernel. The cost: the process keeps its
+peak heap.
 
 On a TPU or GPU host the step's buffers live on the accelerator; these settings then touch
 only host-side allocations (not measured there). `MUSE_JAX_MALLOC=default` leaves glibc as is.

@@ -14,8 +14,9 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 # Compiling is most of the suite's time, and many tests compile the same tiny programs (the
 # shapes tokenizer and base model, in-process and in the CLIs they start). One cache for the
 # session, made by the controlling process before the xdist workers start (they and every
-# subprocess inherit the environment), halves a tiny run's time once it is warm. A size limit
-# turns on JAX's file lock, so that two workers never read a half-written entry.
+# subprocess inherit the environment): a repeated tiny tokenizer-plus-base run took 61 s
+# instead of 258 s, though the suite as a whole gained little (few tests compile exactly the
+# same programs). A size limit turns on JAX's file lock: no worker reads a half-written entry.
 _SESSION_CACHE = None
 if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
     _SESSION_CACHE = tempfile.mkdtemp(prefix="muse_jax_tests_xla_cache_")

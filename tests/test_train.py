@@ -63,7 +63,6 @@ def test_prepare_workdir_rejects_a_file(tmp_path):
 def test_decoder_finetuning_freezes_encoder_and_starts_identical(tokenizer_dir, tmp_path):
     source = tokenizer_dir  # configs/vqgan_shapes.py:tiny, 2 steps (conftest.py); only read here
     config = config_lib.load_file(config_lib.CONFIG_DIR / "vqgan_shapes.py", "tiny")
-    config.train.num_steps = 2
     saved = checkpoint.load_state(str(source / "checkpoints"))
 
     ft = config_lib.load_file(config_lib.CONFIG_DIR / "vqgan_shapes.py", "tiny")
