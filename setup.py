@@ -37,9 +37,11 @@ EXTRAS_REQUIRE = {
     # torch==2.13.0 (CPU) is installed by the Makefile from the local wheel.
     # nbclient/nbformat/ipykernel run notebooks/muse_jax_colab.ipynb (tests/test_notebook.py).
     # diffusers (aMUSEd UVit2DModel / VQModel), lpips and pytorch-fid are the references that
-    # imported and reimplemented networks are checked against.
+    # imported and reimplemented networks are checked against; peft makes the aMUSEd LoRA
+    # files that tests/test_amused_lora.py imports (transformers 5.23 needs peft >= 0.20).
     "test": ["pytest==9.2.0", "pytest-xdist==3.8.0", "nbclient==0.11.0", "nbformat==5.11.1",
-             "ipykernel==7.4.0", "diffusers==0.42.1", "lpips==0.1.4", "pytorch-fid==0.3.0"],
+             "ipykernel==7.4.0", "diffusers==0.42.1", "lpips==0.1.4", "pytorch-fid==0.3.0",
+             "peft==0.21.2"],
     # benchmarks/: the PyTorch peers they compare against. muse-maskgit-pytorch (the
     # MaskGitTransformer of benchmarks/base_step.py) is not listed: its requirements pull
     # torchvision, whose PyPI wheels are CUDA builds pinned to another torch. Install it with

@@ -83,7 +83,8 @@ def _getter(path: Path, candidates):
     return lambda name: weights.get(name, np.float32)
 
 
-def _save(workdir: Path, config, state: dict) -> None:
+def save_run(workdir: Path, config, state: dict) -> None:
+    """Writes a run: `config` as its config.json, `state` as its step-0 checkpoint."""
     workdir.mkdir(parents=True, exist_ok=True)
     runs.save_config(str(workdir), config)
     checkpoint.save_state(str(workdir / "checkpoints"), 0, state)
@@ -141,18 +142,14 @@ def import_amused(src: str | os.PathLike, workdir: str | os.PathLike) -> Path:
     abstract = jax.eval_shape(lambda: vq_model.init(jax.random.key(0), images)["params"])
     vq_params = _checked(vq_diffusers.params_from_diffusers(
         _getter(src / "vqvae", hf_import.DIFFUSERS_FILES), vq), abstract, f"{src / 'vqvae'}")
-    _save(workdir / "tokenizer", vq_run_config(vq_hf, vq, image_size),
+    save_run(workdir / "tokenizer", vq_run_config(vq_hf, vq, image_size),
           {"step": np.zeros((), np.int32), "params": vq_params})
     del vq_params
 
-    model = uvit.UVit2D(net)
-    tokens = jnp.zeros((1, net.sample_size ** 2), jnp.int32)
-    packed = jnp.zeros((1, text.max_position_embeddings + 1, text.hidden_size), jnp.float32)
-    abstract = jax.eval_shape(lambda: model.init(jax.random.key(0), tokens, packed)["params"])
     params = _checked(uvit.params_from_diffusers(
-        _getter(src / "transformer", hf_import.DIFFUSERS_FILES), net), abstract,
-        f"{src / 'transformer'}")
+        _getter(src / "transformer", hf_import.DIFFUSERS_FILES), net),
+        uvit.params_shape(uvit.UVit2D(net)), f"{src / 'transformer'}")
     config = base_run_config(transformer_hf, net, src, str(workdir / "tokenizer"), image_size,
                              text, text.max_position_embeddings)
-    _save(workdir, config, {"step": np.zeros((), np.int32), "params": params, "ema_params": params})
+    save_run(workdir, config, {"step": np.zeros((), np.int32), "params": params, "ema_params": params})
     return workdir

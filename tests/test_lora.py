@@ -122,3 +122,34 @@ def test_rank_dropout_is_rescaled_and_off_at_zero():
     assert not np.allclose(dropped[0], clean)
     # Rescaled by 1 / (1 - p): on average the delta is the undropped one.
     np.testing.assert_allclose(np.mean(dropped, axis=0), clean, atol=0.15 * np.abs(clean).max())
+
+
+def test_uvit_targets_are_chosen_by_model_kind_and_select_its_attention():
+    import ml_collections
+
+    from muse_jax.config import ConfigError
+    from muse_jax.models import uvit
+    from muse_jax.tasks import finetune
+
+    net = uvit.UVitConfig(hidden_size=32, cond_embed_dim=32, micro_cond_encode_dim=8,
+                          micro_cond_embed_dim=40, encoder_hidden_size=32, vocab_size=40,
+                          codebook_size=32, in_channels=16, block_out_channels=24,
+                          num_res_blocks=2, block_num_heads=2, num_hidden_layers=3,
+                          num_attention_heads=4, intermediate_size=48, sample_size=4)
+    boxed = uvit.params_shape(uvit.UVit2D(net))
+    config = lambda kind: ml_collections.ConfigDict({"model": {"kind": kind}})  # noqa: E731
+    table = finetune.targets(config("uvit"))
+    assert table is lora.UVIT_TARGETS
+    assert finetune.targets(config("muse")) is lora.TRANSFORMER_TARGETS
+    chosen = lora.select(boxed, table, QKVO)
+    # 3 layers x (self + cross) + down and up blocks x 2 pairs x 2 cross-attentions, x q/k/v/out.
+    assert len(chosen) == (3 * 2 + 2 * 2 * 2) * 4
+    assert {p[-3] for p in chosen} == {"attn1", "attn2"}
+    assert {chosen[p] for p in chosen if p[-2] == "out"} == {2} and \
+        {chosen[p] for p in chosen if p[-2] != "out"} == {1}
+    mlp = lora.select(boxed, table, ("mlp_in", "mlp_out"))
+    assert sorted(p[-2] for p in mlp) == ["ff_in"] * 3 + ["ff_out"] * 3  # the layers' GEGLU only
+    adapters = lora.init(jax.random.key(0), boxed, table, QKVO, 2)
+    assert adapters["layers_0"]["attn1"]["out"]["lora_a"].names == ("heads", "kv", lora.RANK_AXIS)
+    with pytest.raises(ConfigError, match="model.kind 'diffusers' has no LoRA targets"):
+        finetune.targets(config("diffusers"))

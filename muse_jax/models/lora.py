@@ -4,9 +4,9 @@ An adapter is a pair (A [*in, r], B [r, *out]) beside a kernel W [*in, *out]; th
 model runs with W + (alpha / r) * A B, B zero at the start, so step 0 is the pretrained model
 exactly. Adapters are a parameter transformation, not a module: they are selected by the
 path of each kernel in the params tree, so the same code adapts the base and SR transformers
-here and any other linen model (the aMUSEd U-ViT, whose projections are plain Dense kernels,
-needs only its own `Targets` row) without touching the model's code. The params tree of the
-adapters mirrors the model's, with `{"lora_a", "lora_b"}` in place of each adapted kernel:
+here and any other linen model (the aMUSEd U-ViT has only its own table, `UVIT_TARGETS`)
+without touching the model's code. The params tree of the adapters mirrors the model's,
+with `{"lora_a", "lora_b"}` in place of each adapted kernel:
 
     adapters = init(rng, params, targets, rank)          # only these are trained
     weights = apply(params, adapters, scale(alpha, rank))  # what model.apply runs with
@@ -41,6 +41,21 @@ TRANSFORMER_TARGETS: Mapping[str, tuple[str, int]] = {
     "mlp_in": (r"(^|/)mlp_in/kernel$", 1),
     "mlp_out": (r"(^|/)mlp_out/kernel$", 1),
 }
+# aMUSEd's U-ViT (models/uvit.py), by the same names so one `finetune.lora.targets` default
+# fits both: `attn1`/`attn2` of the transformer layers (self- and cross-attention) and of the
+# down/up blocks' attention pairs (both cross-attention); the MLP is the layers' GEGLU
+# feed-forward. diffusers' names: to_q, to_k, to_v, to_out.0, ff.net.0.proj, ff.net.2.
+UVIT_TARGETS: Mapping[str, tuple[str, int]] = {
+    "query": (r"(^|/)attn[12]/query/kernel$", 1),
+    "key": (r"(^|/)attn[12]/key/kernel$", 1),
+    "value": (r"(^|/)attn[12]/value/kernel$", 1),
+    "out": (r"(^|/)attn[12]/out/kernel$", 2),
+    "mlp_in": (r"(^|/)ff_in/kernel$", 1),
+    "mlp_out": (r"(^|/)ff_out/kernel$", 1),
+}
+# `model.kind` -> its targets: the table a fine-tune of that model adapts by (tasks/finetune.py).
+MODEL_TARGETS: Mapping[str, Mapping[str, tuple[str, int]]] = {
+    "muse": TRANSFORMER_TARGETS, "uvit": UVIT_TARGETS}
 
 
 def scale(alpha: float, rank: int) -> float:

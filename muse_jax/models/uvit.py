@@ -277,6 +277,11 @@ class UVit2D(nn.Module):
     def mask_id(self) -> int:
         return self.config.vocab_size - 1 if self.mask_token_id is None else self.mask_token_id
 
+    @property
+    def grid(self) -> tuple[int, int]:
+        """The token grid (MaskedTransformer's field of that name: training reads it)."""
+        return self.config.grid
+
     def setup(self):
         c, dt = self.config, self.dtype
         eps, affine = c.layer_norm_eps, c.ln_elementwise_affine
@@ -338,6 +343,15 @@ class UVit2D(nn.Module):
 
     def __call__(self, tokens, text, text_mask=None, *, deterministic: bool = True):
         return self.logits(tokens, self.encode_context(text, text_mask), deterministic)
+
+
+def params_shape(model: UVit2D) -> dict:
+    """`model`'s params as (boxed) ShapeDtypeStructs: `init` traced on dummy inputs, never run
+    (no weights are made), for checking imported weights against the config's shapes."""
+    c = model.config
+    tokens = jnp.zeros((1, c.sample_size ** 2), jnp.int32)
+    packed = jnp.zeros((1, 2, c.encoder_hidden_size), jnp.float32)  # one state + the pooled
+    return jax.eval_shape(lambda: model.init(jax.random.key(0), tokens, packed)["params"])
 
 
 def params_from_diffusers(get: Callable[[str], np.ndarray], config: UVitConfig) -> dict:
@@ -408,6 +422,31 @@ def params_from_diffusers(get: Callable[[str], np.ndarray], config: UVitConfig) 
             "ff_in": linear(f"{t}.ff.net.0.proj"), "ff_out": linear(f"{t}.ff.net.2"),
         }
     return _prune(params)
+
+
+class _Name(str):
+    """A diffusers weight name standing in for its tensor: every reshape, transpose and index
+    `params_from_diffusers` applies returns it unchanged, so the tree it builds of these names
+    says which diffusers weight each parameter is (`diffusers_names`)."""
+    shape = (-1,)
+    T = property(lambda self: self)
+
+    def reshape(self, *args):
+        return self
+
+    transpose = reshape
+
+    def __getitem__(self, index):
+        return self
+
+
+def diffusers_names(config: UVitConfig) -> dict[tuple[str, ...], str]:
+    """{`UVit2D` params path: the diffusers state-dict name it is read from}, the mapping of
+    `params_from_diffusers` itself (so a LoRA file's module names find their kernels without a
+    second copy of it)."""
+    import flax
+
+    return flax.traverse_util.flatten_dict(params_from_diffusers(_Name, config))
 
 
 def _prune(tree: dict) -> dict:

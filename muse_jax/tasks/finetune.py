@@ -69,10 +69,23 @@ def check_config(c) -> None:
     # the key), not here: the dry run sizes a LoRA fine-tune before the base run exists.
     if not 0.0 <= f.lora.dropout < 1.0:
         raise ConfigError(f"finetune.lora.dropout must lie in [0, 1), got {f.lora.dropout}")
-    unknown = sorted(set(f.lora.targets) - set(lora.TRANSFORMER_TARGETS))
-    if f.lora.rank and (unknown or not f.lora.targets):
+    if not f.lora.rank:
+        return
+    known = targets(c)
+    unknown = sorted(set(f.lora.targets) - set(known))
+    if unknown or not f.lora.targets:
         raise ConfigError(f"finetune.lora.targets {tuple(f.lora.targets)}: each must be one of "
-                          f"{sorted(lora.TRANSFORMER_TARGETS)}")
+                          f"{sorted(known)}")
+
+
+def targets(config):
+    """The LoRA target table (models/lora.py) of `config`'s model, by `model.kind`: the
+    tables name parameter paths, which differ between models."""
+    kind = config.model.get("kind", "muse")
+    if kind not in lora.MODEL_TARGETS:
+        raise ConfigError(f"model.kind {kind!r} has no LoRA targets (finetune.lora.rank > 0 "
+                          f"needs one of {sorted(lora.MODEL_TARGETS)})")
+    return lora.MODEL_TARGETS[kind]
 
 
 def pretrained_weights(run: runs.Run, abstract=None):
@@ -183,10 +196,11 @@ class LoraWeights:
         self.init_from, self.stage = f.init_from, config.stage
         self.rank, self.targets, self.dropout = f.lora.rank, tuple(f.lora.targets), f.lora.dropout
         self.multiplier = lora.scale(f.lora.alpha, f.lora.rank)
+        self.table = targets(config)
 
     def trainable(self, rng, params):
         """Fresh adapters (B zero) for `params`, boxed with their logical axes."""
-        return lora.init(rng, params, lora.TRANSFORMER_TARGETS, self.targets, self.rank)
+        return lora.init(rng, params, self.table, self.targets, self.rank)
 
     def load(self, abstract_params) -> dict:
         """{"pretrained": the `init_from` run's EMA weights}, placed as `abstract_params()`

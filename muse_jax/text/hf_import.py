@@ -158,6 +158,14 @@ class Weights:
     def keys(self) -> Iterable[str]:
         return self._files.keys()
 
+    def metadata(self) -> dict[str, str]:
+        """The `__metadata__` of the safetensors header ({} for pickles and shard indexes): where
+        a LoRA file keeps the PEFT config it was trained with, when it keeps one."""
+        files = set(self._files.values())
+        if len(files) != 1 or not (file := files.pop()).endswith(".safetensors"):
+            return {}
+        return self._open(file).metadata() or {}
+
     def __contains__(self, name: str) -> bool:
         return name in self._files
 
