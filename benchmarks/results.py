@@ -8,6 +8,7 @@ small machine would distort each other), as a child process with the command sho
 section; its whole output is kept with the date and the machine, and a failed run is kept
 with its exit status, so RESULTS.md never shows a figure without the command behind it.
 The peers need the `bench` extra (see setup.py); input_pipeline needs scikit-image.
+benchmarks/device_check.sh is not here: it needs a GPU (see its header).
 """
 from __future__ import annotations
 
@@ -32,6 +33,13 @@ BENCHMARKS = {
     "sampler": [],
     "sr_attention": [],
     "input_pipeline": ["--photos=/tmp/muse_jax_photos"],
+    "host_memory": [],
+    # The real aMUSEd-256 architecture; batch 8 at 12 steps is long on a small CPU.
+    "amused_import": ["--batches=1,8", "--steps=12", "--repeats=1"],
+    "tokenizer_lpips": ["--steps=150"],
+    # These two reuse the demo's tokenizer and precomputed inputs: run `make demo` first.
+    "paper_recipe": [],
+    "new_concept": ["--workdir=/tmp/muse_jax_new_concept", "--tokenizer=workdirs/demo/vqgan_shapes"],
 }
 HEADER = """# Benchmark results
 

@@ -239,3 +239,45 @@ def test_sr_inpainting_and_outpainting_keep_every_token_outside_the_region(runs,
                f"--out={out_png}", env={"XLA_FLAGS": ""}, check=True)
     with Image.open(out_png) as grid:
         assert grid.size == (128, 128)
+
+
+@pytest.mark.slow
+def test_sr_lora_finetune_on_an_image_folder_keeps_the_sr_run_and_starts_from_it(
+        runs, tokenizer_dir, tmp_path):
+    """LoRA fine-tuning of the SR stage from a trained SR run, on a few captioned 128 px images
+    (the image_folder path a user has): the adapters start at zero, so `--lora_scale=0` is the
+    SR run exactly; the SR run's own weights are never written; the adapters train."""
+    from muse_jax import checkpoint
+    from muse_jax import runs as runs_lib
+    from muse_jax.tasks import finetune
+
+    root, _ = runs
+    folder = tmp_path / "images"
+    folder.mkdir()
+    source = shapes.ShapesSource(image_size=128, split="train", seed=3, size=16)
+    for i in range(16):
+        Image.fromarray(source[i]["image"]).save(folder / f"{i:02d}.png")
+        (folder / f"{i:02d}.txt").write_text(source[i]["caption"] + "\n")
+    before = checkpoint.load_state(str(root / "sr" / "checkpoints"))
+    c = _sr_config(tokenizer_dir)
+    c.finetune.init_from = str(root / "sr")
+    c.finetune.lora.rank, c.finetune.lora.alpha = 2, 2.0
+    c.data.source, c.data.path, c.data.min_size = "image_folder", str(folder), 64
+    c.data.batch_size, c.data.eval_batch_size, c.data.eval_size = 8, 8, 8
+    c.optim.weight_decay = 0.0
+    training.train_and_evaluate(c, str(tmp_path / "lora"))
+
+    run = runs_lib.open_run(str(tmp_path / "lora"), "sr")
+    assert finetune.uses_lora(run.config)
+    off = finetune.sampling_weights(run, lora_scale=0.0)
+    for a, b in zip(jax.tree.leaves(off), jax.tree.leaves(before["ema_params"])):
+        np.testing.assert_array_equal(a, b)
+    after = checkpoint.load_state(str(root / "sr" / "checkpoints"))
+    for a, b in zip(jax.tree.leaves(after), jax.tree.leaves(before)):
+        np.testing.assert_array_equal(a, b)
+    adapters = checkpoint.load_state(str(tmp_path / "lora" / "checkpoints"))["params"]
+    b_leaves = [np.asarray(x) for p, x in jax.tree_util.tree_leaves_with_path(adapters)
+                if "lora_b" in jax.tree_util.keystr(p)]
+    assert b_leaves and all(np.abs(x).max() > 0 for x in b_leaves)  # zero-init, then trained
+    full = sum(np.asarray(x).nbytes for x in jax.tree.leaves(before["params"]))
+    assert sum(np.asarray(x).nbytes for x in jax.tree.leaves(adapters)) < 0.1 * full
