@@ -135,7 +135,9 @@ def import_amused(src: str | os.PathLike, workdir: str | os.PathLike) -> Path:
         raise CheckpointError(f"{src}: the text encoder gives {text.hidden_size}-wide states and a "
                               f"{text.projection_dim}-wide pooled embedding; the transformer expects "
                               f"{net.encoder_hidden_size} and {net.cond_embed_dim}")
-    image_size = net.sample_size * (2 if net.downsample else 1) * 2 ** (len(vq.block_out_channels) - 1)
+    # `sample_size` is the token grid, as AmusedPipeline's default height (sample_size x the
+    # VQ-GAN's factor) reads it; aMUSEd-512's `downsample` halves it inside the U-ViT only.
+    image_size = net.sample_size * 2 ** (len(vq.block_out_channels) - 1)
 
     vq_model = vq_diffusers.DiffusersVQ(vq)
     images = jnp.zeros((1, image_size, image_size, 3), jnp.float32)

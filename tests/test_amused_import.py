@@ -5,59 +5,32 @@ choose the same tokens when their randomness is switched off the same way: no Gu
 (temperature (0, 0) there, choice_temperature 0 here) and the most likely token instead of a
 sampled one (torch.multinomial replaced by argmax there, temperature 0 here).
 
-The token grid is 4x4 on purpose: the U-ViT has no position embeddings, so on an all-[MASK]
-canvas positions that no convolution has told apart (the interior of a larger grid) get
-identical logits, and with the noise off the two loops then break exact confidence ties
-differently (diffusers masks `confidence < cut-off`, keeping every tie; muse_jax masks
-exactly the count by rank). With Gumbel noise on, as in real use, ties do not occur.
+Both layouts of amused_tiny.py run it: aMUSEd-256's (4x4 tokens) and aMUSEd-512's (8x8 tokens,
+down- and up-sampled around the transformer). Every convolution then runs on 4x4, on purpose:
+the U-ViT has no position embeddings, so on an all-[MASK] canvas positions that no
+convolution has told apart (the interior of a larger grid) get identical logits, and with the
+noise off the two loops then break exact confidence ties differently (diffusers masks
+`confidence < cut-off`, keeping every tie; muse_jax masks exactly the count by rank). The 2x2
+transposed convolution of the up-sampling gives each of a patch's four tokens its own kernel,
+so the 8x8 grid adds no ties. With Gumbel noise on, as in real use, ties do not occur.
 """
 import json
 
 import numpy as np
 import pytest
 import torch
-import transformers
-import diffusers
 
 from muse_jax import diffusers_import, inference, sampling
 from muse_jax.errors import CheckpointError
 
-from test_text_clip import write_tokenizer
-from test_uvit import perturbed
+from amused_tiny import VQ, VQ_FACTOR, amused, amused_layout  # noqa: F401  (fixtures)
 
-MAX_LENGTH = 16
-UVIT = dict(hidden_size=32, cond_embed_dim=32, micro_cond_encode_dim=8, micro_cond_embed_dim=40,
-            encoder_hidden_size=32, vocab_size=40, codebook_size=32, in_channels=16,
-            block_out_channels=24, num_res_blocks=2, block_num_heads=2, num_hidden_layers=2,
-            num_attention_heads=4, intermediate_size=48, sample_size=4)
-VQ = dict(block_out_channels=[8, 16], down_block_types=["DownEncoderBlock2D"] * 2,
-          up_block_types=["UpDecoderBlock2D"] * 2, layers_per_block=1, latent_channels=6,
-          num_vq_embeddings=32, norm_num_groups=4, mid_block_add_attention=False,
-          lookup_from_codebook=True, force_upcast=True)
 PROMPTS = ["the cat and the dog", "a red square.", "", "and the dog and the cat"]
 
 
-@pytest.fixture(scope="module")
-def amused(tmp_path_factory):
-    """(diffusers pipeline, its saved folder, the imported run) of a tiny random aMUSEd."""
-    root = tmp_path_factory.mktemp("amused")
-    tokenizer, vocab = write_tokenizer(root / "tok", "!")
-    torch.manual_seed(0)
-    text = transformers.CLIPTextModelWithProjection(transformers.CLIPTextConfig(
-        vocab_size=vocab, hidden_size=32, num_hidden_layers=3, num_attention_heads=4,
-        intermediate_size=64, max_position_embeddings=MAX_LENGTH, projection_dim=32,
-        bos_token_id=vocab - 3, eos_token_id=tokenizer.eos_token_id, pad_token_id=vocab - 1)).eval()
-    pipe = diffusers.AmusedPipeline(
-        vqvae=perturbed(diffusers.VQModel(**VQ), 1), tokenizer=tokenizer, text_encoder=text,
-        transformer=perturbed(diffusers.UVit2DModel(**UVIT), 2),
-        scheduler=diffusers.AmusedScheduler(mask_token_id=UVIT["vocab_size"] - 1))
-    pipe.save_pretrained(root / "src")
-    run = diffusers_import.import_amused(root / "src", root / "run")
-    return pipe, root / "src", run
-
-
-def test_tokens_agree_with_amused_pipeline_without_randomness(amused, monkeypatch):
-    pipe, _, run = amused
+def test_tokens_agree_with_amused_pipeline_without_randomness(amused_layout, monkeypatch):
+    pipe, _, run = amused_layout
+    side = pipe.transformer.config.sample_size
     monkeypatch.setattr(torch, "multinomial", lambda probs, n, generator=None: probs.argmax(-1, keepdim=True))
     steps = 6
     with torch.no_grad():
@@ -73,21 +46,28 @@ def test_tokens_agree_with_amused_pipeline_without_randomness(amused, monkeypatc
     assert len(np.unique(ref)) > 4  # several different tokens were chosen
     images = ours_pipe.decode(ours)
     with torch.no_grad():
-        ref_images = pipe.vqvae.decode(torch.from_numpy(ref).reshape(4, 4, 4), force_not_quantize=True,
-                                       shape=(4, 4, 4, VQ["latent_channels"])).sample.clip(0, 1)
+        ref_images = pipe.vqvae.decode(torch.from_numpy(ref).reshape(-1, side, side),
+                                       force_not_quantize=True,
+                                       shape=(len(ref), side, side, VQ["latent_channels"]))
+    ref_images = ref_images.sample.clip(0, 1)
+    assert images.shape == (len(PROMPTS), side * VQ_FACTOR, side * VQ_FACTOR, 3)
     diff = np.abs((images + 1) / 2 - ref_images.permute(0, 2, 3, 1).numpy()).max()
     print(f"decoded pixels of those tokens: max abs diff {diff:.3g}")
     assert diff < 1e-4
 
 
-def test_imported_config_names_the_amused_parts(amused):
-    _, src, run = amused
+def test_imported_config_names_the_amused_parts(amused_layout):
+    pipe, _, run = amused_layout
+    side = pipe.transformer.config.sample_size  # tokens a side, down-sampled inside or not
+    pixels = side * VQ_FACTOR  # AmusedPipeline's default height and width
     config = json.loads((run / "config.json").read_text())
     assert config["model"]["kind"] == "uvit" and config["text"]["encoder"] == "clip"
-    assert config["text"]["append_pooled"] and config["model"]["grid_size"] == 4
-    assert config["model"]["micro_conditioning"] == [8.0, 8.0, 0.0, 0.0, 6.0]
+    assert config["text"]["append_pooled"] and config["model"]["grid_size"] == side
+    assert config["data"]["image_size"] == pixels
+    assert config["model"]["micro_conditioning"] == [pixels, pixels, 0.0, 0.0, 6.0]
     tokenizer = json.loads((run / "tokenizer" / "config.json").read_text())
     assert tokenizer["stage"] == "vqgan" and tokenizer["model"]["kind"] == "diffusers"
+    assert tokenizer["data"]["image_size"] == pixels
 
 
 def test_sharded_fp16_transformer_imports_the_same_weights(amused, tmp_path):
@@ -124,10 +104,11 @@ def test_a_missing_file_is_named_in_one_line(amused, tmp_path):
 
 
 @pytest.mark.slow
-def test_sample_command_runs_the_imported_run_with_the_amused_preset(amused, tmp_path):
+def test_sample_command_runs_the_imported_run_with_the_amused_preset(amused_layout, tmp_path):
     from conftest import run_module
 
-    _, _, run = amused
+    pipe, _, run = amused_layout
+    pixels = pipe.transformer.config.sample_size * VQ_FACTOR
     out = tmp_path / "grid.png"
     result = run_module("muse_jax.sample", f"--workdir={run}", "--prompt=a cat", "--num_images=2",
                         "--preset=amused", "--steps=4", f"--out={out}")
@@ -138,7 +119,7 @@ def test_sample_command_runs_the_imported_run_with_the_amused_preset(amused, tmp
             settings["choice_temperature"], settings["choice_schedule"]) == (4, 9.0, "constant", 2.0, "amused")
     from PIL import Image
     width, height = Image.open(out).size
-    assert width >= 2 * 8 and height >= 8  # two 8 px images
+    assert (width, height) == (2 * pixels, pixels)  # two images side by side
 
 
 def test_import_command_names_the_missing_folder_in_one_line(tmp_path):

@@ -2,7 +2,7 @@
 LoRA files (PEFT, `AmusedLoraLoaderMixin.save_lora_weights`) imported as LoRA runs
 (muse_jax/diffusers_lora.py), against diffusers' own model with the adapter active.
 
-The diffusers side is the tiny random aMUSEd of test_amused_import.py, its transformer given
+The diffusers side is the tiny random aMUSEd of amused_tiny.py, its transformer given
 a PEFT adapter the way examples/amused/train_amused.py adds one (`add_adapter(LoraConfig)`),
 with lora_B random (PEFT starts it at zero, which would hide a wrong mapping) and one module
 group at another rank (PEFT's rank_pattern), saved as train_amused.py saves it.
@@ -26,11 +26,8 @@ from muse_jax.models import uvit
 from muse_jax.tasks import base as base_task
 from muse_jax.tasks import finetune
 
-import test_amused_import
-from test_amused_import import UVIT
+from amused_tiny import UVIT, amused  # noqa: F401  (fixture: the tiny random aMUSEd, imported)
 from test_uvit import inputs, reference, run as uvit_logits
-
-amused = test_amused_import.amused  # its fixture: the tiny random aMUSEd, imported
 
 RANK, ALPHA = 4, 8.0  # PEFT scale alpha / r = 2 where the file is read as trained
 
