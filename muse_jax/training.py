@@ -370,35 +370,3 @@ def dry_run(config, num_devices: int | None, as_json: bool = False, memory_gib: 
     report = plan.plan(config, jax.devices(), memory_gib)
     print(json.dumps(report, indent=2) if as_json else plan.format_table(report, title or "config"))
     return report
-
-
-def initialize_distributed(auto: bool, coordinator_address: str | None,
-                           num_processes: int | None, process_id: int | None) -> bool:
-    """Joins a multi-process run before JAX touches a device; True if this is one.
-
-    `auto` (--distributed) lets JAX find the coordinator itself, as on TPU VMs and pod slices.
-    The explicit flags are for CPU or GPU clusters; on CPUs the cross-process collectives
-    then go through gloo. Processes other than 0 log warnings and errors only.
-    """
-    import jax
-
-    explicit = (coordinator_address, num_processes, process_id)
-    if any(v is not None for v in explicit):
-        if any(v is None for v in explicit):
-            raise UserError("--coordinator_address, --num_processes and --process_id go together")
-        if num_processes < 1 or not 0 <= process_id < num_processes:
-            raise UserError(f"--process_id must lie in 0..{num_processes - 1} with "
-                            f"--num_processes={num_processes}, got {process_id}")
-        jax.config.update("jax_cpu_collectives_implementation", "gloo")
-        if process_id > 0:
-            logging.set_verbosity(logging.WARNING)
-        jax.distributed.initialize(coordinator_address, num_processes, process_id)
-    elif auto:
-        jax.distributed.initialize()
-    else:
-        return False
-    if jax.process_index() > 0:
-        logging.set_verbosity(logging.WARNING)
-    logging.info("process %d of %d; %d local of %d devices", jax.process_index(),
-                 jax.process_count(), jax.local_device_count(), jax.device_count())
-    return True

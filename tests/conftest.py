@@ -86,3 +86,21 @@ def train_tiny_base(root: Path) -> Path:
     base.train.num_steps = 2
     training.train_and_evaluate(base, str(root / "base"))
     return root / "base"
+
+
+@pytest.fixture(scope="session")
+def quality_runs(tmp_path_factory) -> Path:
+    """What `evaluate --eval=fid_clip / tokenizer` needs, made once a session: a tiny shapes
+    tokenizer and base run (train_tiny_base), a tiny random CLIPModel directory whose cosines
+    are positive (root/clip) and 16 held-out shapes captions (root/prompts.txt)."""
+    from muse_jax.data import shapes
+    from test_clip_score import _tiny_clip
+    from test_text_clip import write_tokenizer
+
+    root = tmp_path_factory.mktemp("quality")
+    train_tiny_base(root)
+    tokenizer, vocab_size = write_tokenizer(root / "clip_tokenizer", "!")
+    _tiny_clip(root / "clip", tokenizer, vocab_size, -1.0)
+    source = shapes.ShapesSource(image_size=32, split="eval", seed=0)
+    (root / "prompts.txt").write_text("\n".join(source.get_caption(i) for i in range(16)))
+    return root

@@ -10,28 +10,19 @@ import json
 import numpy as np
 import pytest
 
-from conftest import run_module, train_tiny_base
+from conftest import run_module
 from muse_jax import sampling
-from muse_jax.data import shapes
 from muse_jax.errors import UserError
 from muse_jax.quality import evals, fid_clip, resume
-from test_clip_score import _tiny_clip
-from test_text_clip import write_tokenizer
 
 ONE_DEVICE = {"XLA_FLAGS": ""}
 # Every test here needs the trained runs of the fixture (~1 minute on 2 free cores).
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture(scope="module")
-def runs(tmp_path_factory):
-    root = tmp_path_factory.mktemp("quality")
-    train_tiny_base(root)
-    tokenizer, vocab_size = write_tokenizer(root / "clip_tokenizer", "!")
-    _tiny_clip(root / "clip", tokenizer, vocab_size, -1.0)
-    source = shapes.ShapesSource(image_size=32, split="eval", seed=0)
-    (root / "prompts.txt").write_text("\n".join(source.get_caption(i) for i in range(16)))
-    return root
+@pytest.fixture
+def runs(quality_runs):
+    return quality_runs  # conftest.py: shared with tests/test_multiprocess.py
 
 
 def _fake_inception(images):

@@ -9,9 +9,15 @@ names that number, so a run killed at any point resumes from a consistent state 
 counted twice. Batches are deterministic in their index (prompts, seeds, reference images), so
 a resumed run ends with the result of an uninterrupted one. A directory holding a run with
 other settings is refused rather than mixed in.
+
+In a multi-process run process 0 alone reads and writes the directory, so no two processes
+write one file and the others need not see it (a host-local --output works): what it reads,
+including a refusal, is broadcast to the others, so every process resumes at the same batch
+with the same sums. (Every process accumulates the same sums: sharded.py.)
 """
 from __future__ import annotations
 
+import io
 import json
 
 import jax
@@ -31,21 +37,58 @@ class BatchProgress:
         self.sums: dict[str, float] = {}
         self.stats = {name: FeatureStats(dim) for name, dim in stats_dims.items()}
         self.arrays = dict(arrays or {})
+        if jax.process_count() == 1:
+            self._read()
+        else:
+            self._receive_from_process_0()
+
+    def _read(self) -> None:
+        """Loads the recorded batches, if any, refusing a run of other settings."""
         state_file = self.dir / "state.json"
-        if state_file.exists():
-            state = json.loads(state_file.read_text())
-            if state["settings"] != self.settings:
-                changed = sorted(k for k in set(state["settings"]) | set(self.settings)
-                                 if state["settings"].get(k) != self.settings.get(k))
-                raise UserError(f"{out_dir} holds an evaluation with other settings "
-                                f"({', '.join(changed)}): use another --output or delete it")
-            self.next_batch, self.sums = state["next_batch"], state["sums"]
-            for name in self.stats:
-                self.stats[name] = FeatureStats.load(self.dir / f"{name}-{self.next_batch}.npz")
-            if self.arrays:
-                with (self.dir / f"arrays-{self.next_batch}.npz").open("rb") as f:
-                    saved = np.load(f)
-                    self.arrays = {name: saved[name].copy() for name in self.arrays}
+        if not state_file.exists():
+            return
+        state = json.loads(state_file.read_text())
+        if state["settings"] != self.settings:
+            changed = sorted(k for k in set(state["settings"]) | set(self.settings)
+                             if state["settings"].get(k) != self.settings.get(k))
+            raise UserError(f"{self.dir} holds an evaluation with other settings "
+                            f"({', '.join(changed)}): use another --output or delete it")
+        self.next_batch, self.sums = state["next_batch"], state["sums"]
+        for name in self.stats:
+            self.stats[name] = FeatureStats.load(self.dir / f"{name}-{self.next_batch}.npz")
+        if self.arrays:
+            with (self.dir / f"arrays-{self.next_batch}.npz").open("rb") as f:
+                saved = np.load(f)
+                self.arrays = {name: saved[name].copy() for name in self.arrays}
+
+    def _receive_from_process_0(self) -> None:
+        """Process 0 `_read`s; every process gets its next batch, sums, stats and arrays (or
+        its refusal, raised everywhere rather than leaving the others waiting for it)."""
+        source, error = jax.process_index() == 0, ""
+        if source:
+            try:
+                self._read()
+            except UserError as e:
+                error = str(e)
+        meta = json.loads(_broadcast_bytes(json.dumps(
+            {"next_batch": self.next_batch, "sums": self.sums, "error": error}).encode()
+            if source else None))
+        if meta["error"]:
+            raise UserError(meta["error"])
+        self.next_batch, self.sums = meta["next_batch"], meta["sums"]
+        if not self.next_batch:
+            return
+        buffer = io.BytesIO()
+        if source:
+            np.savez(buffer, **{f"{name}.{part}": getattr(stats, part)
+                                for name, stats in self.stats.items()
+                                for part in ("count", "total", "outer")}, **self.arrays)
+        with np.load(io.BytesIO(_broadcast_bytes(buffer.getvalue() if source else None))) as saved:
+            self.stats = {name: FeatureStats(dim=stats.dim, count=int(saved[f"{name}.count"]),
+                                             total=saved[f"{name}.total"].copy(),
+                                             outer=saved[f"{name}.outer"].copy())
+                          for name, stats in self.stats.items()}
+            self.arrays = {name: saved[name].copy() for name in self.arrays}
 
     @property
     def resumed(self) -> bool:
@@ -73,3 +116,16 @@ class BatchProgress:
             old = self.dir / f"{name}-{previous}.npz"
             if previous != next_batch and old.exists():
                 old.unlink()
+
+
+def _broadcast_bytes(data: bytes | None) -> bytes:
+    """Process 0's `data` on every process (the others pass None), as raw bytes: a float64
+    array would go through JAX's default float32."""
+    from jax.experimental import multihost_utils
+
+    source = jax.process_index() == 0
+    size = int(multihost_utils.broadcast_one_to_all(np.int32(len(data) if source else 0)))
+    if not size:
+        return b""
+    buffer = np.frombuffer(data, np.uint8) if source else np.zeros(size, np.uint8)
+    return np.asarray(multihost_utils.broadcast_one_to_all(buffer), np.uint8).tobytes()

@@ -6,8 +6,17 @@ devices, and the outputs come back to the host as numpy for float64 accumulation
 A batch that does not divide by the device count is padded with copies of its last row and
 the padding dropped from the outputs, so any number of samples can be scored.
 
-Each process passes the same global batch here (sampling and reference loading are
-deterministic per batch index), so the host arrays it gets back are the whole batch's.
+In a multi-process run (`evaluate` with the coordinator flags, muse_jax/distributed.py) the
+mesh spans every process's devices and each process passes the same global batch (sampling and
+reference loading are deterministic per batch index): each device computes its rows, and the
+replicated outputs give every process the whole batch's. So every process accumulates the same
+float64 sums, nothing is reduced across processes afterwards, and the result is one process's:
+the metric networks' outputs to the last bit, the samples to the rounding of their one-device
+decode (tests/test_multiprocess.py: 2 processes x 2 devices against 1 x 4). Chosen for
+simplicity over each process taking its own rows: the metric networks are split over all
+devices either way, but each process samples and decodes the whole batch on its first device
+and reads every reference image, so extra processes speed up the metric networks only
+(unmeasured).
 """
 from __future__ import annotations
 
