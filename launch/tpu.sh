@@ -15,8 +15,8 @@
 # (default by TPU generation), --spot, --direct (tpu-vm create instead of a queued resource),
 # --no-wait. run: --log=FILE (on each worker, default train.log in the checkout).
 #
-# Every worker of a slice runs the same command; muse_jax.train gets --distributed, so
-# jax.distributed.initialize() finds the slice's coordinator on its own. The workdir must be
+# Every worker of a slice runs the same command; muse_jax.train and muse_jax.evaluate get
+# --distributed, so jax.distributed.initialize() finds the slice's coordinator on its own. The workdir must be
 # one all workers share: a gs:// bucket. Rerunning the same command resumes from it.
 set -euo pipefail
 
@@ -135,7 +135,7 @@ setup() {
 run() {
   [[ ${#command[@]} -gt 0 ]] || die "run needs a command after --, e.g. -- python -m muse_jax.train --config=..."
   local args=("${command[@]}")
-  if [[ " ${args[*]} " == *" muse_jax.train "* && " ${args[*]} " != *" --distributed "* ]]; then
+  if [[ " ${args[*]} " =~ " muse_jax."(train|evaluate)" " && " ${args[*]} " != *" --distributed "* ]]; then
     args+=(--distributed)
   fi
   local quoted

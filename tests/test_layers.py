@@ -56,6 +56,7 @@ LAYERS = {
     "muse_jax.training": RUN,
     "muse_jax.inference": RUN,
     "muse_jax.diffusers_import": RUN,  # a diffusers aMUSEd folder -> run directories
+    "muse_jax.diffusers_lora": RUN,  # a diffusers aMUSEd LoRA file -> a LoRA fine-tune run
     "muse_jax.shapes_evals": RUN,
     "muse_jax.quality": RUN,  # FID, CLIP score, tokenizer metrics: loops over loaded runs
     "muse_jax.sampling_flags": RUN,  # the CLIs' shared flags: absl definitions, no command
