@@ -30,29 +30,26 @@ import jax.numpy as jnp
 
 RANK_AXIS = "lora_rank"  # logical axis of the rank dimension (parallel.LOGICAL_AXIS_RULES)
 
-# Target name -> (regex on the kernel's "/"-joined params path, number of leading input axes
-# of that kernel). The base and SR transformers of models/transformer.py: attention
-# projections are [embed, heads, kv] (q, k, v) and [heads, kv, embed] (out); MLP [in, out].
-TRANSFORMER_TARGETS: Mapping[str, tuple[str, int]] = {
-    "query": (r"(^|/)(self|cross)_attention/query/kernel$", 1),
-    "key": (r"(^|/)(self|cross)_attention/key/kernel$", 1),
-    "value": (r"(^|/)(self|cross)_attention/value/kernel$", 1),
-    "out": (r"(^|/)(self|cross)_attention/out/kernel$", 2),
-    "mlp_in": (r"(^|/)mlp_in/kernel$", 1),
-    "mlp_out": (r"(^|/)mlp_out/kernel$", 1),
-}
+
+def _targets(attention: str, mlp_in: str, mlp_out: str) -> dict[str, tuple[str, int]]:
+    """Target name -> (regex on the kernel's "/"-joined params path, number of leading input
+    axes of that kernel), for a model whose attention modules match `attention` and whose MLP
+    kernels are `mlp_in` / `mlp_out`: q, k, v are [embed, heads, kv], out [heads, kv, embed],
+    the MLP [in, out]."""
+    table = {name: (rf"(^|/){attention}/{name}/kernel$", 2 if name == "out" else 1)
+             for name in ("query", "key", "value", "out")}
+    table.update(mlp_in=(rf"(^|/){mlp_in}/kernel$", 1), mlp_out=(rf"(^|/){mlp_out}/kernel$", 1))
+    return table
+
+
+# The base and SR transformers of models/transformer.py.
+TRANSFORMER_TARGETS: Mapping[str, tuple[str, int]] = _targets(
+    "(self|cross)_attention", "mlp_in", "mlp_out")
 # aMUSEd's U-ViT (models/uvit.py), by the same names so one `finetune.lora.targets` default
 # fits both: `attn1`/`attn2` of the transformer layers (self- and cross-attention) and of the
 # down/up blocks' attention pairs (both cross-attention); the MLP is the layers' GEGLU
 # feed-forward. diffusers' names: to_q, to_k, to_v, to_out.0, ff.net.0.proj, ff.net.2.
-UVIT_TARGETS: Mapping[str, tuple[str, int]] = {
-    "query": (r"(^|/)attn[12]/query/kernel$", 1),
-    "key": (r"(^|/)attn[12]/key/kernel$", 1),
-    "value": (r"(^|/)attn[12]/value/kernel$", 1),
-    "out": (r"(^|/)attn[12]/out/kernel$", 2),
-    "mlp_in": (r"(^|/)ff_in/kernel$", 1),
-    "mlp_out": (r"(^|/)ff_out/kernel$", 1),
-}
+UVIT_TARGETS: Mapping[str, tuple[str, int]] = _targets("attn[12]", "ff_in", "ff_out")
 # `model.kind` -> its targets: the table a fine-tune of that model adapts by (tasks/finetune.py).
 MODEL_TARGETS: Mapping[str, Mapping[str, tuple[str, int]]] = {
     "muse": TRANSFORMER_TARGETS, "uvit": UVIT_TARGETS}
