@@ -107,21 +107,27 @@ def _steps_saved(workdir):
     return sorted(int(p.name) for p in root.iterdir() if p.name.isdigit()) if root.exists() else []
 
 
+def _kill_when(procs, ready, log, what, timeout=400):
+    """SIGKILLs every process once `ready()` holds; fails if one exits first (showing `log`)
+    or `what` has not happened within `timeout` seconds."""
+    deadline = time.time() + timeout
+    while not ready():
+        for p in procs:
+            assert p.poll() is None, log.read_text()[-3000:]
+        assert time.time() < deadline, f"no {what} within {timeout} s"
+        time.sleep(0.05)
+    for p in procs:
+        p.send_signal(signal.SIGKILL)
+        p.wait()
+
+
 @pytest.mark.slow
 def test_two_processes_match_one_through_a_kill_and_resume(tokenizer_dir, tmp_path):
     cache, multi, single = tmp_path / "cache", tmp_path / "multi", tmp_path / "single"
     args = _args(tokenizer_dir, multi)
 
     procs = _launch(args, cache, tmp_path, "killed")
-    deadline = time.time() + 400
-    while not _steps_saved(multi):
-        for p in procs:
-            assert p.poll() is None, (tmp_path / "killed0.log").read_text()[-3000:]
-        assert time.time() < deadline, "no checkpoint within 400 s"
-        time.sleep(0.05)
-    for p in procs:
-        p.send_signal(signal.SIGKILL)
-        p.wait()
+    _kill_when(procs, lambda: _steps_saved(multi), tmp_path / "killed0.log", "a checkpoint")
     resume_from = max(_steps_saved(multi))
     assert resume_from < 6
 
@@ -271,15 +277,8 @@ def test_two_processes_score_fid_and_clip_like_one_through_a_kill_and_resume(qua
     score 1.0e-6 apart, relative)."""
     cache, multi, single = tmp_path / "cache", tmp_path / "multi", tmp_path / "single"
     with _evaluating(quality_runs, "fid_clip", multi, cache, tmp_path, "killed") as procs:
-        deadline = time.time() + 400
-        while not _next_batch(multi / "samples" / "state.json"):
-            for p in procs:
-                assert p.poll() is None, (tmp_path / "killed0.log").read_text()[-3000:]
-            assert time.time() < deadline, "no batch of samples recorded within 400 s"
-            time.sleep(0.05)
-        for p in procs:
-            p.send_signal(signal.SIGKILL)
-            p.wait()
+        _kill_when(procs, lambda: _next_batch(multi / "samples" / "state.json"),
+                   tmp_path / "killed0.log", "a batch of samples recorded")
     resume_from = _next_batch(multi / "samples" / "state.json")
     assert 1 <= resume_from < 3
 
