@@ -198,12 +198,16 @@ class ProgressBar:
         self._bar.close()
 
 
-def train_and_evaluate(config, workdir: str, progress_bar: bool = False) -> dict:
+def train_and_evaluate(config, workdir: str, progress_bar: bool = False,
+                       devices=None) -> dict:
     """Runs (or resumes) training to `config.train.num_steps`; returns the last eval metrics.
 
     The config is checked (values, then against what the workdir holds) and the workdir
     locked against a second run before anything is written. `progress_bar`: also draw a
-    tqdm bar of the steps on stderr (process 0 only)."""
+    tqdm bar of the steps on stderr (process 0 only). `devices`: the devices to build the
+    config's mesh over (None: all of them, as the command line does); tests that do not test
+    sharding pass one device, since compiling and running SPMD programs over the 8 simulated
+    CPU devices of tests/conftest.py costs them about twice the time."""
     import jax
 
     from muse_jax import config as config_lib
@@ -219,13 +223,13 @@ def train_and_evaluate(config, workdir: str, progress_bar: bool = False) -> dict
         runs.check_workdir_config(workdir, config)
         if jax.process_index() == 0:
             runs.save_config(workdir, config)
-        return _train(config, workdir, task, progress_bar)
+        return _train(config, workdir, task, progress_bar, devices)
     finally:
         if lock:
             lock.release()
 
 
-def _train(config, workdir: str, task, progress_bar: bool) -> dict:
+def _train(config, workdir: str, task, progress_bar: bool, devices) -> dict:
     import jax
     from clu import periodic_actions
     from etils import epath
@@ -236,7 +240,7 @@ def _train(config, workdir: str, task, progress_bar: bool) -> dict:
     t = config.train
 
     # ------------------------------------------------------------------ mesh
-    mesh = parallel.create_mesh(config.mesh)
+    mesh = parallel.create_mesh(config.mesh, devices)
     parallel.check_batch_size(config.data.batch_size, mesh, jax.process_count())
     parallel.check_batch_size(config.data.eval_batch_size, mesh, jax.process_count())
     batch_sharding = parallel.batch_sharding(mesh)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import run_module
+from conftest import one_device, run_module
 from muse_jax import config as config_lib
 from muse_jax import metrics, optimizers, tasks, training
 from muse_jax.config import ConfigError
@@ -30,7 +30,7 @@ def test_reference_configs_validate(variant):
 @pytest.mark.slow
 def test_tiny_base_run_trains_and_evaluates(tokenizer_dir, tmp_path):
     config = _base(tokenizer_dir)
-    result = training.train_and_evaluate(config, str(tmp_path / "base"))
+    result = training.train_and_evaluate(config, str(tmp_path / "base"), devices=one_device())
     for rate in (50, 90):
         assert 0.0 <= result[f"eval_accuracy_mask{rate}"] <= 1.0
         assert np.isfinite(result[f"eval_loss_mask{rate}"])

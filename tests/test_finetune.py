@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from conftest import one_device
 from muse_jax import checkpoint, inference, parallel, plan, sampling, tasks, training
 from muse_jax import config as config_lib
 from muse_jax.config import ConfigError
@@ -44,7 +45,7 @@ def base_run(tokenizer_dir, tmp_path_factory):
     workdir = tmp_path_factory.mktemp("base") / "run"
     c = config_lib.load_file(config_lib.CONFIG_DIR / "base_shapes.py", "tiny")
     c.tokenizer.workdir = str(tokenizer_dir)
-    training.train_and_evaluate(c, str(workdir))
+    training.train_and_evaluate(c, str(workdir), devices=one_device())
     return workdir
 
 
@@ -79,7 +80,7 @@ def lora_run(base_run, tokenizer_dir, images, tmp_path_factory):
     before = checkpoint.load_state(str(base_run / "checkpoints"))
     workdir = tmp_path_factory.mktemp("lora") / "run"
     config = _config("tiny", base_run, tokenizer_dir, images)
-    training.train_and_evaluate(config, str(workdir))
+    training.train_and_evaluate(config, str(workdir), devices=one_device())
     return workdir, config, before
 
 
@@ -87,7 +88,7 @@ def lora_run(base_run, tokenizer_dir, images, tmp_path_factory):
 def full_run(base_run, tokenizer_dir, images, tmp_path_factory):
     workdir = tmp_path_factory.mktemp("full") / "run"
     config = _config("tiny_full", base_run, tokenizer_dir, images)
-    training.train_and_evaluate(config, str(workdir))
+    training.train_and_evaluate(config, str(workdir), devices=one_device())
     return workdir, config
 
 

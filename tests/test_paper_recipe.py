@@ -8,6 +8,7 @@ moments, as it does at paper scale. `benchmarks/paper_recipe.py` draws the learn
 this recipe beside AdamW's on the demo tokenizer.
 """
 import pytest
+from conftest import one_device
 
 from muse_jax import config as config_lib
 from muse_jax import training
@@ -41,7 +42,8 @@ def test_paper_recipe_keeps_the_papers_optimiser():
 
 @pytest.mark.slow
 def test_shrunken_paper_recipe_learns_beyond_the_most_frequent_token(tokenizer_dir, tmp_path):
-    result = training.train_and_evaluate(paper_recipe(tokenizer_dir), str(tmp_path / "paper"))
+    result = training.train_and_evaluate(paper_recipe(tokenizer_dir), str(tmp_path / "paper"),
+                                         devices=one_device())
     mode = result["eval_mode_accuracy"]
     for rate in (50, 90):
         accuracy = result[f"eval_accuracy_mask{rate}"]

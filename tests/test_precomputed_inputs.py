@@ -3,7 +3,7 @@ import flax.linen as nn
 import jax
 import numpy as np
 import pytest
-from conftest import run_module
+from conftest import one_device, run_module
 
 from muse_jax import config as config_lib
 from muse_jax import metrics, tasks, training
@@ -138,7 +138,7 @@ def test_train_and_evaluate_from_precomputed_inputs(tokenizer_dir, dirs, tmp_pat
     # its sample grid, and goes on without the grid.
     config = _base(tokenizer_dir, dirs, **{"tokenizer.workdir": str(tmp_path / "none")})
     assert config.eval.num_samples > 0
-    result = training.train_and_evaluate(config, str(tmp_path / "base"))
+    result = training.train_and_evaluate(config, str(tmp_path / "base"), devices=one_device())
     assert not (tmp_path / "base" / "samples.png").exists()
     assert np.isfinite(result["eval_loss_mask50"]) and 0.0 < result["eval_mode_accuracy"] <= 1.0
     logged = metrics.read_jsonl(str(tmp_path / "base" / "metrics.jsonl"))

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import run_module
+from conftest import one_device, run_module
 from muse_jax import config as config_lib
 from muse_jax import sampling, tasks, training
 from muse_jax.config import ConfigError
@@ -142,8 +142,9 @@ def runs(tokenizer_dir, tmp_path_factory):
     base = config_lib.load_file(config_lib.CONFIG_DIR / "base_shapes.py", "tiny")
     base.tokenizer.workdir = str(tokenizer_dir)
     base.train.num_steps = base.train.eval_every = 2
-    training.train_and_evaluate(base, str(root / "base"))
-    result = training.train_and_evaluate(_sr_config(tokenizer_dir), str(root / "sr"))
+    training.train_and_evaluate(base, str(root / "base"), devices=one_device())
+    result = training.train_and_evaluate(_sr_config(tokenizer_dir), str(root / "sr"),
+                                         devices=one_device())
     return root, result
 
 
@@ -265,7 +266,7 @@ def test_sr_lora_finetune_on_an_image_folder_keeps_the_sr_run_and_starts_from_it
     c.data.source, c.data.path, c.data.min_size = "image_folder", str(folder), 64
     c.data.batch_size, c.data.eval_batch_size, c.data.eval_size = 8, 8, 8
     c.optim.weight_decay = 0.0
-    training.train_and_evaluate(c, str(tmp_path / "lora"))
+    training.train_and_evaluate(c, str(tmp_path / "lora"), devices=one_device())
 
     run = runs_lib.open_run(str(tmp_path / "lora"), "sr")
     assert finetune.uses_lora(run.config)

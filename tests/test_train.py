@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import run_module
+from conftest import one_device, run_module
 from muse_jax import checkpoint, metrics, parallel, tasks, training
 from muse_jax import config as config_lib
 
@@ -71,14 +71,14 @@ def test_decoder_finetuning_freezes_encoder_and_starts_identical(tokenizer_dir, 
     ft.finetune.extra_decoder_blocks = 1
     ft.train.num_steps = 3
     task = tasks.create(ft)
-    one_device = parallel.create_mesh({"data": 1, "fsdp": 1, "tensor": 1}, jax.devices()[:1])
-    start = task.load(one_device).start_state(nn.unbox(task.init_state(jax.random.key(1))))
+    mesh = parallel.create_mesh({"data": 1, "fsdp": 1, "tensor": 1}, jax.devices()[:1])
+    start = task.load(mesh).start_state(nn.unbox(task.init_state(jax.random.key(1))))
     assert any("extra_" in k for k in start.params["decoder"])
     images = np.random.default_rng(0).uniform(-1, 1, (4, 64, 64, 3)).astype(np.float32)
     before = tasks.create(config).reconstruct(saved["params"], images)
     np.testing.assert_allclose(task.reconstruct(start.params, images), before, atol=1e-5)
 
-    training.train_and_evaluate(ft, str(tmp_path / "finetuned"))
+    training.train_and_evaluate(ft, str(tmp_path / "finetuned"), devices=one_device())
     tuned = checkpoint.load_state(str(tmp_path / "finetuned" / "checkpoints"))["params"]
     for part in ("encoder", "quantizer"):
         for a, b in zip(jax.tree.leaves(tuned[part]), jax.tree.leaves(saved["params"][part])):
