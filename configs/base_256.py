@@ -59,6 +59,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.model.dropout = 0.1  # dropout in attention outputs and MLPs during training
     c.model.dtype = "bfloat16"  # compute dtype; parameters stay float32
     c.model.remat = True  # recompute each block's activations in the backward pass
+    # Not in Muse (T5-XXL feeds cross-attention directly): trainable self-attention blocks over
+    # the projected text before cross-attention, for small text encoders (transformer.TextBlocks)
+    c.model.text_depth = 0  # text blocks; 0: Muse's projection alone
+    c.model.pos_init = "normal"  # grid position vectors' init: normal (Muse) or sincos (2-D code)
 
     c.masking = ml_collections.ConfigDict()
     c.masking.label_smoothing = 0.1  # on the masked-token cross-entropy (MaskGIT)

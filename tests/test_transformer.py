@@ -4,9 +4,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+import pytest
 
 from muse_jax import masking
-from muse_jax.models.transformer import MaskedTransformer
+from muse_jax.models.transformer import MaskedTransformer, grid_sincos_init
 
 KW = dict(codebook_size=16, grid=(4, 4), width=32, depth=2, num_heads=4, mlp_dim=64)
 
@@ -31,8 +32,13 @@ def test_logits_shape_and_dtype():
     assert logits.shape == (2, 16, 16) and logits.dtype == jnp.float32
 
 
-def test_padded_text_is_ignored_and_real_text_is_not():
-    model = MaskedTransformer(**KW)
+TEXT_BLOCKS = dict(text_depth=1, text_length=5)
+
+
+@pytest.mark.parametrize("extra", [{}, TEXT_BLOCKS], ids=["projection", "text_blocks"])
+def test_padded_text_is_ignored_and_real_text_is_not(extra):
+    """With text blocks too: their self-attention must not read the padding either."""
+    model = MaskedTransformer(**KW, **extra)
     _, params = _init(model)
     tokens, text, mask = _inputs()
     base = model.apply({"params": params}, tokens, text, mask)
@@ -117,9 +123,35 @@ def test_param_tree_is_the_text_projection_and_the_trunk():
     assert params["text"]["proj"]["kernel"].shape == (12, 32)
 
 
+def test_text_blocks_mix_the_words_before_cross_attention():
+    """Without text blocks a text position's keys depend on its own embedding alone; with them,
+    on its neighbours' too (how a colour word reaches its position word)."""
+    _, text, mask = _inputs()
+    moved = text.at[1, 3].set(50.0)  # example 1: 5 real tokens
+    for extra, mixes in (({}, False), (TEXT_BLOCKS, True)):
+        model = MaskedTransformer(**KW, **extra)
+        _, params = _init(model)
+
+        def first_key(t):
+            kv = model.apply({"params": params}, t, mask, method="encode_context")["kv"]  # noqa: B023
+            return np.asarray(kv[0][0][1, 0])
+
+        assert (not np.allclose(first_key(moved), first_key(text), atol=1e-4)) == mixes, extra
+    assert set(_init(MaskedTransformer(**KW, **TEXT_BLOCKS))[1]) == {"text", "text_blocks", "trunk"}
+
+
+def test_text_longer_than_the_text_blocks_is_refused():
+    model = MaskedTransformer(**KW, **TEXT_BLOCKS)
+    _, params = _init(model)
+    tokens, text, _ = _inputs(length=6)
+    with pytest.raises(ValueError, match="6 tokens.*built for 5"):
+        model.apply({"params": params}, tokens, text, jnp.ones((2, 6), bool))
+
+
 def test_precomputed_context_gives_the_same_logits():
     tokens, text, mask = _inputs()
-    for model in (MaskedTransformer(**KW), MaskedTransformer(**KW, remat=True)):
+    for model in (MaskedTransformer(**KW), MaskedTransformer(**KW, remat=True),
+                  MaskedTransformer(**KW, **TEXT_BLOCKS)):
         _, params = _init(model)
         context_kv = model.apply({"params": params}, text, mask, method="encode_context")
         assert len(context_kv["kv"]) == KW["depth"]
@@ -145,3 +177,18 @@ def test_sharded_init_places_the_attention_kernels_by_their_3d_logical_axes():
     assert spec.spec == jax.sharding.PartitionSpec("fsdp", "tensor", None)
     for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(_init(model)[1])):
         np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-8)
+
+
+def test_sincos_grid_init_is_smooth_in_both_axes_and_keeps_the_tree():
+    """Neighbours start nearer than far tokens (both axes), at the normal init's scale, in the
+    same parameters as the normal init."""
+    normal = _init(MaskedTransformer(**KW))[1]
+    sincos = _init(MaskedTransformer(**KW, pos_init="sincos"))[1]
+    assert jax.tree.map(jnp.shape, normal) == jax.tree.map(jnp.shape, sincos)
+    pos = np.asarray(grid_sincos_init(None, (16, 16, 128)))
+    assert 0.01 < pos.std() < 0.03
+    dist = lambda a, b: np.linalg.norm(pos[a] - pos[b])  # noqa: E731
+    assert dist((0, 0), (0, 1)) < dist((0, 0), (0, 8)) and dist((0, 0), (1, 0)) < dist((0, 0), (8, 0))
+    assert dist((0, 0), (0, 8)) > 0 and dist((0, 0), (8, 0)) > 0
+    rand = np.asarray(normal["trunk"]["embed"]["pos_embed"])
+    assert np.linalg.norm(rand[0, 0] - rand[0, 1]) > 0.5 * np.linalg.norm(rand[0, 0] - rand[2, 2])

@@ -59,7 +59,9 @@ def build_model(config) -> MaskedTransformer:
     return MaskedTransformer(codebook_size=m.codebook_size, grid=(m.grid_size, m.grid_size),
                              width=m.width, depth=m.depth, num_heads=m.num_heads,
                              mlp_dim=m.mlp_dim, dropout=m.dropout, dtype=jnp.dtype(m.dtype),
-                             remat=m.remat)
+                             remat=m.remat, text_depth=m.get("text_depth", 0),
+                             text_length=config.text.max_length,
+                             pos_init=m.get("pos_init", "normal"))
 
 
 def check_config(c) -> None:
