@@ -37,6 +37,7 @@ BENCHMARKS = {
     # The real aMUSEd-256 architecture; batch 8 at 12 steps is long on a small CPU.
     "amused_import": ["--batches=1,8", "--steps=12", "--repeats=1"],
     "tokenizer_lpips": ["--steps=150"],
+    "step_compile": [],
     # These three reuse the demo's tokenizer and precomputed inputs: run `make demo` first.
     "paper_recipe": [],
     "new_concept": ["--workdir=/tmp/muse_jax_new_concept", "--tokenizer=workdirs/demo/vqgan_shapes"],

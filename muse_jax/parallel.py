@@ -16,6 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
+from muse_jax import compile_options
 from muse_jax.errors import UserError
 
 MESH_AXES = ("data", "fsdp", "tensor")
@@ -139,7 +140,8 @@ def create_sharded(init_fn: Callable[..., Any], mesh: jax.sharding.Mesh, *args,
         abstract = jax.eval_shape(init_fn, *args)
         shardings = logical_shardings(abstract, mesh, rules)
         with jax.set_mesh(mesh):
-            tree = jax.jit(lambda *a: nn.unbox(init_fn(*a)), out_shardings=shardings)(*args)
+            tree = jax.jit(lambda *a: nn.unbox(init_fn(*a)), out_shardings=shardings,
+                           compiler_options=compile_options.run_once())(*args)
     return tree, shardings
 
 

@@ -13,6 +13,7 @@ import jax
 import numpy as np
 import jax.numpy as jnp
 
+from muse_jax import compile_options
 from muse_jax.config import ConfigError
 from muse_jax.models import inception as inception_model
 from muse_jax.models import perceptual
@@ -35,7 +36,11 @@ def inception_from_file(path: str, mesh=None) -> ShardedApply:
 
 def inception_random(seed: int, mesh=None) -> ShardedApply:
     import flax.linen as nn
-    params = nn.unbox(_INCEPTION.init(jax.random.key(seed), jnp.zeros((1, 75, 75, 3)))["params"])
+
+    # Compiled at run_once() options: 11 s on a 2-core CPU, against 24 s run op by op.
+    init = jax.jit(lambda rng: nn.unbox(_INCEPTION.init(rng, jnp.zeros((1, 75, 75, 3)))["params"]),
+                   compiler_options=compile_options.run_once())
+    params = init(jax.random.key(seed))
     return ShardedApply(_features, params, mesh)
 
 

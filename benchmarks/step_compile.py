@@ -1,0 +1,99 @@
+"""XLA compile times of the programs every training run builds, each beside its alternative.
+
+    .venv/bin/python benchmarks/step_compile.py            # the tiny shapes tokenizer (tests)
+    .venv/bin/python benchmarks/step_compile.py --variant=demo
+
+On a CPU most of a short run (every test, the demo's first minute) is compiling. Two programs
+compiled far slower than their work warranted, and this prints both choices side by side:
+
+  init      the initial train state (`parallel.create_sharded`), at XLA's default backend
+            optimisation level and with `compile_options.run_once()` (level 0), which
+            `create_sharded` uses: a program that runs once is not worth LLVM's optimiser.
+  guard     the train step wrapped in `training.skip_nonfinite`, keeping the old state on a
+            bad update by one `lax.cond` (what training uses) or by a `jnp.where` per state
+            leaf (what it used before 2026-12-02), and the bare step for scale.
+
+Each program is compiled --repeats times from scratch (no persistent cache; the in-memory
+cache is cleared), alternating between the choices, and the median is printed.
+"""
+from __future__ import annotations
+
+import statistics
+import time
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+from absl import app, flags
+
+from muse_jax import compile_options, config as config_lib, parallel, training
+from muse_jax.tasks import vqgan
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("variant", "tiny", "Variant of configs/vqgan_shapes.py to build.")
+flags.DEFINE_integer("repeats", 3, "Compilations of each program.")
+
+
+def where_guard(train_step):
+    """`skip_nonfinite` as it was: the same checks, the state kept by a where per leaf."""
+    def step(state, batch, rng, frozen):
+        new_state, metrics = train_step(state, batch, rng, frozen)
+        checked = [jnp.all(jnp.isfinite(v)) for k, v in metrics.items()
+                   if k == "loss" or k.endswith(("_loss", "grad_norm"))]
+        checked += [jnp.all(jnp.isfinite(leaf)) for leaf in jax.tree.leaves(new_state)
+                    if jnp.issubdtype(leaf.dtype, jnp.inexact)]
+        finite = jnp.all(jnp.stack(checked))
+        kept = jax.tree.map(lambda new, old: jnp.where(finite, new, old), new_state, state)
+        return kept.replace(step=new_state.step), metrics
+    return step
+
+
+def compile_seconds(fn, *args, **jit_kwargs) -> float:
+    jax.clear_caches()
+    start = time.perf_counter()
+    jax.jit(fn, **jit_kwargs).lower(*args).compile()
+    return time.perf_counter() - start
+
+
+def main(argv):
+    del argv
+    jax.config.update("jax_enable_compilation_cache", False)
+    config = config_lib.load_file(config_lib.CONFIG_DIR / "vqgan_shapes.py", FLAGS.variant)
+    task = vqgan.VQGANTask(config)
+    mesh = parallel.create_mesh({"data": 1, "fsdp": 1, "tensor": 1}, jax.devices()[:1])
+    steps = task.load(mesh)
+    rng = jax.random.key(0)
+    state = parallel.create_sharded(task.init_state, mesh, rng)[0]
+    size = config.data.image_size
+    batch = {"image": jnp.zeros((config.data.batch_size, size, size, 3))}
+    step_args = (state, batch, rng, steps.frozen)
+
+    def init(r):
+        return nn.unbox(task.init_state(r))
+
+    programs = {
+        "init, default level": lambda: compile_seconds(init, rng),
+        "init, run_once()": lambda: compile_seconds(init, rng,
+                                                    compiler_options=compile_options.run_once()),
+        "step, bare": lambda: compile_seconds(steps.train_step, *step_args),
+        "step + guard, cond (used)": lambda: compile_seconds(
+            training.skip_nonfinite(steps.train_step), *step_args),
+        "step + guard, where per leaf": lambda: compile_seconds(
+            where_guard(steps.train_step), *step_args),
+    }
+    times = {name: [] for name in programs}
+    for _ in range(FLAGS.repeats):
+        for name, run in programs.items():
+            times[name].append(run())
+    print(f"vqgan_shapes:{FLAGS.variant}, {jax.device_count()} device(s) visible, one used, "
+          f"median of {FLAGS.repeats} compilations")
+    for name, seconds in times.items():
+        print(f"  {name:32s} {statistics.median(seconds):7.2f} s")
+    med = {name: statistics.median(s) for name, s in times.items()}
+    print(f"  init speed-up from run_once(): {med['init, default level'] / med['init, run_once()']:.1f}x")
+    print(f"  guard: where / cond = "
+          f"{med['step + guard, where per leaf'] / med['step + guard, cond (used)']:.1f}x")
+
+
+if __name__ == "__main__":
+    app.run(main)
