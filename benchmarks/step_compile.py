@@ -41,11 +41,7 @@ def where_guard(train_step):
     """`skip_nonfinite` as it was: the same checks, the state kept by a where per leaf."""
     def step(state, batch, rng, frozen):
         new_state, metrics = train_step(state, batch, rng, frozen)
-        checked = [jnp.all(jnp.isfinite(v)) for k, v in metrics.items()
-                   if k == "loss" or k.endswith(("_loss", "grad_norm"))]
-        checked += [jnp.all(jnp.isfinite(leaf)) for leaf in jax.tree.leaves(new_state)
-                    if jnp.issubdtype(leaf.dtype, jnp.inexact)]
-        finite = jnp.all(jnp.stack(checked))
+        finite = training.update_is_finite(metrics, new_state)
         kept = jax.tree.map(lambda new, old: jnp.where(finite, new, old), new_state, state)
         return kept.replace(step=new_state.step), metrics
     return step

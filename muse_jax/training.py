@@ -51,6 +51,19 @@ def prepare_workdir(workdir: str) -> None:
                         f"{getattr(e, 'strerror', None) or e}") from None
 
 
+def update_is_finite(metrics: dict, new_state):
+    """Traced bool: every "loss", "*_loss" and "*grad_norm" metric and every float in
+    `new_state` is finite (what `skip_nonfinite` checks)."""
+    import jax
+    import jax.numpy as jnp
+
+    checked = [jnp.all(jnp.isfinite(v)) for k, v in metrics.items()
+               if k == "loss" or k.endswith(("_loss", "grad_norm"))]
+    checked += [jnp.all(jnp.isfinite(leaf)) for leaf in jax.tree.leaves(new_state)
+                if jnp.issubdtype(leaf.dtype, jnp.inexact)]
+    return jnp.all(jnp.stack(checked))
+
+
 def skip_nonfinite(train_step):
     """`train_step` that leaves the state as it was, but for its step, when the update is bad.
 
@@ -67,11 +80,7 @@ def skip_nonfinite(train_step):
 
     def step(state, batch, rng, frozen):
         new_state, metrics = train_step(state, batch, rng, frozen)
-        checked = [jnp.all(jnp.isfinite(v)) for k, v in metrics.items()
-                   if k == "loss" or k.endswith(("_loss", "grad_norm"))]
-        checked += [jnp.all(jnp.isfinite(leaf)) for leaf in jax.tree.leaves(new_state)
-                    if jnp.issubdtype(leaf.dtype, jnp.inexact)]
-        finite = jnp.all(jnp.stack(checked))
+        finite = update_is_finite(metrics, new_state)
         # A cond, not a `jnp.where` per leaf: XLA:CPU fuses each leaf's where with the global
         # finiteness reductions and compiled the tiny shapes tokenizer's step in 53 s instead of
         # 6.3 s (benchmarks/step_compile.py).
