@@ -70,6 +70,13 @@ def one_device() -> list:
     return jax.devices()[:1]
 
 
+def one_device_mesh():
+    """A ("data", "fsdp", "tensor") mesh of 1 x 1 x 1 over `one_device()`, for tests that load a
+    task or shard arrays without testing sharding."""
+    from muse_jax import parallel
+    return parallel.create_mesh({"data": 1, "fsdp": 1, "tensor": 1}, one_device())
+
+
 @pytest.fixture(scope="session")
 def tokenizer_dir(tmp_path_factory) -> Path:
     """A tiny shapes VQGAN (configs/vqgan_shapes.py:tiny, 2 steps) for base-stage tests."""

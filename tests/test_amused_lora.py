@@ -20,6 +20,7 @@ from peft import LoraConfig
 from peft.utils import get_peft_model_state_dict
 from safetensors.numpy import save_file
 
+from conftest import one_device_mesh
 from muse_jax import diffusers_lora, parallel, runs, tasks
 from muse_jax.errors import CheckpointError, UserError
 from muse_jax.models import uvit
@@ -147,7 +148,7 @@ def test_lora_fine_tune_of_the_imported_uvit_changes_only_the_adapters(amused):
         config.finetune.lora.rank, config.finetune.lora.alpha = 2, 2.0
         config.optim.lr, config.optim.warmup_steps = 1e-2, 0
     before = runs.open_run(str(base), "base").state()["ema_params"]
-    mesh = parallel.create_mesh({"data": 1, "fsdp": 1, "tensor": 1}, jax.devices()[:1])
+    mesh = one_device_mesh()
     task = tasks.create(config)
     task.check_config()
     steps = task.load(mesh)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import one_device, run_module
+from conftest import one_device, one_device_mesh, run_module
 from muse_jax import config as config_lib
 from muse_jax import metrics, optimizers, tasks, training
 from muse_jax.config import ConfigError
@@ -51,8 +51,7 @@ def test_tiny_base_run_trains_and_evaluates(tokenizer_dir, tmp_path):
 def test_gradient_accumulation_matches_one_pass(tokenizer_dir):
     config = _base(tokenizer_dir, **{"model.dropout": 0.0, "masking.label_smoothing": 0.0})
     task = tasks.create(config)
-    task.load(jax.sharding.Mesh(np.array(jax.devices()[:1]).reshape(1, 1, 1),
-                                         ("data", "fsdp", "tensor")))
+    task.load(one_device_mesh())
     import flax.linen as nn
     params = nn.unbox(task.init_state(jax.random.key(0))).params
     rng = np.random.default_rng(0)
@@ -75,7 +74,7 @@ def test_gradient_accumulation_matches_one_pass(tokenizer_dir):
 
 
 def test_bad_tokenizer_or_encoder_settings(tokenizer_dir, tmp_path):
-    mesh = jax.sharding.Mesh(np.array(jax.devices()[:1]).reshape(1, 1, 1), ("data", "fsdp", "tensor"))
+    mesh = one_device_mesh()
     cases = [
         ({"tokenizer.workdir": str(tmp_path / "none")}, "has no config.json"),
         ({"model.codebook_size": 128}, "differs from the tokenizer's 64"),
@@ -114,7 +113,7 @@ def test_adafactor_with_accumulation_and_the_ema(tokenizer_dir):
     config = _base(tokenizer_dir, **{"optim.name": "adafactor", "optim.accum_steps": 2,
                                      "optim.ema_decay": 0.99, "optim.warmup_steps": 0})
     task = tasks.create(config)
-    mesh = jax.sharding.Mesh(np.array(jax.devices()[:1]).reshape(1, 1, 1), ("data", "fsdp", "tensor"))
+    mesh = one_device_mesh()
     steps = task.load(mesh)
     frozen = steps.frozen
     state = nn.unbox(task.init_state(jax.random.key(0)))

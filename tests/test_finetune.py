@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import one_device
+from conftest import one_device, one_device_mesh
 from muse_jax import checkpoint, inference, parallel, plan, sampling, tasks, training
 from muse_jax import config as config_lib
 from muse_jax.config import ConfigError
@@ -92,14 +92,10 @@ def full_run(base_run, tokenizer_dir, images, tmp_path_factory):
     return workdir, config
 
 
-def _one_device():
-    return parallel.create_mesh({"data": 1, "fsdp": 1, "tensor": 1}, jax.devices()[:1])
-
-
 def test_lora_step_zero_is_the_pretrained_model_and_training_leaves_it_untouched(lora_run,
                                                                                  base_run):
     _, config, before = lora_run
-    mesh = _one_device()
+    mesh = one_device_mesh()
     task = tasks.create(config)
     steps = task.load(mesh)
     state = steps.start_state(parallel.create_sharded(task.init_state, mesh, jax.random.key(0))[0])
@@ -176,7 +172,7 @@ def test_lora_run_samples_blends_and_merges(lora_run, base_run, tmp_path):
 def test_full_finetune_starts_from_the_base_weights(full_run, base_run, tokenizer_dir, images):
     workdir, config = full_run
     before = checkpoint.load_state(str(base_run / "checkpoints"))
-    mesh = _one_device()
+    mesh = one_device_mesh()
     task = tasks.create(config)
     steps = task.load(mesh)
     assert "pretrained" not in steps.frozen  # the weights are the state's own
@@ -204,11 +200,11 @@ def test_lora_settings_are_checked(base_run, tokenizer_dir, images):
         tasks.create(bad).check_config()
     missing = _config("tiny", base_run, tokenizer_dir, images, **{"finetune.init_from": ""})
     with pytest.raises(ConfigError, match="finetune.init_from '' has no config.json"):
-        tasks.create(missing).load(_one_device())
+        tasks.create(missing).load(one_device_mesh())
     wider = _config("tiny", base_run, tokenizer_dir, images, **{"model.mlp_dim": 128})
     with pytest.raises(ConfigError,
                        match=r"mlp_in/bias has shape \(64,\), the config expects \(128,\)"):
-        tasks.create(wider).load(_one_device())
+        tasks.create(wider).load(one_device_mesh())
 
 
 def test_dry_run_sizes_lora_against_full_finetuning_at_base_256():

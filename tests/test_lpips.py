@@ -10,6 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from conftest import one_device_mesh
 from muse_jax.models import array_pickle, perceptual
 from torch_refs import import_torchvision
 
@@ -145,15 +146,13 @@ def test_the_other_nets_file_is_refused_in_one_line():
 
 @needs_weights
 def test_reference_tokenizer_config_trains_with_the_installed_lpips():
-    import jax
-
-    from muse_jax import config as config_lib, parallel, tasks
+    from muse_jax import config as config_lib, tasks
 
     c = config_lib.load_file(config_lib.CONFIG_DIR / "vqgan_256.py")
     assert c.loss.perceptual > 0 and c.loss.perceptual_weights == ""
     c = config_lib.load_file(config_lib.CONFIG_DIR / "vqgan_shapes.py", "tiny")
     c.loss.perceptual = 0.1
-    mesh = parallel.create_mesh({"data": 1, "fsdp": 1, "tensor": 1}, jax.devices()[:1])
+    mesh = one_device_mesh()
     frozen = tasks.create(c).load(mesh).frozen["perceptual"]
     real = perceptual.load_weights(WEIGHTS)
     np.testing.assert_array_equal(frozen["lin4"], real["lin4"])

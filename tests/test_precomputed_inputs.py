@@ -3,7 +3,7 @@ import flax.linen as nn
 import jax
 import numpy as np
 import pytest
-from conftest import one_device, run_module
+from conftest import one_device, one_device_mesh, run_module
 
 from muse_jax import config as config_lib
 from muse_jax import metrics, tasks, training
@@ -43,13 +43,9 @@ def dirs(tokenizer_dir, tmp_path_factory):
     return out
 
 
-def _mesh():
-    return jax.sharding.Mesh(np.array(jax.devices()[:1]).reshape(1, 1, 1), ("data", "fsdp", "tensor"))
-
-
 def _first_batches(config):
     task = tasks.create(config)
-    steps = task.load(_mesh())
+    steps = task.load(one_device_mesh())
     train_batch = steps.prepare_batch(next(pipeline.train_iterator(
         config, keep_caption=task.uses_captions)))
     eval_batch = steps.prepare_batch(next(pipeline.eval_batches(
@@ -111,7 +107,7 @@ def test_mismatched_directories_give_one_line_errors(tokenizer_dir, dirs, tmp_pa
         assert "\n" not in str(info.value)
 
     train_iterator = lambda **kw: pipeline.train_iterator(_base(tokenizer_dir, dirs, **kw))  # noqa: E731
-    load = lambda **kw: tasks.create(_base(tokenizer_dir, dirs, **kw)).load(_mesh())  # noqa: E731
+    load = lambda **kw: tasks.create(_base(tokenizer_dir, dirs, **kw)).load(one_device_mesh())  # noqa: E731
     eval_emb, eval_tokens = dirs["data.eval_text_embeddings"], dirs["data.eval_tokens"]
     raises(UserError, f"{eval_emb} holds 32 records but the train split has 16 examples",
            lambda: train_iterator(**{"data.train_text_embeddings": eval_emb}))

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import one_device, run_module
-from muse_jax import checkpoint, metrics, parallel, tasks, training
+from conftest import one_device, one_device_mesh, run_module
+from muse_jax import checkpoint, metrics, tasks, training
 from muse_jax import config as config_lib
 
 ONE_DEVICE = {"XLA_FLAGS": ""}
@@ -71,7 +71,7 @@ def test_decoder_finetuning_freezes_encoder_and_starts_identical(tokenizer_dir, 
     ft.finetune.extra_decoder_blocks = 1
     ft.train.num_steps = 3
     task = tasks.create(ft)
-    mesh = parallel.create_mesh({"data": 1, "fsdp": 1, "tensor": 1}, jax.devices()[:1])
+    mesh = one_device_mesh()
     start = task.load(mesh).start_state(nn.unbox(task.init_state(jax.random.key(1))))
     assert any("extra_" in k for k in start.params["decoder"])
     images = np.random.default_rng(0).uniform(-1, 1, (4, 64, 64, 3)).astype(np.float32)

@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 from safetensors.numpy import save_file
 
+from conftest import one_device_mesh
 from muse_jax import config as config_lib
-from muse_jax import parallel, tasks
+from muse_jax import tasks
 from muse_jax.config import ConfigError
 from muse_jax.models import perceptual
 from muse_jax.models.vqgan import VQGAN, VectorQuantizer
@@ -132,7 +133,7 @@ def test_perceptual_file_errors(tmp_path):
 
 def _steps(task, n, images, frozen=None):
     state = nn.unbox(task.init_state(jax.random.key(0)))
-    one_device = parallel.create_mesh({"data": 1, "fsdp": 1, "tensor": 1}, jax.devices()[:1])
+    one_device = one_device_mesh()
     step = jax.jit(task.load(one_device).train_step)
     history = []
     for i in range(n):
