@@ -133,8 +133,7 @@ def test_perceptual_file_errors(tmp_path):
 
 def _steps(task, n, images, frozen=None):
     state = nn.unbox(task.init_state(jax.random.key(0)))
-    one_device = one_device_mesh()
-    step = jax.jit(task.load(one_device).train_step)
+    step = jax.jit(task.load(one_device_mesh()).train_step)
     history = []
     for i in range(n):
         state, metrics = step(state, {"image": images}, jax.random.key(i), frozen or {})
