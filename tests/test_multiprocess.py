@@ -310,6 +310,8 @@ def test_two_processes_score_a_tokenizer_like_one(quality_runs, tmp_path):
     figures = sorted(k for k, v in one.items() if isinstance(v, float))
     print({k: (two[k], one[k]) for k in figures})
     assert "rfid" in figures and "psnr" in figures and one["rfid"] > 0
+    # float32 sums over 2 x 2 and 1 x 4 devices add in different orders: a clean-clone CI run
+    # (2026-12-02) saw LPIPS-Alex differ by 1.2e-6 relative; the FID / CLIP test allows 1e-5 too.
     for key in figures:
-        np.testing.assert_allclose(two[key], one[key], rtol=1e-6, err_msg=key)
+        np.testing.assert_allclose(two[key], one[key], rtol=1e-5, err_msg=key)
     assert _files(tmp_path / "multi") == _files(tmp_path / "single")
