@@ -41,6 +41,9 @@ VARIANTS = {
     "sincos": ["--config.model.pos_init=sincos"],
     "batch16": ["--config.data.batch_size=16"],
     "lr3e-3": ["--config.optim.lr=3e-3"],
+    "patch2": ["--config.model.patch_size=2"],
+    "patch2_wide": ["--config.model.patch_size=2", "--config.model.width=256",
+                    "--config.model.mlp_dim=1024"],
 }
 EVALS = {"canonical": "shapes_oracle", "held_out": "shapes_phrasings"}
 

@@ -131,12 +131,10 @@ def stub_missing(forced: list[str]) -> list[str]:
             continue
         for key in [k for k in sys.modules if k == name or k.startswith(name + ".")]:
             del sys.modules[key]
-        # metrics.py subclasses metric_writers.interface.MetricWriter: a module stub too.
-        for part in (name, name + ".interface") if name == "clu.metric_writers" else (name,):
-            stub = sys.modules[part] = _StubModule(part)
-            parent, _, child = part.rpartition(".")
-            if parent:
-                setattr(sys.modules[parent], child, stub)
+        stub = sys.modules[name] = _StubModule(name)
+        parent, _, child = name.rpartition(".")
+        if parent:
+            setattr(sys.modules[parent], child, stub)
         stubbed.append(name)
     return stubbed
 

@@ -63,6 +63,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # the projected text before cross-attention, for small text encoders (transformer.TextBlocks)
     c.model.text_depth = 0  # text blocks; 0: Muse's projection alone
     c.model.pos_init = "normal"  # grid position vectors' init: normal (Muse) or sincos (2-D code)
+    # Not in Muse (1): p x p tokens as one transformer position (transformer.GridEmbedding), p*p
+    # times fewer positions for a CPU-sized model; must divide grid_size (base stage only)
+    c.model.patch_size = 1
 
     c.masking = ml_collections.ConfigDict()
     c.masking.label_smoothing = 0.1  # on the masked-token cross-entropy (MaskGIT)

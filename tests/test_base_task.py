@@ -27,6 +27,13 @@ def test_reference_configs_validate(variant):
     config_lib.validate(config_lib.load_file(config_lib.CONFIG_DIR / "base_shapes.py", "tiny"))
 
 
+def test_a_patch_size_that_does_not_divide_the_grid_is_one_line():
+    config = config_lib.load_file(config_lib.CONFIG_DIR / "base_shapes.py", "tiny")
+    config.model.patch_size = 3
+    with pytest.raises(ConfigError, match="model.patch_size 3 does not divide model.grid_size 16"):
+        tasks.create(config).check_config()
+
+
 @pytest.mark.slow
 def test_tiny_base_run_trains_and_evaluates(tokenizer_dir, tmp_path):
     config = _base(tokenizer_dir)

@@ -1,8 +1,12 @@
 """Configs load, validate against their stage's reference, and bad ones fail in one line."""
+import os
+import subprocess
+import sys
+
 import ml_collections
 import pytest
 
-from conftest import run_module
+from conftest import REPO, run_module
 from muse_jax import config as config_lib
 from muse_jax import errors
 
@@ -66,6 +70,18 @@ def test_flag_error_names_override():
     assert errors.flag_error(argv, error) == (
         'unknown config key config.optim.lrr (--config.optim.lrr); Did you mean "lr" instead '
         'of "lrr"?')
+
+
+def test_the_tasks_and_the_sampling_commands_import_no_tensorflow():
+    """clu's TensorBoard writer imports TensorFlow (5.4 s a process on a 2-core CPU): only
+    `metrics.create_writer`, which training calls, may pull it in, not a config rejected before
+    training, `sample` or `evaluate`."""
+    code = ("import sys; from muse_jax import evaluate, metrics, sample, tasks, training; "
+            "from muse_jax.tasks import base, sr, vqgan; "
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('tensorflow', 'clu')))")
+    result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True,
+                            text=True, check=True, env={**os.environ, "JAX_PLATFORMS": "cpu"})
+    assert result.stdout.strip() == "[]", result.stdout
 
 
 BAD_INPUTS = {

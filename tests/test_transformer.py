@@ -78,8 +78,9 @@ def test_remat_gives_the_same_gradients():
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
 
 
-def test_overfits_one_batch():
-    model = MaskedTransformer(**KW)
+@pytest.mark.parametrize("patch", [1, 2])
+def test_overfits_one_batch(patch):
+    model = MaskedTransformer(**KW, patch=patch)
     _, params = _init(model)
     rng = np.random.default_rng(3)
     targets = jnp.asarray(rng.integers(0, 16, (4, 16)), jnp.int32)
@@ -192,3 +193,40 @@ def test_sincos_grid_init_is_smooth_in_both_axes_and_keeps_the_tree():
     assert dist((0, 0), (0, 8)) > 0 and dist((0, 0), (8, 0)) > 0
     rand = np.asarray(normal["trunk"]["embed"]["pos_embed"])
     assert np.linalg.norm(rand[0, 0] - rand[0, 1]) > 0.5 * np.linalg.norm(rand[0, 0] - rand[2, 2])
+
+
+def test_a_patched_position_embeds_its_blocks_tokens_and_predicts_each_of_them():
+    """patch 2 on a 4x4 grid: 4 positions; the embedding of a position is the sum of its 4
+    tokens' rows, each from its place's own table, and grid cell (r, c) reads the logits of
+    position (r // 2, c // 2), place (r % 2) * 2 + c % 2. Checked against numpy at depth 0,
+    where the head reads the embeddings directly."""
+    model = MaskedTransformer(**{**KW, "depth": 0}, patch=2)
+    _, params = _init(model)
+    tokens, text, mask = _inputs()
+    logits = np.asarray(model.apply({"params": params}, tokens, text, mask))
+    trunk = jax.tree.map(np.asarray, params["trunk"])
+    table, pos = trunk["embed"]["token_embed"]["embedding"], trunk["embed"]["pos_embed"]
+    head = trunk["head"]
+    vocab, classes = 17, 16
+    assert table.shape == (4 * vocab, 32) and pos.shape == (2, 2, 32)
+    assert head["logits"]["kernel"].shape == (32, 4 * classes) and logits.shape == (2, 16, classes)
+    grid = np.asarray(tokens).reshape(2, 4, 4)
+    for b in range(2):
+        for r in range(4):
+            for c in range(4):
+                pr, pc = r // 2, c // 2
+                block = grid[b, 2 * pr:2 * pr + 2, 2 * pc:2 * pc + 2].reshape(4)
+                x = table[np.arange(4) * vocab + block].sum(0) + pos[pr, pc]
+                x = (x - x.mean()) / np.sqrt(x.var() + 1e-6) * head["norm"]["scale"] \
+                    + head["norm"]["bias"]
+                place = (r % 2) * 2 + c % 2
+                kernel = head["logits"]["kernel"][:, place * classes:(place + 1) * classes]
+                bias = head["logits"]["bias"][place * classes:(place + 1) * classes]
+                np.testing.assert_allclose(logits[b, r * 4 + c], x @ kernel + bias,
+                                           rtol=1e-5, atol=1e-5)
+
+
+def test_a_patch_that_does_not_divide_the_grid_is_refused():
+    model = MaskedTransformer(**KW, patch=3)
+    with pytest.raises(ValueError, match="patch 3 does not divide the token grid"):
+        _init(model)

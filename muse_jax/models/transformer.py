@@ -68,25 +68,54 @@ def grid_sincos_init(key, shape, dtype=jnp.float32):
 POS_INITS = {"normal": _EMBED_INIT, "sincos": grid_sincos_init}
 
 
+def to_patches(x, grid: Sequence[int], patch: int):
+    """[B, h*w, ...] in row-major grid order -> [B, (h/p)*(w/p), p*p, ...], each patch's p x p
+    cells row-major."""
+    (h, w), p, rest = grid, patch, x.shape[2:]
+    x = x.reshape(x.shape[0], h // p, p, w // p, p, *rest)
+    x = jnp.moveaxis(x, 2, 3)  # [B, h/p, w/p, p, p, ...]
+    return x.reshape(x.shape[0], (h // p) * (w // p), p * p, *rest)
+
+
+def from_patches(x, grid: Sequence[int], patch: int):
+    """The inverse of `to_patches`: [B, (h/p)*(w/p), p*p, ...] -> [B, h*w, ...]."""
+    (h, w), p, rest = grid, patch, x.shape[3:]
+    x = x.reshape(x.shape[0], h // p, w // p, p, p, *rest)
+    x = jnp.moveaxis(x, 3, 2)  # [B, h/p, p, w/p, p, ...]
+    return x.reshape(x.shape[0], h * w, *rest)
+
+
 class GridEmbedding(nn.Module):
     """Token embedding plus one learned vector per grid cell (h x w, not a 1-D sequence, as in
     MaskGIT): ids [B, h*w] -> [B, h*w, width]. `pos_init` names the position vectors' init in
-    `POS_INITS`."""
+    `POS_INITS`.
+
+    With `patch` p > 1 (not in Muse), each p x p block of tokens is one position: ids
+    [B, h*w] -> [B, (h/p)*(w/p), width], the sum of one embedding per token from a table of its
+    own for each of the p*p places in the block (a linear map of the block's one-hot codes, as
+    a patch embedding is of pixels). p*p times fewer positions make a CPU-sized model's step
+    that much cheaper in attention and MLPs; `OutputHead` predicts the p*p tokens back.
+    """
     vocab_size: int
     grid: Sequence[int]
     width: int
     dtype: jnp.dtype = jnp.float32
     pos_init: str = "normal"
+    patch: int = 1
 
     @nn.compact
     def __call__(self, tokens):
-        h, w = self.grid
-        embed = nn.Embed(self.vocab_size, self.width, dtype=self.dtype, name="token_embed",
+        (h, w), p = self.grid, self.patch
+        embed = nn.Embed(p * p * self.vocab_size, self.width, dtype=self.dtype, name="token_embed",
                          embedding_init=nn.with_logical_partitioning(_EMBED_INIT, ("vocab", "embed")))
         pos = self.param("pos_embed", nn.with_logical_partitioning(POS_INITS[self.pos_init],
                                                                    (None, None, "embed")),
-                         (h, w, self.width))
-        return embed(tokens) + pos.reshape(h * w, self.width).astype(self.dtype)
+                         (h // p, w // p, self.width))
+        pos = pos.reshape((h // p) * (w // p), self.width).astype(self.dtype)
+        if p == 1:
+            return embed(tokens) + pos
+        places = jnp.arange(p * p) * self.vocab_size  # each place's rows of the table
+        return embed(to_patches(tokens, self.grid, p) + places).sum(axis=2) + pos
 
 
 class TextProjection(nn.Module):
@@ -138,16 +167,25 @@ class TextBlocks(nn.Module):
 
 class OutputHead(nn.Module):
     """Final LayerNorm, then (with `num_classes`) the logits [B,N,K] in float32 whatever the
-    compute dtype; without, the normalised features (the SR model's low-res encoding)."""
+    compute dtype; without, the normalised features (the SR model's low-res encoding). With
+    `patch` p > 1, each of the [B, (h/p)*(w/p)] positions predicts its p x p tokens (`grid`
+    h x w), returned as logits [B, h*w, K] in grid order."""
     num_classes: int | None
     dtype: jnp.dtype = jnp.float32
+    patch: int = 1
+    grid: Sequence[int] = ()
 
     @nn.compact
     def __call__(self, x):
         x = layer_norm(self.dtype, "norm")(x)
         if self.num_classes is None:
             return x
-        return dense(self.num_classes, ("embed", "vocab"), self.dtype, "logits")(x).astype(jnp.float32)
+        p = self.patch
+        logits = dense(p * p * self.num_classes, ("embed", "vocab"), self.dtype, "logits")(x)
+        if p > 1:
+            logits = from_patches(logits.reshape(*x.shape[:2], p * p, self.num_classes),
+                                  self.grid, p)
+        return logits.astype(jnp.float32)
 
 
 class Block(nn.Module):
@@ -216,16 +254,17 @@ class Trunk(nn.Module):
     cross_attend: bool = True
     self_attention_fn: Callable | None = None
     pos_init: str = "normal"  # GridEmbedding's
+    patch: int = 1  # tokens per side of one position (GridEmbedding, OutputHead)
 
     def setup(self):
         self.embed = GridEmbedding(self.vocab_size, self.grid, self.width, self.dtype,
-                                   self.pos_init)
+                                   self.pos_init, self.patch)
         # Positional arguments of Block.__call__, self being 0: `deterministic` is static.
         block = nn.remat(Block, static_argnums=(4,)) if self.remat else Block
         self.blocks = [block(self.width, self.num_heads, self.mlp_dim, self.dropout,
                              self.cross_attend, self.dtype, self.self_attention_fn)
                        for _ in range(self.depth)]
-        self.head = OutputHead(self.num_classes, self.dtype)
+        self.head = OutputHead(self.num_classes, self.dtype, self.patch, self.grid)
         self.drop = nn.Dropout(self.dropout)
 
     def encode_context(self, context, context_mask) -> dict:
@@ -236,7 +275,7 @@ class Trunk(nn.Module):
     def __call__(self, tokens, context: dict | None = None, *, offset=None,
                  deterministic: bool = True):
         """tokens [B, h*w] -> head outputs [B, h*w, ...]; `context` from `encode_context` (None
-        without cross-attention); `offset` [B, h*w, width] is added to the embeddings."""
+        without cross-attention); `offset` [B, positions, width] is added to the embeddings."""
         x = self.embed(tokens)
         if offset is not None:
             x = x + offset
@@ -261,12 +300,15 @@ class MaskedTransformer(nn.Module):
     text_depth: int = 0  # `TextBlocks` over the projected text (0: Muse's projection alone)
     text_length: int = 0  # the longest text the `TextBlocks` take (text.max_length)
     pos_init: str = "normal"  # of the grid's position vectors (`POS_INITS`)
+    patch: int = 1  # tokens per side of one transformer position (`GridEmbedding`; not in Muse)
 
     @property
     def mask_id(self) -> int:
         return self.codebook_size
 
     def setup(self):
+        if any(side % self.patch for side in self.grid):
+            raise ValueError(f"patch {self.patch} does not divide the token grid {tuple(self.grid)}")
         self.text = TextProjection(self.width, self.dtype)
         if self.text_depth:
             self.text_blocks = TextBlocks(self.width, self.text_depth, self.num_heads,
@@ -274,7 +316,7 @@ class MaskedTransformer(nn.Module):
                                           self.dtype)
         self.trunk = Trunk(self.codebook_size + 1, self.grid, self.width, self.depth,
                            self.num_heads, self.mlp_dim, self.codebook_size, self.dropout,
-                           self.dtype, self.remat, pos_init=self.pos_init)
+                           self.dtype, self.remat, pos_init=self.pos_init, patch=self.patch)
 
     def encode_context(self, text, text_mask, deterministic: bool = True) -> dict:
         """Everything the token pass needs of the text: its projection (and `TextBlocks`)

@@ -61,11 +61,15 @@ def build_model(config) -> MaskedTransformer:
                              mlp_dim=m.mlp_dim, dropout=m.dropout, dtype=jnp.dtype(m.dtype),
                              remat=m.remat, text_depth=m.get("text_depth", 0),
                              text_length=config.text.max_length,
-                             pos_init=m.get("pos_init", "normal"))
+                             pos_init=m.get("pos_init", "normal"),
+                             patch=m.get("patch_size", 1))
 
 
 def check_config(c) -> None:
     """The settings of a masked token stage that need no files."""
+    if c.model.get("kind", "muse") == "muse" and c.model.grid_size % c.model.get("patch_size", 1):
+        raise ConfigError(f"model.patch_size {c.model.patch_size} does not divide model.grid_size "
+                          f"{c.model.grid_size}")
     if c.model.width % c.model.num_heads:
         raise ConfigError(f"model.num_heads {c.model.num_heads} does not divide model.width "
                           f"{c.model.width}")

@@ -104,6 +104,9 @@ class SRTask:
         if c.low_res.image_size <= 0 or c.data.image_size % c.low_res.image_size:
             raise ConfigError(f"low_res.image_size {c.low_res.image_size} must divide "
                               f"data.image_size {c.data.image_size}")
+        if c.model.get("patch_size", 1) != 1:
+            raise ConfigError(f"model.patch_size {c.model.patch_size}: the sr stage's transformer "
+                              f"has one position a token (patch_size 1)")
         window = c.model.attention_window
         if window and (c.model.grid_size % window or c.model.num_heads % 2):
             raise ConfigError(f"model.attention_window {window} must divide model.grid_size "
