@@ -17,11 +17,17 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 # subprocess inherit the environment): a repeated tiny tokenizer-plus-base run took 61 s
 # instead of 258 s, though the suite as a whole gained little (few tests compile exactly the
 # same programs). A size limit turns on JAX's file lock: no worker reads a half-written entry.
+# It also makes every write list the whole cache and read each entry's access time
+# (jax/_src/lru_cache.py), so only programs that took a second or more to compile are kept: with
+# every compile kept, eager code (a thousand one-op programs) slowed to a crawl late in the
+# suite, tests/test_inception.py's parity test taking 318 s there against 36 s alone; beside a
+# cache of 20,000 entries it wrote 2.7 s an entry for 10 minutes and did not finish, and with
+# this threshold it ran in 32 s (2026-12-02, 2-core CPU).
 _SESSION_CACHE = None
 if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
     _SESSION_CACHE = tempfile.mkdtemp(prefix="muse_jax_tests_xla_cache_")
     os.environ.update(JAX_COMPILATION_CACHE_DIR=_SESSION_CACHE,
-                      JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+                      JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="1",
                       JAX_COMPILATION_CACHE_MAX_SIZE=str(16 << 30))
 
 import pytest  # noqa: E402
