@@ -32,6 +32,8 @@ flags.DEFINE_list("variants", ["demo", "text_blocks", "sincos"], "Names in VARIA
 flags.DEFINE_integer("steps", 600, "Training steps of every variant.")
 flags.DEFINE_integer("checkpoint_every", 0, "Score every this many steps too (0: the end only).")
 flags.DEFINE_integer("num_eval", 64, "Held-out prompts scored, in each wording.")
+flags.DEFINE_multi_string("set", [], "A config override for every variant, after its own: "
+                          "--set=model.width=256 (repeatable).")
 
 REPO = Path(__file__).resolve().parents[1]
 # name -> config overrides on top of base_shapes.py:demo
@@ -66,7 +68,8 @@ def train(name: str, workdir: Path) -> float:
           for split in ("train", "eval")
           for kind, prefix in (("text_embeddings", "minilm"), ("tokens", "tokens"))),
         f"--config.train.num_steps={FLAGS.steps}", f"--config.train.checkpoint_every={every}",
-        f"--config.train.eval_every={FLAGS.steps}", *VARIANTS[name])
+        f"--config.train.eval_every={FLAGS.steps}", *VARIANTS[name],
+        *(f"--config.{override}" for override in FLAGS.set))
     return time.perf_counter() - start
 
 

@@ -68,6 +68,22 @@ def test_batching_and_padding_do_not_change_the_embeddings(encoder):
     np.testing.assert_allclose(single[0], full[1], atol=1e-5)
 
 
+def test_batches_run_only_as_long_as_their_longest_prompt_and_match_the_full_length(encoder):
+    from muse_jax.text import encoder as encoder_lib
+
+    ids, mask = encoder.tokenize(PROMPTS)
+    longest = int(mask.sum(axis=1).max())  # 11 of 32 positions hold tokens
+    cut_ids, cut_mask = encoder_lib._trim_padding(ids, mask)
+    assert cut_ids.shape == (len(PROMPTS), 16) and longest <= 16  # rounded up to 8s
+    np.testing.assert_array_equal(cut_mask, mask[:, :16])
+    whole = np.asarray(encoder.apply(encoder.params, ids, mask))  # every position run
+    emb, _ = encoder.encode(PROMPTS)
+    np.testing.assert_allclose(emb, whole, atol=1e-5)
+    assert np.abs(emb[:, 16:]).max() == 0
+    clip_like = np.ones_like(mask)  # CLIP's mask: every position, so nothing is cut
+    assert encoder_lib._trim_padding(ids, clip_like)[0].shape == ids.shape
+
+
 def test_the_encoder_is_frozen(encoder):
     ids, mask = encoder.tokenize(PROMPTS[:2])
     grads = jax.grad(lambda p: jnp.sum(encoder.apply(p, ids, mask) ** 2))(encoder.params)

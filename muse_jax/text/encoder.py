@@ -145,20 +145,30 @@ class TextEncoder:
 
     def _batched(self, fn, ids: np.ndarray, mask: np.ndarray, *shapes) -> list[np.ndarray]:
         """`fn(params, ids, mask)` -> a tuple of arrays, run in batches padded to a power of two;
-        the outputs (per-row `shapes`) as float32 numpy arrays, filler rows dropped."""
+        the outputs (per-row `shapes`) as float32 numpy arrays, filler rows dropped.
+
+        The prompts go in order of length, so that each batch is cut to about its own length
+        (`_trim_padding`); each output row is written back to its prompt's place."""
         outs = [np.zeros((len(ids), *shape), np.float32) for shape in shapes]
+        order = np.argsort(mask.sum(axis=1), kind="stable")
         for start in range(0, len(ids), self.batch_size):
-            chunk_ids, chunk_mask = ids[start:start + self.batch_size], mask[start:start + self.batch_size]
+            rows_of = order[start:start + self.batch_size]
+            chunk_ids, chunk_mask = ids[rows_of], mask[rows_of]
             n = len(chunk_ids)
             rows = min(self.batch_size, 1 << (n - 1).bit_length())
             pad = ((0, rows - n), (0, 0))
             chunk_ids = np.pad(chunk_ids, pad, constant_values=self.tokenizer.pad_token_id)
             chunk_mask = np.pad(chunk_mask, pad)
             chunk_mask[n:, 0] = True  # filler rows attend to one token: finite, then dropped
+            chunk_ids, chunk_mask = _trim_padding(chunk_ids, chunk_mask)
             if self.mesh is not None:
                 chunk_ids, chunk_mask = self._place(chunk_ids), self._place(chunk_mask)
             for out, value in zip(outs, fn(self.params, chunk_ids, chunk_mask)):
-                out[start:start + n] = np.asarray(value[:n], np.float32)
+                value = np.asarray(value[:n], np.float32)
+                if value.ndim == 3:  # token states of the kept positions; the rest stay zero
+                    out[rows_of, :value.shape[1]] = value
+                else:
+                    out[rows_of] = value
         return outs
 
     def _place(self, x: np.ndarray) -> jax.Array:
@@ -166,6 +176,21 @@ class TextEncoder:
         if len(x) % (self.mesh.shape["data"] * self.mesh.shape["fsdp"]):
             sharding = jax.sharding.NamedSharding(self.mesh, jax.sharding.PartitionSpec())
         return jax.device_put(x, sharding)
+
+
+def _trim_padding(ids: np.ndarray, mask: np.ndarray, multiple: int = 8):
+    """ids, mask [B, L] cut to the batch's longest caption rounded up to `multiple` positions.
+
+    Padding is masked out of attention, so the kept positions' states are the same (to float
+    rounding) and the cut ones would be zeroed anyway: `_batched` sorts prompts by length
+    first, so that most batches are cut well short of max_length. A mask as long as the ids with
+    True to the end (CLIP's, read as aMUSEd reads it) is left whole, as is a mask longer
+    than the ids (`append_pooled`)."""
+    if mask.shape[1] != ids.shape[1]:
+        return ids, mask
+    used = int(np.flatnonzero(mask.any(axis=0)).max(initial=0)) + 1
+    keep = min(ids.shape[1], -(-used // multiple) * multiple)
+    return ids[:, :keep], mask[:, :keep]
 
 
 def _check_config(c) -> tuple[str, str, int, int, Any]:
