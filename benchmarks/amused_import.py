@@ -12,6 +12,11 @@ negative prompt) through CLIP, 12 steps at guidance 10 with AmusedScheduler's co
 `--preset=amused`), the VQ decoder in float32. Runs alternate (muse_jax, diffusers, ...) after one
 untimed warm-up each (JIT compilation excluded), so load from other processes falls on both alike.
 
+Beside each batch size's runs, the machine's float32 matmul rate (matmul_rate.py, 2048^2,
+jitted and torch) and the FLOPs of one call (XLA's cost analysis of a transformer pass x the
+steps, plus the VQ decode): each side's share of that rate bounds what it could still gain,
+since both do the same matmuls.
+
 Then the compiled memory analysis (XLA's `memory_analysis()`, nothing run) of muse_jax's sampling
 call at each batch size and of one training step (AdamW, masked cross-entropy) at batch 8.
 Prints a table and one JSON line. float32 on the CPU; torch with os.cpu_count() threads. The
@@ -82,6 +87,31 @@ def memory(compiled) -> dict:
             "temp_gib": gib(m.temp_size_in_bytes)}
 
 
+def flops(compiled) -> float:
+    cost = compiled.cost_analysis()
+    return float((cost[0] if isinstance(cost, list) else cost)["flops"])
+
+
+def sampling_flops(pipe, batch: int, steps: int) -> float:
+    """FLOPs of one guided text-to-image call: `steps` transformer passes over 2 x batch rows
+    (conditional and unconditional) and the VQ decode. XLA's cost analysis counts a while
+    loop's body once, so the passes are counted from one forward and multiplied; CLIP (12
+    layers over 77 tokens, under 1 % of the rest) is left out."""
+    import jax
+    import jax.numpy as jnp
+
+    n, length = pipe.grid ** 2, pipe.text_encoder.length
+    params = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), pipe.params)
+    forward = jax.jit(lambda p, t, e: pipe.model.apply({"params": p}, t, e, None)).lower(
+        params, jax.ShapeDtypeStruct((2 * batch, n), jnp.int32),
+        jax.ShapeDtypeStruct((2 * batch, length, 768), jnp.float32)).compile()
+    vq = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), pipe.tokenizer_params)
+    decode = jax.jit(lambda p, ids: pipe.tokenizer.apply(
+        {"params": p}, ids, method=pipe.tokenizer.decode)).lower(
+        vq, jax.ShapeDtypeStruct((batch, pipe.grid, pipe.grid), jnp.int32)).compile()
+    return steps * flops(forward) + flops(decode)
+
+
 def train_step_memory(pipe, batch: int) -> dict:
     import jax
     import jax.numpy as jnp
@@ -119,6 +149,8 @@ def main(argv) -> None:
 
     from muse_jax import diffusers_import, inference, sampling
 
+    from matmul_rate import square_rates
+
     torch.set_num_threads(os.cpu_count())
     options = sampling.AMUSED if _STEPS.value == 12 else sampling.SamplingOptions(
         **{**sampling.AMUSED.__dict__, "steps": _STEPS.value})
@@ -150,18 +182,27 @@ def main(argv) -> None:
                     times[name].append(time.perf_counter() - start)
                     assert np.asarray(images).shape[0] == batch
             rate = {k: batch / statistics.median(v) for k, v in times.items()}
+            matmul = square_rates()  # after the runs, under the same load
+            work = sampling_flops(ours, batch, _STEPS.value)
+            # Both sides do the same FLOPs (same architecture, same steps, same guidance).
+            utilisation = {k: work * r / batch / matmul["jax"] for k, r in rate.items()}
             generate = ours.generator(options)
             emb, mask = ours.encode_text([PROMPT] * batch)
             uncond = ours.encode_text([""])
             compiled = generate.lower(ours.params, emb, mask, *uncond, jax.random.key(0),
                                       ours.blank(batch)).compile()
             report["batches"][batch] = {"images_per_s": rate, "speedup": rate["muse_jax"] / rate["diffusers"],
-                                        "seconds": times, "sampling_memory": memory(compiled)}
+                                        "seconds": times, "sampling_memory": memory(compiled),
+                                        "gflop_per_call": work / 1e9,
+                                        "matmul_gflops": {k: v / 1e9 for k, v in matmul.items()},
+                                        "utilisation_of_jax_matmul": utilisation}
             rows.append(f"| {batch} | {rate['muse_jax']:.4f} | {rate['diffusers']:.4f} | "
-                        f"{rate['muse_jax'] / rate['diffusers']:.2f}x |")
+                        f"{rate['muse_jax'] / rate['diffusers']:.2f}x | "
+                        f"{100 * utilisation['muse_jax']:.0f} % | {100 * utilisation['diffusers']:.0f} % |")
             print(rows[-1], json.dumps(report["batches"][batch]), flush=True)
         report["train_step_memory_batch_8"] = train_step_memory(ours, 8)
-    print("| batch | muse_jax images/s | diffusers images/s | ratio |\n|---|---|---|---|")
+    print("| batch | muse_jax images/s | diffusers images/s | ratio | muse_jax of the matmul rate "
+          "| diffusers of it |\n|---|---|---|---|---|---|")
     print("\n".join(rows))
     for batch, b in report["batches"].items():
         print(f"sampling memory at batch {batch}: {b['sampling_memory']}")

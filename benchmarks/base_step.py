@@ -72,6 +72,8 @@ import types
 
 from absl import app, flags
 
+from matmul_rate import matmul_timer, torch_matmul_timer
+
 _ROUNDS = flags.DEFINE_integer("rounds", 5, "Timed rounds (each times every system in turn).")
 _STEPS = flags.DEFINE_integer("steps", 1, "Steps of each system timed per round.")
 _WARMUP = flags.DEFINE_integer("warmup", 1, "Untimed steps of each system after compilation.")
@@ -191,29 +193,6 @@ def build_jax(d: Dims):
     count = sum(x.size for x in jax.tree.leaves(params))
     return run, count, {"xla_cost_analysis_flops": float(cost.get("flops", float("nan"))),
                         "box": box, "fns": extra}
-
-
-def matmul_timer(m: int, k: int, n: int, batch: int = 0):
-    """A jitted f32 (batched) matmul: returns (run, flops)."""
-    import jax
-    import jax.numpy as jnp
-
-    keys = jax.random.split(jax.random.key(7))
-    lead = (batch,) if batch else ()
-    a = jax.random.normal(keys[0], lead + (m, k), jnp.float32)
-    b = jax.random.normal(keys[1], lead + (k, n), jnp.float32)
-    fn = jax.jit(jnp.matmul)
-    fn(a, b).block_until_ready()
-    return (lambda: fn(a, b).block_until_ready()), 2 * max(batch, 1) * m * k * n
-
-
-def torch_matmul_timer(size: int):
-    """The same square f32 matmul in torch, for reference."""
-    import torch
-
-    a, b = torch.randn(size, size), torch.randn(size, size)
-    a @ b
-    return lambda: a @ b
 
 
 # ------------------------------------------------------------------------------- peers
