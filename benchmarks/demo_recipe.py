@@ -43,6 +43,8 @@ VARIANTS = {
     "sincos": ["--config.model.pos_init=sincos"],
     "batch16": ["--config.data.batch_size=16"],
     "lr3e-3": ["--config.optim.lr=3e-3"],
+    "word_dropout": ["--config.masking.text_token_dropout=0.15"],
+    "sincos_text_blocks": ["--config.model.pos_init=sincos", "--config.model.text_depth=2"],
     "patch2": ["--config.model.patch_size=2"],
     "patch2_wide": ["--config.model.patch_size=2", "--config.model.width=256",
                     "--config.model.mlp_dim=1024"],

@@ -70,6 +70,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.masking = ml_collections.ConfigDict()
     c.masking.label_smoothing = 0.1  # on the masked-token cross-entropy (MaskGIT)
     c.masking.caption_dropout = 0.1  # captions replaced by the empty caption (Muse 2.7: 10%)
+    c.masking.text_token_dropout = 0.0  # caption tokens hidden from cross-attention (not Muse)
 
     common.add_optim(c)
     c.optim.name = "adafactor"  # adamw | adafactor (Muse trains with Adafactor)

@@ -1,4 +1,5 @@
-"""Which tokens the transformer must predict: mask rates, masks, the loss, caption dropout.
+"""Which tokens the transformer must predict: mask rates, masks, the loss, caption dropout
+and caption-token dropout.
 
 Training (Muse 2.6): a mask rate r per example from the truncated arccos distribution
 p(r) = 2/pi (1 - r^2)^(-1/2) on [0, 1), whose mean 2/pi ~ 0.64 favours high rates; round(r N)
@@ -66,3 +67,19 @@ def drop_captions(rng, emb, mask, empty_emb, empty_mask, rate: float):
     emb = jnp.where(drop[:, None, None], empty_emb[None].astype(emb.dtype), emb)
     mask = jnp.where(drop[:, None], empty_mask[None], mask)
     return emb, mask
+
+
+def drop_text_tokens(rng, mask, rate: float):
+    """Hides each caption token but the first from cross-attention with probability `rate`.
+
+    Not in Muse. A CPU-sized model trained for minutes keys on exact words ("top"), and a
+    phrasing it never saw ("upper") then goes unread. Hiding words at random makes it read
+    each object's place and look from every token that carries them: a frozen encoder's
+    states mix in their neighbours ("left" in "the top left corner"), and those survive a
+    paraphrase. The first token (BERT's [CLS], T5's first word) stays, so no caption is
+    emptied; padding stays hidden.
+    """
+    if not rate:
+        return mask
+    keep = jax.random.bernoulli(rng, 1.0 - rate, mask.shape).at[:, 0].set(True)
+    return mask & keep

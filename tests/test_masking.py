@@ -1,4 +1,4 @@
-"""Mask-rate distribution, masks, schedule, the masked loss and caption dropout."""
+"""Mask-rate distribution, masks, schedule, the masked loss, caption and caption-token dropout."""
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -71,3 +71,14 @@ def test_caption_dropout_uses_the_empty_caption_at_the_rate():
     assert np.array_equal(np.asarray(out_mask)[dropped][0], [True, True, False, False])
     none, _ = masking.drop_captions(jax.random.key(0), emb, mask, empty_emb, empty_mask, 0.0)
     assert np.all(np.asarray(none) == 1.0)
+
+
+def test_text_token_dropout_hides_words_at_the_rate_but_never_the_first_or_padding():
+    n = 20_000
+    mask = jnp.array([[True] * 6 + [False] * 2] * n)  # 6 words, 2 of padding
+    out = np.asarray(masking.drop_text_tokens(jax.random.key(0), mask, 0.25))
+    assert out[:, 0].all()  # the first token stays: no caption is emptied
+    assert not out[:, 6:].any()  # padding stays hidden
+    assert abs(1.0 - out[:, 1:6].mean() - 0.25) < 0.01  # the other words go at the rate
+    assert abs(out[:, 1].mean() - out[:, 5].mean()) < 0.02  # wherever they stand
+    assert np.array_equal(np.asarray(masking.drop_text_tokens(jax.random.key(0), mask, 0.0)), mask)

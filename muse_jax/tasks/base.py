@@ -75,6 +75,9 @@ def check_config(c) -> None:
                           f"{c.model.width}")
     if not all(0.0 < r <= 1.0 for r in c.eval.mask_rates):
         raise ConfigError(f"eval.mask_rates must lie in (0, 1], got {tuple(c.eval.mask_rates)}")
+    if not 0.0 <= c.masking.text_token_dropout < 1.0:
+        raise ConfigError(f"masking.text_token_dropout must lie in [0, 1), got "
+                          f"{c.masking.text_token_dropout}")
     if not 0.0 <= c.masking.caption_dropout < 1.0:
         raise ConfigError(f"masking.caption_dropout must lie in [0, 1), got "
                           f"{c.masking.caption_dropout}")
@@ -290,6 +293,9 @@ class MaskedTokenTraining:
         emb, text_mask = masking.drop_captions(rng_drop, inputs.emb, inputs.text_mask,
                                                inputs.empty_emb[0], inputs.empty_mask[0],
                                                c.masking.caption_dropout)
+        # Its own stream, folded in so that runs without it draw what they always drew.
+        text_mask = masking.drop_text_tokens(jax.random.fold_in(rng_drop, 1), text_mask,
+                                             c.masking.text_token_dropout)
         masked_inputs = jnp.where(mask, self.model.mask_id, tokens)
 
         def loss_fn(params, part, key):
