@@ -9,7 +9,8 @@ text tower with projection; a tiny stand-in tokenizer, which changes no shape: e
 padded to 77 tokens) is saved with `save_pretrained` and imported with muse_jax.import_diffusers,
 as a real checkpoint would be. Each run is the whole text-to-image call: prompts (and the empty
 negative prompt) through CLIP, 12 steps at guidance 10 with AmusedScheduler's conventions (muse_jax:
-`--preset=amused`), the VQ decoder in float32. Runs alternate (muse_jax, diffusers, ...) after one
+`--preset=amused`; transformer passes of `--rows_per_pass` rows, one compiled loop), the VQ
+decoder in float32. Runs alternate (muse_jax, diffusers, ...) after one
 untimed warm-up each (JIT compilation excluded), so load from other processes falls on both alike.
 
 Beside each batch size's runs, the machine's float32 matmul rate (matmul_rate.py, 2048^2,
@@ -24,6 +25,7 @@ machine is shared with other jobs: compare the ratios, not the absolute times.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import statistics
@@ -38,6 +40,8 @@ from absl import app, flags
 _BATCHES = flags.DEFINE_list("batches", ["1", "8"], "Images per call.")
 _REPEATS = flags.DEFINE_integer("repeats", 2, "Timed runs per side and batch size.")
 _STEPS = flags.DEFINE_integer("steps", 12, "Decoding steps (AmusedPipeline's default).")
+_ROWS = flags.DEFINE_integer("rows_per_pass", 2, "muse_jax's SamplingOptions.rows_per_pass: rows "
+                             "each transformer pass takes (0: all 2 x batch at once).")
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
@@ -152,8 +156,8 @@ def main(argv) -> None:
     from matmul_rate import square_rates
 
     torch.set_num_threads(os.cpu_count())
-    options = sampling.AMUSED if _STEPS.value == 12 else sampling.SamplingOptions(
-        **{**sampling.AMUSED.__dict__, "steps": _STEPS.value})
+    options = dataclasses.replace(sampling.AMUSED, steps=_STEPS.value,
+                                  rows_per_pass=_ROWS.value)
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         reference = amused_256(root)
@@ -171,6 +175,7 @@ def main(argv) -> None:
                                  guidance_scale=10.0, output_type="np").images
 
         rows, report = [], {"benchmark": "amused_import", "steps": _STEPS.value,
+                            "rows_per_pass": _ROWS.value,
                             "cpu_count": os.cpu_count(), "batches": {}}
         for batch in (int(b) for b in _BATCHES.value if b):
             run_ours(batch), run_theirs(batch, 1)  # warm-up: compilation (torch: allocations)

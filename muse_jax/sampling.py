@@ -41,6 +41,12 @@ class SamplingOptions:
     # How that scale anneals: "maskgit" c (1 - (s+1)/T), zero at the last step; "amused"
     # AmusedScheduler's linspace(c, 0, T), c (1 - s/(T-1)), full at the first step.
     choice_schedule: str = "maskgit"
+    # Rows (prompts, and their unconditional twins under guidance) each transformer pass takes
+    # at a time, in one compiled loop (0: all at once). On a CPU, passes of a few rows keep the
+    # activations in cache: aMUSEd-256 at batch 8 (16 rows) ran 17.4 s an image in one pass
+    # against 14.2 s at batch 1 (benchmarks/amused_import.py, 2026-12-03); on accelerators
+    # leave it at 0.
+    rows_per_pass: int = 0
 
     def check(self) -> None:
         from muse_jax.errors import UserError
@@ -48,6 +54,9 @@ class SamplingOptions:
             raise UserError(f"steps must be >= 1, got {self.steps}")
         if not 0 <= self.guidance < float("inf"):  # written so that NaN fails too
             raise UserError(f"guidance must be finite and >= 0, got {self.guidance}")
+        if self.rows_per_pass < 0:
+            raise UserError(f"rows_per_pass must be >= 0 (0: all rows at once), got "
+                            f"{self.rows_per_pass}")
         if self.guidance_schedule not in ("linear", "cosine", "constant"):
             raise UserError(f"guidance_schedule must be linear, cosine or constant, got "
                             f"{self.guidance_schedule!r}")
@@ -158,7 +167,16 @@ def _logits_fn(model, options: SamplingOptions, params, emb, mask, uncond_emb, u
             low_res = jnp.concatenate([low_res, low_res], axis=0)
     extra = () if low_res is None else (low_res,)
     context_kv = model.apply({"params": params}, emb, mask, *extra, method="encode_context")
-    return lambda tokens: model.apply({"params": params}, tokens, context_kv, method="logits")
+
+    def logits(tokens, kv):
+        return model.apply({"params": params}, tokens, kv, method="logits")
+
+    rows = options.rows_per_pass
+    if not rows or rows >= emb.shape[0]:
+        return lambda tokens: logits(tokens, context_kv)
+    # lax.map vmaps `one` over `rows` rows at a time: the same pass on smaller blocks.
+    one = lambda row_kv: logits(row_kv[0][None], jax.tree.map(lambda x: x[None], row_kv[1]))[0]  # noqa: E731
+    return lambda tokens: jax.lax.map(one, (tokens, context_kv), batch_size=rows)
 
 
 def _generate(model, options: SamplingOptions, params, emb, mask, uncond_emb, uncond_mask, rng,

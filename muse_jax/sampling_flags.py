@@ -34,6 +34,9 @@ def define(sr: bool = True, edit: bool = True) -> None:
     flags.DEFINE_float("choice_temperature", _DEFAULT.choice_temperature,
                        "Gumbel noise on the confidence that picks which tokens to keep, annealed "
                        "to 0 over the steps (MaskGIT: 4.5).")
+    flags.DEFINE_integer("rows_per_pass", _DEFAULT.rows_per_pass,
+                         "Rows (x2 under guidance) each transformer pass takes at a time (0: "
+                         "all): on a CPU, 1-2 keep a large model's activations in cache.")
     flags.DEFINE_integer("seed", 0, "Random seed.")
     flags.DEFINE_float("lora_scale", 1.0, "A LoRA fine-tune's adapters x this (0: the run it "
                        "was fine-tuned from, 1: as trained); any other run takes only 1.")
@@ -55,7 +58,7 @@ def define(sr: bool = True, edit: bool = True) -> None:
 
 
 _OPTION_FLAGS = ("steps", "guidance", "guidance_schedule", "temperature", "top_k",
-                 "choice_temperature", "choice_schedule")
+                 "choice_temperature", "choice_schedule", "rows_per_pass")
 
 
 def options() -> sampling.SamplingOptions:

@@ -1,4 +1,6 @@
 """The decoding loop: fills every [MASK], never touches given tokens, guidance pulls the right way."""
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -178,6 +180,31 @@ def test_generate_without_guidance_encodes_and_runs_only_the_prompts():
         assert _text_projections(jaxpr, 2 * b + b - rows, length) == []  # not the other count
         tokens = generate(*args)
         assert tokens.shape == (b, N) and int(jnp.sum(tokens == model.mask_id)) == 0
+
+
+def test_passes_of_fewer_rows_choose_the_same_tokens():
+    """rows_per_pass splits each step's 2B guided rows into passes of that many (a remainder
+    included) inside the one compiled loop: the same tokens, greedily and with sampling."""
+    from flax import linen as nn
+
+    from muse_jax.models.transformer import MaskedTransformer
+    model = MaskedTransformer(codebook_size=K, grid=(4, 4), width=32, depth=2, num_heads=4, mlp_dim=64)
+    b, length = 3, 5
+    emb = jax.random.normal(jax.random.key(1), (b, length, 12))
+    mask = jnp.ones((b, length), bool).at[:, 3:].set(False)
+    canvas = jnp.full((b, N), model.mask_id, jnp.int32)
+    params = nn.unbox(model.init(jax.random.key(0), canvas, emb, mask)["params"])
+    args = (params, emb, mask, emb[:1] * 0, mask[:1], jax.random.key(0), canvas)
+    for temperature in (0.0, 1.0):
+        whole = sampling.SamplingOptions(steps=4, temperature=temperature)
+        tokens = sampling.make_generate(model, whole)(*args)
+        for rows in (1, 4):  # 6 rows: 6 passes of 1; one of 4 and one of 2
+            split = dataclasses.replace(whole, rows_per_pass=rows)
+            jaxpr = jax.make_jaxpr(sampling.make_generate(model, split))(*args).jaxpr
+            assert _text_projections(jaxpr, 2 * b, length)  # the context is encoded whole
+            np.testing.assert_array_equal(sampling.make_generate(model, split)(*args), tokens)
+    with pytest.raises(UserError, match="rows_per_pass must be >= 0"):
+        sampling.SamplingOptions(rows_per_pass=-1).check()
 
 
 class _PromptModel:

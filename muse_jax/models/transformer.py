@@ -49,7 +49,7 @@ def grid_sincos_init(key, shape, dtype=jnp.float32):
     smooth 2-D code, nearby tokens start with nearby queries, so what a token learns about
     where it is (which part of the prompt to read) carries to its neighbours. Measured on the
     demo (benchmarks/demo_recipe.py, 600 steps): training loss 1.42 -> 1.25, the oracle within
-    the noise of 64 prompts; off by default."""
+    the noise of 64 prompts. Off by default; the demo uses it with `TextBlocks`."""
     del key
     h, w, width = shape
     quarter = width // 4
@@ -139,7 +139,9 @@ class TextBlocks(nn.Module):
     hundred steps. These blocks, with a learned vector per text position, can gather each
     object's words onto its position words first. Cheap: the text is tens of tokens. Measured
     on the demo (benchmarks/demo_recipe.py, 600 steps): lower training loss (1.42 -> 1.32), the
-    oracle within the noise of 64 prompts; off by default.
+    oracle within the noise of 64 prompts. Two of them with sin-cos grid positions (2026-12-03,
+    128 prompts): phrasings training never used 7.0% -> 18.0% exactly right, the canonical
+    wording unchanged (17.2% -> 18.8%); off by default, on in the demo.
     """
     width: int
     depth: int
