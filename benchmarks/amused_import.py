@@ -177,6 +177,7 @@ def main(argv) -> None:
         rows, report = [], {"benchmark": "amused_import", "steps": _STEPS.value,
                             "rows_per_pass": _ROWS.value,
                             "cpu_count": os.cpu_count(), "batches": {}}
+        best = square_rates()
         for batch in (int(b) for b in _BATCHES.value if b):
             run_ours(batch), run_theirs(batch, 1)  # warm-up: compilation (torch: allocations)
             times = {"muse_jax": [], "diffusers": []}
@@ -187,7 +188,9 @@ def main(argv) -> None:
                     times[name].append(time.perf_counter() - start)
                     assert np.asarray(images).shape[0] == batch
             rate = {k: batch / statistics.median(v) for k, v in times.items()}
-            matmul = square_rates()  # after the runs, under the same load
+            # After the runs, under the same load; the best reading so far (one can sag).
+            matmul = {k: max(v, best.get(k, 0.0)) for k, v in square_rates().items()}
+            best = matmul
             work = sampling_flops(ours, batch, _STEPS.value)
             # Both sides do the same FLOPs (same architecture, same steps, same guidance).
             utilisation = {k: work * r / batch / matmul["jax"] for k, r in rate.items()}
