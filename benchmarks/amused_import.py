@@ -105,14 +105,12 @@ def sampling_flops(pipe, batch: int, steps: int) -> float:
     import jax.numpy as jnp
 
     n, length = pipe.grid ** 2, pipe.text_encoder.length
-    params = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), pipe.params)
     forward = jax.jit(lambda p, t, e: pipe.model.apply({"params": p}, t, e, None)).lower(
-        params, jax.ShapeDtypeStruct((2 * batch, n), jnp.int32),
+        pipe.params, jax.ShapeDtypeStruct((2 * batch, n), jnp.int32),
         jax.ShapeDtypeStruct((2 * batch, length, 768), jnp.float32)).compile()
-    vq = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), pipe.tokenizer_params)
     decode = jax.jit(lambda p, ids: pipe.tokenizer.apply(
         {"params": p}, ids, method=pipe.tokenizer.decode)).lower(
-        vq, jax.ShapeDtypeStruct((batch, pipe.grid, pipe.grid), jnp.int32)).compile()
+        pipe.tokenizer_params, jax.ShapeDtypeStruct((batch, pipe.grid, pipe.grid), jnp.int32)).compile()
     return steps * flops(forward) + flops(decode)
 
 
@@ -177,7 +175,7 @@ def main(argv) -> None:
         rows, report = [], {"benchmark": "amused_import", "steps": _STEPS.value,
                             "rows_per_pass": _ROWS.value,
                             "cpu_count": os.cpu_count(), "batches": {}}
-        best = square_rates()
+        matmul = square_rates()
         for batch in (int(b) for b in _BATCHES.value if b):
             run_ours(batch), run_theirs(batch, 1)  # warm-up: compilation (torch: allocations)
             times = {"muse_jax": [], "diffusers": []}
@@ -188,9 +186,8 @@ def main(argv) -> None:
                     times[name].append(time.perf_counter() - start)
                     assert np.asarray(images).shape[0] == batch
             rate = {k: batch / statistics.median(v) for k, v in times.items()}
-            # After the runs, under the same load; the best reading so far (one can sag).
-            matmul = {k: max(v, best.get(k, 0.0)) for k, v in square_rates().items()}
-            best = matmul
+            # Read again after the runs, under the same load; the best reading so far (one can sag).
+            matmul = {k: max(v, matmul[k]) for k, v in square_rates().items()}
             work = sampling_flops(ours, batch, _STEPS.value)
             # Both sides do the same FLOPs (same architecture, same steps, same guidance).
             utilisation = {k: work * r / batch / matmul["jax"] for k, r in rate.items()}

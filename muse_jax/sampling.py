@@ -174,9 +174,11 @@ def _logits_fn(model, options: SamplingOptions, params, emb, mask, uncond_emb, u
     rows = options.rows_per_pass
     if not rows or rows >= emb.shape[0]:
         return lambda tokens: logits(tokens, context_kv)
-    # lax.map vmaps `one` over `rows` rows at a time: the same pass on smaller blocks.
-    one = lambda row_kv: logits(row_kv[0][None], jax.tree.map(lambda x: x[None], row_kv[1]))[0]  # noqa: E731
-    return lambda tokens: jax.lax.map(one, (tokens, context_kv), batch_size=rows)
+    def one_row(row):  # lax.map vmaps it over `rows` rows at a time
+        tokens, kv = jax.tree.map(lambda x: x[None], row)
+        return logits(tokens, kv)[0]
+
+    return lambda tokens: jax.lax.map(one_row, (tokens, context_kv), batch_size=rows)
 
 
 def _generate(model, options: SamplingOptions, params, emb, mask, uncond_emb, uncond_mask, rng,
