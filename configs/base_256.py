@@ -39,6 +39,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.text.path = ""  # local checkpoint directory (T5-XXL in the paper)
     c.text.tokenizer_path = ""  # tokenizer directory when not in path (aMUSEd's tokenizer/)
     c.text.append_pooled = False  # clip: pooled projection as one more position (aMUSEd's U-ViT)
+    c.text.num_layers = 0  # minilm: states of its layer N, the first N run (0: the last layer)
     c.text.max_length = 64  # caption tokens; longer captions are truncated
     c.text.dtype = "bfloat16"  # encoder compute and weight dtype (frozen)
     c.text.batch_size = 256  # prompts per encoder call outside training (sampling, precompute)

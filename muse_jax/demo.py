@@ -19,6 +19,7 @@ import contextlib
 import dataclasses
 import json
 import os
+import shutil
 import textwrap
 import time
 from pathlib import Path
@@ -82,9 +83,19 @@ class Timer:
 
 
 def _trained(config, workdir: str) -> bool:
-    """The run reached its last step and evaluated there (train.py writes eval.json last)."""
+    """The run reached its last step, evaluated there (train.py writes eval.json last) and was
+    trained with this config. A finished run of another config (the recipe changed since) is
+    removed: resuming it would stop at once at its last step."""
+    from muse_jax import runs
+
     path = os.path.join(workdir, "eval.json")
     if not os.path.isfile(path):
+        return False
+    differ = runs.differing_keys(workdir, config)
+    if differ:
+        print(f"{workdir} was trained with another config ({', '.join(differ[:4])}"
+              f"{' ...' if len(differ) > 4 else ''} differ): training it again", flush=True)
+        shutil.rmtree(workdir)
         return False
     with open(path) as f:
         return json.load(f).get("step") == config.train.num_steps
@@ -99,8 +110,15 @@ def train_stage(config, workdir: str, phase: Phase) -> None:
     training.train_and_evaluate(config, workdir, progress_bar=True)
 
 
+def _encoded_with(directory: Path, text_config) -> bool:
+    """`directory` holds caption embeddings that `text_config`'s encoder wrote."""
+    metadata = directory / "metadata.json"
+    return metadata.is_file() and json.loads(metadata.read_text())["encoder"] == text_config.to_dict()
+
+
 def precompute(base, phase: Phase) -> None:
-    """Caption embeddings and VQ tokens of both splits; a directory with metadata.json is done."""
+    """Caption embeddings and VQ tokens of both splits. Embeddings of another text config are
+    encoded again; a token directory with metadata.json is done."""
     from muse_jax.data import sources, tokens
     from muse_jax.tasks import vqgan as vqgan_task
     from muse_jax.text import embeddings
@@ -108,7 +126,7 @@ def precompute(base, phase: Phase) -> None:
     done = 0
     for split in ("train", "eval"):
         emb_dir = Path(base.data[f"{split}_text_embeddings"])
-        if not (emb_dir / "metadata.json").is_file():
+        if not _encoded_with(emb_dir, base.text):
             captions = sources.captions(sources.create_finite(base.data, split, base.seed))
             embeddings.precompute(base.text, captions, emb_dir, overwrite=True)
         else:
@@ -254,11 +272,14 @@ def run(workdir: str, out: str, num_eval: int, options, edit_options=None,
     out_dir.mkdir(parents=True, exist_ok=True)
     vq, base = configs(workdir, variant)
     timer = Timer()
+    base_dir = os.path.join(workdir, "base_shapes")
     with timer.phase("train the shapes tokenizer") as phase:
         train_stage(vq, base.tokenizer.workdir, phase)
+    if not phase.reused:  # a new tokenizer: the tokens and the model trained on them are stale
+        for stale in (base.data.train_tokens, base.data.eval_tokens, base_dir):
+            shutil.rmtree(stale, ignore_errors=True)
     with timer.phase("encode captions (MiniLM) and images (tokenizer) once") as phase:
         precompute(base, phase)
-    base_dir = os.path.join(workdir, "base_shapes")
     with timer.phase("train the base model") as phase:
         train_stage(base, base_dir, phase)
     with timer.phase("sample held-out prompts and score them") as phase:

@@ -96,6 +96,19 @@ def check_workdir_config(workdir: str, config: ml_collections.ConfigDict) -> Non
                           f"--workdir, or resume it with its own config")
 
 
+def differing_keys(workdir: str, config: ml_collections.ConfigDict) -> list[str]:
+    """The config keys, but for the paths the run reads, whose value in `workdir`'s
+    config.json differs from `config`'s (all of them when there is no config.json): a finished
+    run is a result of this config only if none differs."""
+    config_file = epath.Path(workdir) / "config.json"
+    new = _flat(json.loads(config.to_json_best_effort()))
+    if not config_file.exists():
+        return sorted(new)
+    old = _flat(json.loads(config_file.read_text()))
+    return sorted(k for k in set(old) | set(new)
+                  if k not in PATH_KEYS and old.get(k) != new.get(k))
+
+
 def save_config(workdir: str, config: ml_collections.ConfigDict) -> None:
     """Writes `workdir/config.json`, local dependency paths relative to `workdir`, once
     `check_workdir_config` has found the config fits what the workdir holds."""

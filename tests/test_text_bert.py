@@ -58,3 +58,19 @@ def test_real_minilm_matches_transformers_on_real_sentences():
     np.testing.assert_array_equal(mask, mask2)
     assert np.abs(emb - ref * mask[..., None]).max() < 1e-4
     assert encoder.dim == 384 and emb.shape == (8, 32, 384)
+
+
+def test_num_layers_returns_minilm_layer_2_states_as_transformers_hidden_states_2():
+    """text.num_layers=2 (the demo's) is transformers' hidden_states[2], not the last layer."""
+    config = default_config()
+    config.num_layers = 2
+    encoder = create_encoder(config)
+    assert len([k for k in encoder.params if k.startswith("layers_")]) == 2
+    model = transformers.BertModel.from_pretrained(str(bert.minilm_dir())).eval()
+    emb, mask = encoder.encode(SENTENCES)
+    with torch.no_grad():
+        out = model(input_ids=torch.from_numpy(encoder.tokenize(SENTENCES)[0]).long(),
+                    attention_mask=torch.from_numpy(mask).long(), output_hidden_states=True)
+    layer2 = out.hidden_states[2].numpy() * mask[..., None]
+    assert np.abs(emb - layer2).max() < 1e-4
+    assert np.abs(emb - out.last_hidden_state.numpy() * mask[..., None]).max() > 0.1

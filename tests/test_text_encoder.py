@@ -129,6 +129,8 @@ def test_a_missing_minilm_package_says_how_to_install_it(monkeypatch):
     ("dtype", "float16", "must be one of"),
     ("max_length", 1, ">= 2"),
     ("max_length", 1000, "exceeds this BERT's 512 positions"),
+    ("num_layers", 7, "has 6 layers"),
+    ("num_layers", -1, "has 6 layers"),
 ])
 def test_bad_configs_fail_in_one_line(key, value, match):
     config = default_config()

