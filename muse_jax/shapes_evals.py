@@ -103,7 +103,9 @@ def shapes_edit(pipe, options, edit_options, num_samples: int, seed: int,
 
     "changed": the share of results showing the changed object in its cell; "rest_kept": the
     share in which every other object is still there, unchanged; "match": the whole result is
-    exactly the new caption's scene; "seconds_per_edit": wall time over all scenes (the
+    exactly the new caption's scene; "kept_psnr": PSNR (dB) of the result against the input
+    image outside the changed object's cell (how sharp what the edit should not touch stays);
+    "seconds_per_edit": wall time over all scenes (the
     compilation included) divided by their number.
     """
     source = eval_source(pipe, "shapes_edit")
@@ -126,11 +128,15 @@ def shapes_edit(pipe, options, edit_options, num_samples: int, seed: int,
                          batch_size=batch_size, progress=True)
     results = to_uint8(pipe.decode(out))
     seconds = time.perf_counter() - start
+    size = pipe.config.data.image_size
+    outside = np.stack([~shapes.cell_mask(new.cell, size) for new in changed])
+    kept = psnr(results[outside][None], to_uint8(np.stack(images))[outside][None])
     parsed = [shapes.parse_image(im) for im in results]
     return {**shapes.score_batch(results, captions),
             "changed": float(np.mean([new in p for new, p in zip(changed, parsed)])),
             "rest_kept": float(np.mean([all(o in p for o in r) for r, p in zip(rest, parsed)])),
             "changed_tokens": float(np.mean(out != tokens)),
+            "kept_psnr": float(kept[0]),
             "seconds_per_edit": seconds / num_samples}
 
 
