@@ -4,9 +4,10 @@
     bash benchmarks/device_check.sh --smoke         # tiny sizes on any machine (the test runs this)
     python benchmarks/device_check.py --smoke --force_stub=clu.metric_writers,grain
 
-NOT YET RUN ON A GPU: it was written and smoke-tested on the 2-core CPU machine (no GPU was lent
-to that session). Everything below that is GPU-only (the peak table, OOM halving at real sizes,
-memory statistics, the timings themselves) is untried; the first GPU run is its first test.
+First run on a lent H200 (2026-12-04, jax 0.11.2; benchmarks/RESULTS.md, device_check): every
+part ran, OOM halving was not needed (batch 128 peaked at 17.7 GiB). The base_256 step compiled in
+183 s and its state took 82 s to build, so with the sampling models' own jitted inits (~85 s each,
+now `random_params`) one 420 s budget did not reach every part.
 
 What it measures, in bfloat16 compute wherever the configs' `model.dtype` keys say so
 (parameters float32, as training and the checkpoints hold them):
@@ -150,6 +151,41 @@ def error_text(e: BaseException) -> str:
 def count(tree) -> int:
     import jax
     return int(sum(math.prod(x.shape) for x in jax.tree.leaves(tree)))
+
+
+def random_params(init, key):
+    """Weights shaped as `init(key)` returns them, drawn leaf by leaf: LayerNorm / GroupNorm
+    scales 1, biases 0, the rest N(0, 0.02^2). Timing needs no faithful initialiser, and on the
+    lent H200 (2026-12-04) jitting a 24-block model's own `init` took ~85 s a model (compiling
+    its unrolled initialisers), which left two thirds of the sampling part unrun; one small
+    program a leaf shape compiles in well under a second."""
+    import jax
+
+    abstract = jax.eval_shape(init, key)
+    paths, treedef = jax.tree_util.tree_flatten_with_path(abstract)
+    keys = jax.random.split(key, len(paths))
+    leaves = []
+    for k, (path, leaf) in zip(keys, paths):
+        name = str(getattr(path[-1], "key", path[-1]))
+        leaves.append(_leaf(k, leaf.shape, leaf.dtype, name if name in ("scale", "bias") else ""))
+    return jax.tree_util.tree_unflatten(treedef, leaves)
+
+
+_NORMAL_PROGRAMS: dict = {}  # (shape, dtype) -> jitted draw
+
+
+def _leaf(key, shape, dtype, kind):
+    import jax
+    import jax.numpy as jnp
+
+    if kind == "scale":
+        return jnp.ones(shape, dtype)
+    if kind == "bias":
+        return jnp.zeros(shape, dtype)
+    if (shape, dtype) not in _NORMAL_PROGRAMS:
+        _NORMAL_PROGRAMS[shape, dtype] = jax.jit(
+            lambda k: (0.02 * jax.random.normal(k, shape, jnp.float32)).astype(dtype))
+    return _NORMAL_PROGRAMS[shape, dtype](key)
 
 
 def median_time(fn, repeats: int) -> tuple[float, list[float]]:
@@ -336,8 +372,10 @@ def sample_once(args, c, batch: int, name: str, cache: dict) -> dict:
     canvas = jnp.full((batch, n), model.mask_id, jnp.int32)
     if name not in cache:
         cache.clear()  # one model's weights on the device at a time
-        cache[name] = jax.jit(lambda k: nn.unbox(
-            model.init(k, canvas[:1], emb[:1], mask[:1])["params"]))(k_model)
+        start = time.perf_counter()
+        cache[name] = random_params(lambda k: nn.unbox(
+            model.init(k, canvas[:1], emb[:1], mask[:1])["params"]), k_model)
+        cache[name + ":init_s"] = time.perf_counter() - start
     params = cache[name]
     options = sampling.SamplingOptions(steps=args.sample_steps, guidance=args.guidance)
     generate = sampling.make_generate(model, options)
@@ -355,7 +393,8 @@ def sample_once(args, c, batch: int, name: str, cache: dict) -> dict:
         run()
     med, times = median_time(run, args.repeats)
     return {"model": name, "batch": batch, "steps": args.sample_steps, "guidance": args.guidance,
-            "params": count(params), "compile_s": compile_s, "first_call_s": first_s,
+            "params": count(params), "init_s": cache.get(name + ":init_s", 0.0),
+            "compile_s": compile_s, "first_call_s": first_s,
             "median_s": med, "min_s": min(times), "runs": len(times),
             "ms_per_image": 1e3 * med / batch, "ms_per_step": 1e3 * med / args.sample_steps,
             "images_per_s": batch / med, "dims": dims_of(c)}
@@ -375,8 +414,8 @@ def decode_once(args, c, batch: int, dtype: str, cache: dict) -> dict:
     grid = 16
     ids = jax.random.randint(jax.random.key(3), (batch, grid, grid), 0, c.model.codebook_size)
     if "vq" not in cache:
-        cache["vq"] = jax.jit(lambda k: nn.unbox(vq.init(k, ids[:1], method=VQGAN.decode)["params"]))(
-            jax.random.key(4))
+        cache["vq"] = random_params(
+            lambda k: nn.unbox(vq.init(k, ids[:1], method=VQGAN.decode)["params"]), jax.random.key(4))
     params = cache["vq"]
     fn = jax.jit(lambda p, t: vq.apply({"params": p}, t, method=VQGAN.decode))
     start = time.perf_counter()

@@ -4,7 +4,7 @@
 # base_256 and aMUSEd-256 sizes (batch 1 and 8), VQGAN-decoder time; a table, one JSON line and
 # $OUT/device_check.json. What and how: benchmarks/device_check.py's docstring.
 #
-# NOT YET RUN ON A GPU (written on the CPU machine, where only --smoke was run).
+# First run on a lent H200 on 2026-12-04: benchmarks/RESULTS.md (device_check).
 #
 #   bash benchmarks/device_check.sh              # the GPU check; under 8 minutes (hard limit below)
 #   bash benchmarks/device_check.sh --smoke      # tiny sizes, any machine (tests/test_device_check.py)

@@ -95,7 +95,9 @@ def main(names: list[str]) -> int:
     kept = sections(RESULTS.read_text()) if RESULTS.is_file() else {}
     for name in names or list(BENCHMARKS):
         kept[name] = run(name, BENCHMARKS[name])
-        ordered = [kept[n] for n in BENCHMARKS if n in kept]
+        # Sections it does not run (device_check's, from a lent GPU) stay, after the others.
+        ordered = ([kept[n] for n in BENCHMARKS if n in kept]
+                   + [text for n, text in kept.items() if n not in BENCHMARKS])
         RESULTS.write_text(HEADER + "\n" + "\n\n".join(ordered) + "\n")  # after each, in case
     print(f"wrote {RESULTS}")
     return 0

@@ -75,3 +75,23 @@ def test_smoke_run_prints_and_writes_every_part(tmp_path):
     decoder = {(d["dtype"], d["batch"]): d for d in report["decoder"]}
     assert set(decoder) == {("float32", 2)}  # bfloat16 too off --smoke
     assert all(d["finite"] and d["median_s"] > 0 for d in decoder.values())
+
+
+def test_random_params_match_the_init_tree_without_running_it():
+    import flax.linen as nn
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    model = nn.Sequential([nn.Dense(512), nn.LayerNorm(), nn.Dense(8)])
+    init = lambda k: model.init(k, jnp.ones((1, 64)))["params"]  # noqa: E731
+    params = device_check.random_params(init, jax.random.key(0))
+    want = jax.eval_shape(init, jax.random.key(0))
+    assert jax.tree.structure(params) == jax.tree.structure(want)
+    assert all(a.shape == b.shape and a.dtype == b.dtype
+               for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(want)))
+    assert np.all(params["layers_1"]["scale"] == 1) and np.all(params["layers_1"]["bias"] == 0)
+    kernel = np.asarray(params["layers_0"]["kernel"])  # 32768 draws: std within 2% of 0.02
+    assert abs(kernel.std() - 0.02) < 4e-4 and abs(kernel.mean()) < 4e-4
+    other = np.asarray(params["layers_2"]["kernel"]).ravel()  # its own key: other draws
+    assert abs(np.corrcoef(kernel.ravel()[:other.size], other)[0, 1]) < 0.1
