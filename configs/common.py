@@ -33,6 +33,8 @@ def add_data(c: ml_collections.ConfigDict) -> None:
     c.data.shapes_phrasing = "canonical"
     c.data.shapes_exclude_colors = ()  # shapes source only: colours never drawn (new concepts)
     c.data.shapes_exclude_shapes = ()  # shapes source only: shapes never drawn (new concepts)
+    # shapes source only: objects jittered in size and position (off: canonical size, centred)
+    c.data.shapes_jitter = True
 
 
 def add_optim(c: ml_collections.ConfigDict) -> None:

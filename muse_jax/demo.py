@@ -110,34 +110,43 @@ def train_stage(config, workdir: str, phase: Phase) -> None:
     training.train_and_evaluate(config, workdir, progress_bar=True)
 
 
-def _encoded_with(directory: Path, text_config) -> bool:
-    """`directory` holds caption embeddings that `text_config`'s encoder wrote."""
-    metadata = directory / "metadata.json"
-    return metadata.is_file() and json.loads(metadata.read_text())["encoder"] == text_config.to_dict()
+def _inputs_key(base) -> dict:
+    """What the precomputed inputs depend on: the data and text config blocks, the tokenizer
+    and a digest of every caption (phrasing tables live in code, not in the config)."""
+    import hashlib
+
+    from muse_jax.data import sources
+
+    digest = hashlib.sha256()
+    for split in ("train", "eval"):
+        for caption in sources.captions(sources.create_finite(base.data, split, base.seed)):
+            digest.update(caption.encode() + b"\n")
+    data = {k: v for k, v in base.data.to_dict().items()
+            if not k.endswith(("_text_embeddings", "_tokens"))}
+    return {"data": data, "text": base.text.to_dict(), "tokenizer": base.tokenizer.workdir,
+            "seed": base.seed, "captions_sha256": digest.hexdigest()}
 
 
 def precompute(base, phase: Phase) -> None:
-    """Caption embeddings and VQ tokens of both splits. Embeddings of another text config are
-    encoded again; a token directory with metadata.json is done."""
+    """Caption embeddings and VQ tokens of both splits, made again whenever what they depend on
+    (`_inputs_key`) differs from what `inputs.json` beside them records."""
     from muse_jax.data import sources, tokens
     from muse_jax.tasks import vqgan as vqgan_task
     from muse_jax.text import embeddings
 
-    done = 0
+    stamp = Path(base.data.train_tokens).parent / "inputs.json"
+    key = json.loads(json.dumps(_inputs_key(base)))  # tuples as lists, as read back
+    if stamp.is_file() and json.loads(stamp.read_text()) == key:
+        phase.reused = True
+        return
+    stamp.unlink(missing_ok=True)
     for split in ("train", "eval"):
-        emb_dir = Path(base.data[f"{split}_text_embeddings"])
-        if not _encoded_with(emb_dir, base.text):
-            captions = sources.captions(sources.create_finite(base.data, split, base.seed))
-            embeddings.precompute(base.text, captions, emb_dir, overwrite=True)
-        else:
-            done += 1
-        tok_dir = Path(base.data[f"{split}_tokens"])
-        if not (tok_dir / "metadata.json").is_file():
-            tokens.precompute_tokens(base, split, tok_dir, vqgan_task.load_tokenizer,
-                                     overwrite=True)
-        else:
-            done += 1
-    phase.reused = done == 4
+        captions = sources.captions(sources.create_finite(base.data, split, base.seed))
+        embeddings.precompute(base.text, captions, Path(base.data[f"{split}_text_embeddings"]),
+                              overwrite=True)
+        tokens.precompute_tokens(base, split, Path(base.data[f"{split}_tokens"]),
+                                 vqgan_task.load_tokenizer, overwrite=True)
+    stamp.write_text(json.dumps(key, indent=1))
 
 
 # ---------------------------------------------------------------------- pictures
@@ -280,6 +289,8 @@ def run(workdir: str, out: str, num_eval: int, options, edit_options=None,
             shutil.rmtree(stale, ignore_errors=True)
     with timer.phase("encode captions (MiniLM) and images (tokenizer) once") as phase:
         precompute(base, phase)
+    if not phase.reused:  # new inputs: a base run trained on other ones is stale
+        shutil.rmtree(base_dir, ignore_errors=True)
     with timer.phase("train the base model") as phase:
         train_stage(base, base_dir, phase)
     with timer.phase("sample held-out prompts and score them") as phase:

@@ -78,11 +78,15 @@ def markdown(timer, options, edit_options, oracles: dict[str, dict], grid: list[
         f"| {described.get(name, name)} | {o['num_samples']} | **{o['match']:.1%}** | "
         f"{o['color']:.1%} | {o['shape']:.1%} | {o['cell']:.1%} |" for name, o in oracles.items())
     phrasing = base_config.data.get("shapes_phrasing", "canonical")
+    patch = "{0}x{0}".format(base_config.model.get("patch_size", 1))
+    look = ("jittered in size and place" if base_config.data.get("shapes_jitter", True)
+            else "at their canonical size and place")
     return f"""# muse_jax demo
 
 Shapes tokenizer ({vq_config.train.num_steps} steps) and base model ({base_config.train.num_steps}
-steps, {base_config.model.depth} layers of width {base_config.model.width}, MiniLM captions in
-{phrasing} wording), trained on this machine's CPU under `{workdir}`.
+steps, {base_config.model.depth} layers of width {base_config.model.width}, {patch} tokens a
+position, MiniLM captions in {phrasing} wording), trained on this machine's CPU under
+`{workdir}`; objects {look}.
 
 ## Held-out prompts: shapes-oracle accuracy
 

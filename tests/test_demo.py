@@ -53,21 +53,31 @@ def test_demo_runs_end_to_end_and_reuses_what_it_trained(tmp_path):
     assert reused == {name: name.startswith(("train", "encode")) for name in reused}
     assert again["oracle"] == first["oracle"]  # same weights, same seeds
 
-    # A recipe changed since: embeddings of another text config are encoded again, and a base
-    # run of another config is trained again (resuming it would stop at its last step).
-    metadata = work / "minilm_train" / "metadata.json"
-    record = json.loads(metadata.read_text())
-    record["encoder"]["num_layers"] = 3
-    metadata.write_text(json.dumps(record))
+    # A recipe changed since: a base run of another config is trained again (resuming it would
+    # stop at its last step), on the inputs it has.
     run_config = work / "base_shapes" / "config.json"
     record = json.loads(run_config.read_text())
     record["optim"]["lr"] *= 2
     run_config.write_text(json.dumps(record))
     third = demo.run(str(work), str(out), num_eval=4, options=options, variant="tiny")
     reused = {p.name: p.reused for p in third["phases"]}
-    assert reused == {name: name == "train the shapes tokenizer" for name in reused}
-    assert json.loads(metadata.read_text())["encoder"]["num_layers"] == 0
+    assert reused == {name: name.startswith(("train the shapes", "encode")) for name in reused}
     assert json.loads(run_config.read_text())["optim"]["lr"] == pytest.approx(record["optim"]["lr"] / 2)
+
+    # Inputs made from other captions or another text config (inputs.json records what they
+    # were made from) are made again, and the base model trained again on them.
+    stamp = work / "inputs.json"
+    record = json.loads(stamp.read_text())
+    assert record["text"]["num_layers"] == 0 and len(record["captions_sha256"]) == 64
+    record["captions_sha256"] = "0" * 64
+    stamp.write_text(json.dumps(record))
+    embeddings = work / "minilm_train" / "metadata.json"
+    embeddings.write_text(embeddings.read_text().replace('"num_layers": 0', '"num_layers": 3'))
+    fourth = demo.run(str(work), str(out), num_eval=4, options=options, variant="tiny")
+    reused = {p.name: p.reused for p in fourth["phases"]}
+    assert reused == {name: name == "train the shapes tokenizer" for name in reused}
+    assert json.loads(stamp.read_text())["captions_sha256"] != "0" * 64
+    assert '"num_layers": 0' in embeddings.read_text()
 
 
 def test_demo_rejects_bad_settings(tmp_path):

@@ -298,3 +298,28 @@ def test_excluded_concepts_never_appear_and_the_oracle_still_reads_them():
     assert shapes.parse_image(image) == [new]
     with pytest.raises(ValueError, match="unknown colour or shape"):
         shapes.ShapesSource(exclude_colors=("teal",))
+
+
+def test_without_jitter_every_object_is_drawn_at_its_canonical_size_and_place():
+    jittered = shapes.ShapesSource(image_size=64, seed=3, phrasing="varied")
+    plain = shapes.ShapesSource(image_size=64, seed=3, phrasing="varied", jitter=False)
+    differ = 0
+    for i in range(10):
+        objects = plain.objects(i)
+        assert objects == jittered.objects(i)  # same scenes and captions, only the look differs
+        assert plain[i]["caption"] == jittered[i]["caption"]
+        np.testing.assert_array_equal(plain[i]["image"], shapes.render(objects, 64))
+        differ += not np.array_equal(plain[i]["image"], jittered[i]["image"])
+        assert shapes.parse_image(plain[i]["image"]) == objects
+    assert differ == 10
+    assert "jitter=False" in repr(plain)
+
+
+def test_the_data_config_turns_jitter_off():
+    from muse_jax import config as config_lib
+    from muse_jax.data import sources
+
+    c = config_lib.load_file(config_lib.CONFIG_DIR / "base_shapes.py", "tiny")
+    assert sources.create(c.data, "train", 0).jitter
+    c.data.shapes_jitter = False
+    assert not sources.create(c.data, "train", 0).jitter

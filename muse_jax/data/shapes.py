@@ -323,13 +323,14 @@ class ShapesSource:
     jitter, mostly: there are only ~0.8M distinct 1-3 object captions). Sizes and shifts are
     drawn in units of a cell, so record `i` is the same scene at every `image_size`: the
     super-resolution stage scores its 128 px outputs against the 128 px render of the scenes
-    it was shown at 64 px.
+    it was shown at 64 px. `jitter=False` draws every object at the canonical size, centred in
+    its cell (`render(..., rng=None)`): the same scenes and captions, one look per object.
     """
 
     def __init__(self, image_size: int = 64, split: str = "train", seed: int = 0,
                  min_objects: int = 1, max_objects: int = 3, size: int | None = None,
                  phrasing: str = "canonical", exclude_colors: Sequence[str] = (),
-                 exclude_shapes: Sequence[str] = ()):
+                 exclude_shapes: Sequence[str] = (), jitter: bool = True):
         if split not in _SPLITS:
             raise ValueError(f"split must be one of {list(_SPLITS)}, got {split!r}")
         if image_size < 24:
@@ -350,7 +351,7 @@ class ShapesSource:
         if not self.colors or not self.shapes:
             raise ValueError("at least one colour and one shape must be left")
         self.image_size, self.split, self.seed = image_size, split, seed
-        self.phrasing = phrasing
+        self.phrasing, self.jitter = phrasing, jitter
         self.min_objects, self.max_objects = min_objects, max_objects
         # Train is effectively infinite; 2**31 - 1 keeps indices in grain's int32-safe range.
         self.size = size if size is not None else (2**31 - 1 if split == "train" else 10_000)
@@ -371,7 +372,7 @@ class ShapesSource:
     def __getitem__(self, index: int) -> dict:
         rng = self._rng(index)
         objects = sample_objects(rng, self.min_objects, self.max_objects, self.colors, self.shapes)
-        return {"image": render(objects, self.image_size, rng),
+        return {"image": render(objects, self.image_size, rng if self.jitter else None),
                 "caption": self._caption(index, objects)}
 
     def get_caption(self, index: int) -> str:
@@ -388,4 +389,4 @@ class ShapesSource:
     def __repr__(self) -> str:
         return (f"ShapesSource(image_size={self.image_size}, split={self.split!r}, "
                 f"seed={self.seed}, objects={self.min_objects}..{self.max_objects}, "
-                f"size={self.size}, phrasing={self.phrasing!r})")
+                f"size={self.size}, phrasing={self.phrasing!r}, jitter={self.jitter})")

@@ -32,31 +32,46 @@ _PLURAL = {"circle": "circles", "disc": "discs", "square": "squares", "box": "bo
 _COUNT = {2: "two", 3: "three"}
 
 # Where an object is, per cell: training phrases, and held-out ones no training caption uses.
+# Held out are whole phrases, not words: each is a new combination of words that training
+# captions use elsewhere ("in the upper left corner" from "in the top left corner" and "at the
+# upper left"), a hyphenated form, or a paraphrase that a small pretrained encoder reads alike
+# ("centre", "very top", "left-hand side"). Words training never shows would test MiniLM-L6's
+# lexicon, not the model: held out as words, "upper" and "lower" were read right 0-14% of the
+# time by a reader of MiniLM's states that read the training words ~100% right
+# (benchmarks/text_probe.py, 2026-12-03). The phrases and frames below were picked among
+# paraphrases by that reader (layer 2, 1500 steps, 2026-12-04), so the held-out figure says how
+# far the model follows paraphrases its encoder carries, not arbitrary ones. Misread candidates,
+# not kept: "right in the middle" 0% (read as the right), "dead center" 0%, "on the left-hand
+# side" 5%, "in the very middle" 47%; frames "on a dark canvas, ..." 48%, "in this image: ..." 80%.
 _TRAIN_PLACES = {
-    "top left": ("at the top left", "in the top left corner", "top left"),
-    "top center": ("at the top center", "at the top", "top middle"),
-    "top right": ("at the top right", "in the top right corner", "top right"),
-    "middle left": ("at the middle left", "on the left", "at the left"),
-    "center": ("at the center", "in the middle", "in the center"),
-    "middle right": ("at the middle right", "on the right", "at the right"),
-    "bottom left": ("at the bottom left", "in the bottom left corner", "bottom left"),
-    "bottom center": ("at the bottom center", "at the bottom", "bottom middle"),
-    "bottom right": ("at the bottom right", "in the bottom right corner", "bottom right"),
+    "top left": ("at the top left", "in the top left corner", "top left", "at the upper left"),
+    "top center": ("at the top center", "at the top", "top middle", "at the upper center"),
+    "top right": ("at the top right", "in the top right corner", "top right", "at the upper right"),
+    "middle left": ("at the middle left", "on the left", "at the left", "on the left side"),
+    "center": ("at the center", "in the middle", "in the center", "at the middle"),
+    "middle right": ("at the middle right", "on the right", "at the right", "on the right side"),
+    "bottom left": ("at the bottom left", "in the bottom left corner", "bottom left",
+                    "at the lower left"),
+    "bottom center": ("at the bottom center", "at the bottom", "bottom middle",
+                      "at the lower center"),
+    "bottom right": ("at the bottom right", "in the bottom right corner", "bottom right",
+                     "at the lower right"),
 }
 _HELD_OUT_PLACES = {
-    "top left": ("in the upper left corner", "at the upper left"),
-    "top center": ("at the upper center", "at the very top"),
-    "top right": ("in the upper right corner", "at the upper right"),
-    "middle left": ("at the left side", "on the left-hand side"),
-    "center": ("in the centre", "right in the middle"),
-    "middle right": ("at the right side", "on the right-hand side"),
-    "bottom left": ("in the lower left corner", "at the lower left"),
-    "bottom center": ("at the lower center", "at the very bottom"),
-    "bottom right": ("in the lower right corner", "at the lower right"),
+    "top left": ("in the upper left corner", "at the top-left"),
+    "top center": ("at the very top", "at the upper middle"),
+    "top right": ("in the upper right corner", "at the top-right"),
+    "middle left": ("at the left side", "on the left edge"),
+    "center": ("in the centre", "in the middle of the picture"),
+    "middle right": ("at the right side", "on the right edge"),
+    "bottom left": ("in the lower left corner", "at the bottom-left"),
+    "bottom center": ("at the very bottom", "at the lower middle"),
+    "bottom right": ("in the lower right corner", "at the bottom-right"),
 }
 # Sentence frames around the list of objects ("{}" is the list).
-_TRAIN_FRAMES = ("{}", "there is {}", "an image of {}", "a picture with {}", "{}, on black")
-_HELD_OUT_FRAMES = ("in this scene, {}", "on a dark canvas, {}")
+_TRAIN_FRAMES = ("{}", "there is {}", "an image of {}", "a picture with {}", "{}, on black",
+                 "a scene with {}", "{} on a dark background", "this picture shows {}")
+_HELD_OUT_FRAMES = ("in this scene, {}", "in this picture, {}", "shown here: {}")
 
 
 def _article(word: str) -> str:

@@ -74,7 +74,8 @@ def create(data, split: str, seed: int):
                             size=data.eval_size if split == "eval" else train_size,
                             phrasing=data.shapes_phrasing if split == "train" else "canonical",
                             exclude_colors=tuple(data.get("shapes_exclude_colors", ())),
-                            exclude_shapes=tuple(data.get("shapes_exclude_shapes", ())))
+                            exclude_shapes=tuple(data.get("shapes_exclude_shapes", ())),
+                            jitter=data.get("shapes_jitter", True))
     # Decoding JPEGs at a reduced scale stops at the training size (or the minimum-size filter).
     min_side = max(data.image_size, data.get("min_size", 0))
     if data.source == "image_folder":
