@@ -71,6 +71,7 @@ def get_config(arg=None):
     elif variant == "demo":  # `make demo` (muse_jax/demo.py): trains from precomputed inputs
         c.data.shapes_train_size = 10_000  # 1 MiniLM pass over 10k captions, then ~5 epochs
         c.data.shapes_phrasing = "varied"  # the report also scores phrasings never trained on
+        c.data.eval_size = 128
         # Objects at their canonical size and place (not in the shapes world's default): one
         # look per colour, shape and cell, so the minutes go to reading the caption, not to
         # modelling jitter. demo_recipe.py, 600 steps of the recipe before, 64 prompts
