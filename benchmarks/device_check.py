@@ -167,20 +167,20 @@ def random_params(init, key):
     leaves = []
     for k, (path, leaf) in zip(keys, paths):
         name = str(getattr(path[-1], "key", path[-1]))
-        leaves.append(_leaf(k, leaf.shape, leaf.dtype, name if name in ("scale", "bias") else ""))
+        leaves.append(_leaf(k, leaf.shape, leaf.dtype, name))
     return jax.tree_util.tree_unflatten(treedef, leaves)
 
 
 _NORMAL_PROGRAMS: dict = {}  # (shape, dtype) -> jitted draw
 
 
-def _leaf(key, shape, dtype, kind):
+def _leaf(key, shape, dtype, name: str):
     import jax
     import jax.numpy as jnp
 
-    if kind == "scale":
+    if name == "scale":
         return jnp.ones(shape, dtype)
-    if kind == "bias":
+    if name == "bias":
         return jnp.zeros(shape, dtype)
     if (shape, dtype) not in _NORMAL_PROGRAMS:
         _NORMAL_PROGRAMS[shape, dtype] = jax.jit(
@@ -373,10 +373,10 @@ def sample_once(args, c, batch: int, name: str, cache: dict) -> dict:
     if name not in cache:
         cache.clear()  # one model's weights on the device at a time
         start = time.perf_counter()
-        cache[name] = random_params(lambda k: nn.unbox(
+        params = random_params(lambda k: nn.unbox(
             model.init(k, canvas[:1], emb[:1], mask[:1])["params"]), k_model)
-        cache[name + ":init_s"] = time.perf_counter() - start
-    params = cache[name]
+        cache[name] = params, time.perf_counter() - start
+    params, init_s = cache[name]
     options = sampling.SamplingOptions(steps=args.sample_steps, guidance=args.guidance)
     generate = sampling.make_generate(model, options)
     start = time.perf_counter()
@@ -393,7 +393,7 @@ def sample_once(args, c, batch: int, name: str, cache: dict) -> dict:
         run()
     med, times = median_time(run, args.repeats)
     return {"model": name, "batch": batch, "steps": args.sample_steps, "guidance": args.guidance,
-            "params": count(params), "init_s": cache.get(name + ":init_s", 0.0),
+            "params": count(params), "init_s": init_s,
             "compile_s": compile_s, "first_call_s": first_s,
             "median_s": med, "min_s": min(times), "runs": len(times),
             "ms_per_image": 1e3 * med / batch, "ms_per_step": 1e3 * med / args.sample_steps,

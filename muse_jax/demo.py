@@ -110,21 +110,21 @@ def train_stage(config, workdir: str, phase: Phase) -> None:
     training.train_and_evaluate(config, workdir, progress_bar=True)
 
 
-def _inputs_key(base) -> dict:
+def _inputs_key(base, captions: dict[str, list[str]]) -> dict:
     """What the precomputed inputs depend on: the data and text config blocks, the tokenizer
-    and a digest of every caption (phrasing tables live in code, not in the config)."""
+    and a digest of every caption of each split (phrasing tables live in code, not in the
+    config), as JSON reads it back."""
     import hashlib
-
-    from muse_jax.data import sources
 
     digest = hashlib.sha256()
     for split in ("train", "eval"):
-        for caption in sources.captions(sources.create_finite(base.data, split, base.seed)):
+        for caption in captions[split]:
             digest.update(caption.encode() + b"\n")
     data = {k: v for k, v in base.data.to_dict().items()
             if not k.endswith(("_text_embeddings", "_tokens"))}
-    return {"data": data, "text": base.text.to_dict(), "tokenizer": base.tokenizer.workdir,
-            "seed": base.seed, "captions_sha256": digest.hexdigest()}
+    return json.loads(json.dumps({  # tuples as lists
+        "data": data, "text": base.text.to_dict(), "tokenizer": base.tokenizer.workdir,
+        "seed": base.seed, "captions_sha256": digest.hexdigest()}))
 
 
 def precompute(base, phase: Phase) -> None:
@@ -134,16 +134,17 @@ def precompute(base, phase: Phase) -> None:
     from muse_jax.tasks import vqgan as vqgan_task
     from muse_jax.text import embeddings
 
+    captions = {split: sources.captions(sources.create_finite(base.data, split, base.seed))
+                for split in ("train", "eval")}
     stamp = Path(base.data.train_tokens).parent / "inputs.json"
-    key = json.loads(json.dumps(_inputs_key(base)))  # tuples as lists, as read back
+    key = _inputs_key(base, captions)
     if stamp.is_file() and json.loads(stamp.read_text()) == key:
         phase.reused = True
         return
     stamp.unlink(missing_ok=True)
     for split in ("train", "eval"):
-        captions = sources.captions(sources.create_finite(base.data, split, base.seed))
-        embeddings.precompute(base.text, captions, Path(base.data[f"{split}_text_embeddings"]),
-                              overwrite=True)
+        embeddings.precompute(base.text, captions[split],
+                              Path(base.data[f"{split}_text_embeddings"]), overwrite=True)
         tokens.precompute_tokens(base, split, Path(base.data[f"{split}_tokens"]),
                                  vqgan_task.load_tokenizer, overwrite=True)
     stamp.write_text(json.dumps(key, indent=1))

@@ -5,9 +5,9 @@ understanding: a model trained on one caption template only learns that template
 world describes each training scene in wording drawn per example (object order, article and
 capitalisation, synonyms of positions, colours and shapes, "there is ...", counts of alike
 objects), and evaluation asks either in the canonical wording (`shapes.caption`) or in
-phrasings held out of training: sentence frames and position words ("upper", "lower", "on
-its left side") that no training caption uses, so that following them must come from the text
-encoder. The oracle reads the scene, not the words: every phrasing is scored the same way.
+phrasings held out of training: sentence frames, a verb, a joiner and position phrases ("in
+the upper left corner", "on the left edge") that no training caption uses, made of words that
+training captions do use, so that following them must come from the text encoder. The oracle reads the scene, not the words: every phrasing is scored the same way.
 
 `describe(objects, rng, "varied")` is a training caption, `describe(objects, rng, "held_out")`
 an evaluation one; the two share no frame (a test checks that no held-out caption could have
@@ -35,7 +35,7 @@ _COUNT = {2: "two", 3: "three"}
 # Held out are whole phrases, not words: each is a new combination of words that training
 # captions use elsewhere ("in the upper left corner" from "in the top left corner" and "at the
 # upper left"), a hyphenated form, or a paraphrase that a small pretrained encoder reads alike
-# ("centre", "very top", "left-hand side"). Words training never shows would test MiniLM-L6's
+# ("centre", "very top", "left edge"). Words training never shows would test MiniLM-L6's
 # lexicon, not the model: held out as words, "upper" and "lower" were read right 0-14% of the
 # time by a reader of MiniLM's states that read the training words ~100% right
 # (benchmarks/text_probe.py, 2026-12-03). The phrases and frames below were picked among
