@@ -81,6 +81,9 @@ def markdown(timer, options, edit_options, oracles: dict[str, dict], grid: list[
     patch = "{0}x{0}".format(base_config.model.get("patch_size", 1))
     look = ("jittered in size and place" if base_config.data.get("shapes_jitter", True)
             else "at their canonical size and place")
+    keep = (f"; a re-masked token the model still ranks among its {edit_options.keep} most "
+            "likely keeps its value (not in Muse), so what the prompt does not change stays"
+            if edit_options.keep else "")
     return f"""# muse_jax demo
 
 Shapes tokenizer ({vq_config.train.num_steps} steps) and base model ({base_config.train.num_steps}
@@ -110,7 +113,7 @@ objects (per object: colour, shape, cell).
 
 Inpainting and outpainting fill the masked tokens in {options.steps} steps; mask-free editing
 re-masks {edit_options.mask_rate:.0%} of the tokens {edit_options.iterations} times, each round
-filled in {edit_options.steps} steps with top-k {edit_options.top_k}.
+filled in {edit_options.steps} steps with top-k {edit_options.top_k}{keep}.
 
 | edit | before | prompt | oracle says the result matches |
 |---|---|---|---|

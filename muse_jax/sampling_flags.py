@@ -55,6 +55,9 @@ def define(sr: bool = True, edit: bool = True) -> None:
                              "Mask-free editing: decoding steps that fill each round's tokens.")
         flags.DEFINE_integer("edit_top_k", _EDIT.top_k,
                              "Mask-free editing: sample among the k most likely (Muse: 3).")
+        flags.DEFINE_integer("edit_keep", _EDIT.keep,
+                             "Mask-free editing: a re-masked token the model ranks among its k "
+                             "most likely keeps its value (0: resample all, as Muse).")
 
 
 _OPTION_FLAGS = ("steps", "guidance", "guidance_schedule", "temperature", "top_k",
@@ -81,6 +84,6 @@ def sr_options() -> sampling.SamplingOptions:
 
 def edit_options() -> sampling.EditOptions:
     out = sampling.EditOptions(iterations=FLAGS.edit_iterations, mask_rate=FLAGS.edit_mask_rate,
-                               steps=FLAGS.edit_steps, top_k=FLAGS.edit_top_k)
+                               steps=FLAGS.edit_steps, top_k=FLAGS.edit_top_k, keep=FLAGS.edit_keep)
     out.check()
     return out

@@ -43,6 +43,7 @@ def test_demo_runs_end_to_end_and_reuses_what_it_trained(tmp_path):
     text = (out / "report.md").read_text()
     assert f"{first['oracle']['match']:.1%}" in text and "train the base model" in text
     assert "phrasings training never used" in text
+    assert f"among its {demo.DEMO_EDIT_KEEP} most likely keeps its value" in text
     # One page: every picture of report.md inlined, none left as a file reference.
     page = (out / "report.html").read_text()
     assert page.count("data:image/png;base64,") == text.count("](") == 5

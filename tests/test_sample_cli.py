@@ -142,7 +142,8 @@ def test_sample_cli_edits_with_the_papers_settings_and_choice_temperature(base_d
     assert Image.open(out).size == (2 * 64, 64)
     settings = json.loads(out.with_suffix(".json").read_text())
     assert settings["choice_temperature"] == 1.5
-    assert settings["edit_options"] == {"iterations": 5, "mask_rate": 0.08, "steps": 4, "top_k": 3}
+    assert settings["edit_options"] == {"iterations": 5, "mask_rate": 0.08, "steps": 4, "top_k": 3,
+                                        "keep": 0}
 
 
 def test_repeated_calls_compile_nothing_more(pipe):

@@ -224,7 +224,7 @@ class _PromptModel:
 def _edit(iterations, mask_rate, batch=64):
     edit = sampling.make_edit(_PromptModel(), sampling.SamplingOptions(guidance=0.0),
                               sampling.EditOptions(iterations=iterations, mask_rate=mask_rate,
-                                                   steps=2, top_k=1))
+                                                   steps=2, top_k=1, keep=0))
     emb = jnp.full((batch, 1, 1), 2.0)  # the new prompt wants token 2 everywhere
     tokens = jnp.full((batch, N), 5, jnp.int32)
     return np.asarray(edit({}, emb, jnp.ones((batch, 1), bool), emb[:1] * 0, jnp.ones((1, 1), bool),
@@ -247,7 +247,49 @@ def test_edit_defaults_are_the_papers():
 
 @pytest.mark.parametrize("field,value,message", [("iterations", 0, "iterations must be >= 1"),
                                                  ("mask_rate", 0.0, "mask rate"),
-                                                 ("steps", 0, "edit steps")])
+                                                 ("steps", 0, "edit steps"),
+                                                 ("keep", -1, "edit keep must be >= 0")])
 def test_bad_edit_options(field, value, message):
     with pytest.raises(UserError, match=message):
         sampling.EditOptions(**{field: value}).check()
+
+
+def _ranked_logits_fn(order, batch):
+    """Every position ranks the token ids in `order` first, second, ... (no unconditional pass)."""
+    scores = jnp.zeros(K).at[jnp.asarray(order)].set(jnp.arange(len(order), 0, -1) * 4.0)
+    return lambda tokens: jnp.broadcast_to(scores, (batch, N, K))
+
+
+@pytest.mark.parametrize("keep,expected", [(0, 5), (1, 5), (2, 7), (3, 7)])
+def test_a_previous_token_ranked_among_the_keep_most_likely_stays(keep, expected):
+    # Token 5 is the most likely everywhere, 7 the second; the tokens before the round were 7.
+    canvas = jnp.full((4, N), MASK, jnp.int32)
+    previous = jnp.full((4, N), 7, jnp.int32)
+    options = sampling.SamplingOptions(steps=3, guidance=0.0, temperature=1e-3, top_k=1)
+    out = sampling.decode(_ranked_logits_fn([5, 7, 1], 4), canvas, MASK, jax.random.key(0),
+                          options, previous=previous, keep=keep)
+    np.testing.assert_array_equal(out, np.full((4, N), expected))
+
+
+class _RankedModel(_PromptModel):
+    """Ranks token 2 first and 5 second everywhere, whatever the prompt."""
+
+    def apply(self, variables, *args, method=None):
+        if method == "encode_context":
+            return args[0]
+        return _ranked_logits_fn([2, 5], args[0].shape[0])(args[0])
+
+
+@pytest.mark.parametrize("keep", [0, 2])
+def test_edit_keeps_what_the_new_prompt_still_finds_likely(keep):
+    # Before: 5 and 6 alternate. 5 is the model's second choice, 6 is unlikely: with keep 2 the
+    # 5s stay and only the 6s become 2; with keep 0 (the paper) every token becomes 2.
+    edit = sampling.make_edit(_RankedModel(), sampling.SamplingOptions(guidance=0.0),
+                              sampling.EditOptions(iterations=60, mask_rate=0.25, steps=2,
+                                                   top_k=1, keep=keep))
+    tokens = jnp.asarray(np.where(np.arange(N) % 2, 5, 6)[None].repeat(8, 0), jnp.int32)
+    emb = jnp.zeros((8, 1, 1))
+    out = edit({}, emb, jnp.ones((8, 1), bool), emb[:1], jnp.ones((1, 1), bool),
+               jax.random.key(0), tokens)
+    expected = np.where(np.arange(N) % 2, 5, 2) if keep else np.full(N, 2)
+    np.testing.assert_array_equal(out, np.broadcast_to(expected, (8, N)))
