@@ -89,7 +89,7 @@ def _state_bytes(state):
 
 @pytest.mark.slow  # the train command (U-ViT + CLIP + VQ encoder) and three sample commands
 def test_train_command_fine_tunes_the_imported_run_and_sample_reads_it(amused, tmp_path):
-    from conftest import run_module
+    from conftest import ONE_FAST_DEVICE, run_module
 
     _, _, base = amused
     before = _hashes(base)
@@ -101,7 +101,7 @@ def test_train_command_fine_tunes_the_imported_run_and_sample_reads_it(amused, t
         "--config.data.batch_size=4", "--config.data.num_workers=0",
         f"--config.finetune.lora.rank={rank}", f"--config.finetune.lora.alpha={2.0 * rank}",
         "--config.optim.lr=1e-2",  # two steps at 3e-4 would move the samples too little to see
-        "--config.eval.num_samples=2", "--config.eval.sample_steps=2", env={"XLA_FLAGS": ""})
+        "--config.eval.num_samples=2", "--config.eval.sample_steps=2", env=ONE_FAST_DEVICE)
     assert result.returncode == 0, result.stderr[-3000:]
     assert _hashes(base) == before  # the frozen base run: every file bit-identical
 
@@ -134,7 +134,7 @@ def test_train_command_fine_tunes_the_imported_run_and_sample_reads_it(amused, t
                 "--preset=amused", "--steps=4", "--seed=3", f"--out={out}"]
         result = run_module("muse_jax.sample", *args,
                             *([f"--lora_scale={scale}"] if scale is not None else []),
-                            env={"XLA_FLAGS": ""})
+                            env=ONE_FAST_DEVICE)
         assert result.returncode == 0, result.stderr[-3000:]
         grids[name] = np.asarray(Image.open(out))
     pixels = 4 * VQ_FACTOR

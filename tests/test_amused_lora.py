@@ -201,7 +201,7 @@ def test_import_command_needs_base_with_lora_in_one_line(tmp_path):
 
 @pytest.mark.slow
 def test_imported_lora_run_samples_with_the_sample_command_and_merges(amused, lora_file, tmp_path):
-    from conftest import run_module
+    from conftest import ONE_FAST_DEVICE, run_module
 
     _, _, base = amused
     _, folder = lora_file
@@ -212,7 +212,7 @@ def test_imported_lora_run_samples_with_the_sample_command_and_merges(amused, lo
     out = tmp_path / "grid.png"
     result = run_module("muse_jax.sample", f"--workdir={lora_run}", "--prompt=a cat",
                         "--num_images=1", "--preset=amused", "--steps=2", "--lora_scale=0.5",
-                        f"--out={out}", env={"XLA_FLAGS": ""})
+                        f"--out={out}", env=ONE_FAST_DEVICE)
     assert result.returncode == 0, result.stderr[-3000:]
     assert out.is_file()
     merged = finetune.export_merged(str(lora_run), str(tmp_path / "merged"), lora_scale=0.5)

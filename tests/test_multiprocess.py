@@ -19,14 +19,12 @@ import jax
 import numpy as np
 import pytest
 
-from conftest import REPO
+from conftest import FAST_COMPILE, REPO
 from muse_jax import config as config_lib
 from muse_jax import distributed, metrics, parallel
 from muse_jax.data import pipeline
 
-# Every run below uses these flags: they cut XLA's compile time by a third, and compiling is
-# most of what a few steps of a tiny model cost.
-FAST_COMPILE = "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
+# Every run below uses FAST_COMPILE (conftest.py).
 
 
 def _vqgan_config():

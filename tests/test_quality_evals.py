@@ -10,12 +10,11 @@ import json
 import numpy as np
 import pytest
 
-from conftest import run_module
+from conftest import ONE_FAST_DEVICE, run_module
 from muse_jax import sampling
 from muse_jax.errors import UserError
 from muse_jax.quality import evals, fid_clip, resume
 
-ONE_DEVICE = {"XLA_FLAGS": ""}
 # Every test here needs the trained runs of the fixture (~1 minute on 2 free cores).
 pytestmark = pytest.mark.slow
 
@@ -70,7 +69,8 @@ def test_fid_clip_cli_end_to_end(runs, tmp_path):
     args = ["--eval=fid_clip", f"--workdir={runs / 'base'}", f"--prompts={runs / 'prompts.txt'}",
             "--num_samples=8", "--batch_size=4", "--steps=2", "--inception_weights=random",
             f"--clip_dir={runs / 'clip'}", f"--output={tmp_path / 'out'}"]
-    result = json.loads(run_module("muse_jax.evaluate", *args, env=ONE_DEVICE, check=True).stdout)
+    result = json.loads(run_module("muse_jax.evaluate", *args, env=ONE_FAST_DEVICE,
+                                   check=True).stdout)
     assert np.isfinite(result["fid"]) and result["fid"] >= 0
     assert 0 <= result["clip_score"] <= 100 and result["num_reference"] == 8
     assert result["seconds_per_1000_samples"] > 0
@@ -103,12 +103,12 @@ def test_missing_weights_and_inputs_are_one_line(runs, tmp_path):
     out = run_module("muse_jax.evaluate", "--eval=fid_clip", f"--workdir={runs / 'base'}",
                      "--num_samples=4", f"--prompts={runs / 'prompts.txt'}",
                      f"--clip_dir={runs / 'clip'}",
-                     f"--inception_weights={tmp_path / 'pt_inception.pth'}", env=ONE_DEVICE)
+                     f"--inception_weights={tmp_path / 'pt_inception.pth'}", env=ONE_FAST_DEVICE)
     assert out.returncode == 2 and "pt_inception-2015-12-05" in out.stderr, out.stderr[-2000:]
     assert len(out.stderr.strip().splitlines()) == 1, out.stderr[-2000:]
     out = run_module("muse_jax.evaluate", "--eval=tokenizer", f"--workdir={runs / 'tokenizer'}",
                      "--num_samples=4", "--inception_weights=random",
-                     f"--lpips_alex_weights={tmp_path / 'alexnet.ckpt'}", env=ONE_DEVICE)
+                     f"--lpips_alex_weights={tmp_path / 'alexnet.ckpt'}", env=ONE_FAST_DEVICE)
     assert out.returncode == 2 and "weights/alexnet.ckpt" in out.stderr, out.stderr[-2000:]
     assert len(out.stderr.strip().splitlines()) == 1, out.stderr[-2000:]
     common = dict(workdir=str(runs / "base"), reference=evals.Reference(), num_samples=4,

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import one_device, run_module
+from conftest import ONE_FAST_DEVICE, one_device, run_module
 from muse_jax import config as config_lib
 from muse_jax import sampling, tasks, training
 from muse_jax.config import ConfigError
@@ -164,7 +164,7 @@ def test_tiny_sr_run_trains_evaluates_and_samples_in_two_stages(runs, tmp_path):
     run_module("muse_jax.sample", f"--workdir={root / 'base'}", f"--sr_workdir={root / 'sr'}",
                "--prompt=a red circle at the center", "--prompt=a blue square at the top left",
                "--num_images=2", "--steps=2", "--sr_steps=2", f"--out={out}",
-               env={"XLA_FLAGS": ""}, check=True)
+               env=ONE_FAST_DEVICE, check=True)
     with Image.open(out) as grid:
         assert grid.size[1] >= 2 * 128 and grid.size[0] >= 2 * 128  # 2x2 images of 128 px
         assert grid.size[1] < 2 * 2 * 128  # not twice as many rows: one row a prompt
@@ -237,7 +237,7 @@ def test_sr_inpainting_and_outpainting_keep_every_token_outside_the_region(runs,
     run_module("muse_jax.sample", f"--workdir={root / 'base'}", f"--sr_workdir={root / 'sr'}",
                "--prompt=a red circle at the center", "--num_images=1", "--steps=2",
                "--sr_steps=2", f"--image={tmp_path / 'in.png'}", f"--mask={tmp_path / 'mask.png'}",
-               f"--out={out_png}", env={"XLA_FLAGS": ""}, check=True)
+               f"--out={out_png}", env=ONE_FAST_DEVICE, check=True)
     with Image.open(out_png) as grid:
         assert grid.size == (128, 128)
 

@@ -8,11 +8,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import one_device, one_device_mesh, run_module
+from conftest import ONE_FAST_DEVICE, one_device, one_device_mesh, run_module
 from muse_jax import checkpoint, metrics, tasks, training
 from muse_jax import config as config_lib
-
-ONE_DEVICE = {"XLA_FLAGS": ""}
 
 
 def _steps_saved(workdir):
@@ -24,7 +22,7 @@ def _steps_saved(workdir):
 def test_tiny_run_writes_everything(tmp_path):
     workdir = tmp_path / "run"
     run_module("muse_jax.train", "--config=configs/vqgan_shapes.py:tiny", f"--workdir={workdir}",
-               env=ONE_DEVICE, check=True)
+               env=ONE_FAST_DEVICE, check=True)
     assert _steps_saved(workdir) == [2, 4, 6]
     logged = metrics.read_jsonl(str(workdir / "metrics.jsonl"))
     assert set(range(1, 7)) <= set(logged)
@@ -42,7 +40,7 @@ def test_dry_run_of_paper_scale_tokenizer():
     result = run_module("muse_jax.train", "--config=configs/vqgan_256.py", "--dry_run",
                         "--dry_run_json", "--num_devices=8", "--config.mesh.fsdp=4",
                         "--config.mesh.tensor=2",
-                        env=ONE_DEVICE, check=True)
+                        env=ONE_FAST_DEVICE, check=True)
     report = json.loads(result.stdout)
     assert report["mesh"] == {"data": 1, "fsdp": 4, "tensor": 2}
     total = report["params"]["total"]
