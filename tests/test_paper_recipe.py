@@ -19,6 +19,11 @@ def paper_recipe(tokenizer_dir, **overrides):
     c.tokenizer.workdir = str(tokenizer_dir)
     c.model.codebook_size = 64  # the tiny tokenizer's
     c.model.depth = 2
+    # 2x2 tokens a position and MiniLM's first two layers, as the demo: the same accuracy at a
+    # third of the time (2026-12-04, 300 steps: 52.9% at mask rate 0.5 in 56 s, against 52.6% in
+    # 139 s with 256 positions and all six layers; the most frequent token 29.8%).
+    c.model.patch_size = 2
+    c.text.num_layers = 2
     c.data.batch_size = 16
     c.data.eval_batch_size = 64
     c.data.eval_size = 128
