@@ -104,8 +104,9 @@ def _top_k(logits, k: int):
 
 
 def _keep_likely(logits, sampled, previous, k: int):
-    """`previous` where its logit is among the k largest, else `sampled`."""
-    kth = jax.lax.top_k(logits, k)[0][..., -1]
+    """`previous` where its logit is among the k largest (k >= the codebook: always), else
+    `sampled`."""
+    kth = jax.lax.top_k(logits, min(k, logits.shape[-1]))[0][..., -1]
     mine = jnp.take_along_axis(logits, previous[..., None].astype(jnp.int32), axis=-1)[..., 0]
     return jnp.where(mine >= kth, previous.astype(jnp.int32), sampled)
 

@@ -260,7 +260,7 @@ def _ranked_logits_fn(order, batch):
     return lambda tokens: jnp.broadcast_to(scores, (batch, N, K))
 
 
-@pytest.mark.parametrize("keep,expected", [(0, 5), (1, 5), (2, 7), (3, 7)])
+@pytest.mark.parametrize("keep,expected", [(0, 5), (1, 5), (2, 7), (3, 7), (K + 40, 7)])
 def test_a_previous_token_ranked_among_the_keep_most_likely_stays(keep, expected):
     # Token 5 is the most likely everywhere, 7 the second; the tokens before the round were 7.
     canvas = jnp.full((4, N), MASK, jnp.int32)
