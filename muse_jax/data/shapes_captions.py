@@ -7,7 +7,8 @@ capitalisation, synonyms of positions, colours and shapes, "there is ...", count
 objects), and evaluation asks either in the canonical wording (`shapes.caption`) or in
 phrasings held out of training: sentence frames, a verb, a joiner and position phrases ("in
 the upper left corner", "on the left edge") that no training caption uses, made of words that
-training captions do use, so that following them must come from the text encoder. The oracle reads the scene, not the words: every phrasing is scored the same way.
+training captions do use, so that following them must come from the text encoder. The oracle
+reads the scene, not the words: every phrasing is scored the same way.
 
 `describe(objects, rng, "varied")` is a training caption, `describe(objects, rng, "held_out")`
 an evaluation one; the two share no frame (a test checks that no held-out caption could have
