@@ -17,7 +17,7 @@ from typing import Callable, Iterator
 import jax
 import numpy as np
 from absl import logging
-from tqdm import tqdm
+from muse_jax.progress import bar
 
 from muse_jax import runs, sampling
 from muse_jax.errors import UserError
@@ -138,7 +138,7 @@ def batched(fn: Callable[[slice], object], rows: int, batch_size: int,
         raise UserError(f"batch size must be >= 1, got {batch_size}")
     starts = range(0, rows, batch_size)
     outs = [jax.device_get(fn(slice(start, start + batch_size)))
-            for start in tqdm(starts, desc=progress, unit="batch", disable=progress is None)]
+            for start in bar(starts, desc=progress, unit="batch", disable=progress is None)]
     if isinstance(outs[0], dict):
         return {k: np.concatenate([o[k] for o in outs]) for k in outs[0]}
     return np.concatenate(outs)
@@ -163,7 +163,7 @@ def sample_to_grid(path: str, rows: Iterator[str], num_prompts: int, columns: in
     grid = GridWriter(path, num_prompts, columns, size, size)
     pending, first_row = [], 0
     try:
-        with tqdm(total=total, unit="image", desc=desc, dynamic_ncols=True) as bar:
+        with bar(total=total, unit="image", desc=desc, dynamic_ncols=True) as counter:
             while first_row < total:
                 part = list(itertools.islice(rows, min(batch_size, total - first_row)))
                 if not part:
@@ -174,7 +174,7 @@ def sample_to_grid(path: str, rows: Iterator[str], num_prompts: int, columns: in
                     grid.add_row(np.stack(pending[:columns]))
                     del pending[:columns]
                 first_row += len(part)
-                bar.update(len(part))
+                counter.update(len(part))
         grid.close()
     except BaseException:
         grid.abandon()

@@ -193,13 +193,13 @@ def _absolute(workdir: str) -> str:
 
 
 class ProgressBar:
-    """A tqdm bar over the steps, the loss beside it: for people watching (`make demo`, a
+    """A progress bar over the steps, the loss beside it: for people watching (`make demo`, a
     terminal); the periodic steps/s + ETA report goes to the logs and TensorBoard either way."""
 
     def __init__(self, config, start_step: int):
-        from tqdm import tqdm
-        self._bar = tqdm(total=config.train.num_steps, initial=start_step, unit="step",
-                         desc=f"training {config.stage}", dynamic_ncols=True)
+        from muse_jax.progress import bar
+        self._bar = bar(total=config.train.num_steps, initial=start_step, unit="step",
+                        desc=f"training {config.stage}", dynamic_ncols=True)
 
     def __call__(self, step: int, scalars: dict | None = None) -> None:
         self._bar.update(step - self._bar.n)
@@ -216,7 +216,7 @@ def train_and_evaluate(config, workdir: str, progress_bar: bool = False,
 
     The config is checked (values, then against what the workdir holds) and the workdir
     locked against a second run before anything is written. `progress_bar`: also draw a
-    tqdm bar of the steps on stderr (process 0 only). `devices`: the devices to build the
+    progress bar of the steps on stderr (process 0 only). `devices`: the devices to build the
     config's mesh over (None: all of them, as the command line does); tests that do not test
     sharding pass one device, since compiling and running SPMD programs over the 8 simulated
     CPU devices of tests/conftest.py costs them about twice the time."""

@@ -163,7 +163,7 @@ def convert(input_path: str, out: str, fmt: str = "auto", shard_size: int = 5000
             image_column: str = "", caption_column: str = "", overwrite: bool = False,
             progress: bool = True) -> dict:
     """Converts `input_path` into shards in `out`; returns the report (also in metadata.json)."""
-    from tqdm import tqdm
+    from muse_jax.progress import bar
 
     _check_out(Path(out), overwrite)
     fmt, tasks, listing_skips = inputs.list_tasks(input_path, fmt, shard_size, image_column,
@@ -182,19 +182,19 @@ def convert(input_path: str, out: str, fmt: str = "auto", shard_size: int = 5000
     resumed = len(results)
     sizes = {name: task.size() for task, _, name, _ in todo}
     unit = "tar" if fmt == "webdataset" else "image"
-    with tqdm(total=sum(t.size() for t, *_ in todo), unit=unit, desc="converting",
-              disable=not progress, file=sys.stderr) as bar:
+    with bar(total=sum(t.size() for t, *_ in todo), unit=unit, desc="converting",
+             disable=not progress, file=sys.stderr) as counter:
         if num_workers > 0 and len(todo) > 1:
             ctx = multiprocessing.get_context("spawn")  # the caller may hold threads (JAX, TF)
             with ctx.Pool(min(num_workers, len(todo))) as pool:
                 for counts in pool.imap_unordered(convert_shard, todo):
                     results[counts["file"]] = counts
-                    bar.update(sizes[counts["file"]])
+                    counter.update(sizes[counts["file"]])
         else:
             for job in todo:
                 counts = convert_shard(job)
                 results[counts["file"]] = counts
-                bar.update(job[0].size())
+                counter.update(job[0].size())
     report = _report(results, names, resumed, listing_skips)
     # Shards of an earlier listing of a changed input, and leftovers of interrupted writes.
     for stale in [*out_dir.glob(f"{image_records.PREFIX}-*.array_record*"),

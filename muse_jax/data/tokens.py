@@ -32,7 +32,7 @@ def precompute_tokens(config, split: str, out: Path, load_tokenizer: Callable[[s
     import grain
     import jax
     from jax.sharding import NamedSharding, PartitionSpec as P
-    from tqdm import tqdm
+    from muse_jax.progress import bar
 
     if jax.process_count() > 1:
         raise UserError("precompute_tokens runs on one host; start it without --distributed")
@@ -59,7 +59,7 @@ def precompute_tokens(config, split: str, out: Path, load_tokenizer: Callable[[s
     it = ds.batch(batch_size).to_iter_dataset()
     if data.num_workers > 0:
         it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=data.num_workers))
-    with tqdm(total=len(source), unit="image", desc=f"tokenising {split}") as progress:
+    with bar(total=len(source), unit="image", desc=f"tokenising {split}") as progress:
         for batch in it:
             n = len(batch["image"])  # the last batch is padded: one compiled shape
             images = np.pad(batch["image"], ((0, batch_size - n), (0, 0), (0, 0), (0, 0)))

@@ -21,7 +21,7 @@ from typing import Callable, Iterator
 
 import jax
 import numpy as np
-from tqdm import tqdm
+from muse_jax.progress import bar
 
 from muse_jax.errors import UserError
 from muse_jax.models.inception import FEATURES
@@ -35,8 +35,8 @@ def reference_stats(batches: Callable[[], Iterator[np.ndarray]], num_batches: in
     `batches()`, resumable under `out_dir`."""
     progress = BatchProgress(out_dir, settings, {"reference": FEATURES})
     it = itertools.islice(batches(), progress.next_batch, num_batches)
-    for b, images in enumerate(tqdm(it, desc="reference", unit="batch",
-                                    initial=progress.next_batch, total=num_batches),
+    for b, images in enumerate(bar(it, desc="reference", unit="batch",
+                                   initial=progress.next_batch, total=num_batches),
                                progress.next_batch):
         progress.stats["reference"].add(inception(images))
         progress.commit(b + 1)
@@ -58,8 +58,8 @@ def sample_scores(pipe, prompts: list[str], options, seed: int, batch_size: int,
     uncond = pipe.encode_text([""])
     num_batches = math.ceil(len(prompts) / batch_size)
     start_batch, seconds, sampled = progress.next_batch, 0.0, 0
-    for b in tqdm(range(start_batch, num_batches), desc="samples", unit="batch",
-                  initial=start_batch, total=num_batches):
+    for b in bar(range(start_batch, num_batches), desc="samples", unit="batch",
+                 initial=start_batch, total=num_batches):
         rows = slice(b * batch_size, (b + 1) * batch_size)
         batch = prompts[rows]
         t0 = time.perf_counter()

@@ -18,7 +18,7 @@ from typing import Callable, Iterator
 
 import jax.numpy as jnp
 import numpy as np
-from tqdm import tqdm
+from muse_jax.progress import bar
 
 from muse_jax.errors import UserError
 from muse_jax.images import psnr, to_model, to_uint8
@@ -43,8 +43,8 @@ def tokenizer_scores(model, params, codebook_size: int, batches: Callable[[], It
     progress = BatchProgress(out_dir, settings, {"originals": FEATURES, "reconstructions": FEATURES},
                              {"code_counts": np.zeros(codebook_size, np.int64)})
     it = itertools.islice(batches(), progress.next_batch, num_batches)
-    for b, images in enumerate(tqdm(it, desc="tokenizer", unit="batch",
-                                    initial=progress.next_batch, total=num_batches),
+    for b, images in enumerate(bar(it, desc="tokenizer", unit="batch",
+                                   initial=progress.next_batch, total=num_batches),
                                progress.next_batch):
         images = to_model(to_uint8(images))
         out = reconstruct(images)

@@ -18,7 +18,7 @@ from muse_jax.data import shards
 def precompute(text_config, captions: list[str], out: Path, embedding_dtype: str = "float16",
                shard_size: int = 10000, overwrite: bool = False) -> Path:
     """Writes the shards, the empty-caption embedding and metadata.json; returns `out`."""
-    from tqdm import tqdm
+    from muse_jax.progress import bar
 
     from muse_jax.text import create_encoder
 
@@ -27,7 +27,7 @@ def precompute(text_config, captions: list[str], out: Path, embedding_dtype: str
     encoder = create_encoder(text_config)  # fails on a bad config before anything is written
     shards.prepare_out(out, shards.EMBEDDINGS, "precomputed embeddings", overwrite,
                        (shards.EMPTY_CAPTION,))
-    with tqdm(total=len(captions), unit="caption", desc="encoding captions") as progress:
+    with bar(total=len(captions), unit="caption", desc="encoding captions") as progress:
         for start in range(0, len(captions), encoder.batch_size):
             batch = captions[start:start + encoder.batch_size]
             embeddings, masks = encoder.encode(batch)
