@@ -30,6 +30,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.model.channel_mult = (1, 1, 2, 2, 4)  # width multipliers; len-1 stride-2 stages: f=16
     c.model.num_res_blocks = 2  # residual blocks per resolution level
     c.model.norm_groups = 32  # GroupNorm groups (must divide every width)
+    c.model.norm = "group"  # group (GroupNorm, Muse) | channel (a LayerNorm per position)
     c.model.attention = False  # self-attention block at the lowest resolution
     c.model.codebook_size = 8192  # number of codes (Muse: 8192)
     c.model.code_dim = 32  # l2-normalised lookup dimension (ViT-VQGAN)

@@ -159,3 +159,26 @@ def test_discriminator_starts_at_its_step():
     assert history[2]["gan_g"] != 0.0
     moved = jax.tree.map(lambda a, b: bool(jnp.any(a != b)), state.disc_params, init.disc_params)
     assert all(jax.tree.leaves(moved))
+
+
+@pytest.mark.parametrize("norm", ["group", "channel"])
+def test_channel_norm_makes_tokens_local(norm):
+    """A change in one corner reaches the far corner's encodings through GroupNorm's image-wide
+    statistics, and not at all with the per-position norm (the convolutions reach ~26 px)."""
+    model = VQGAN(**KW, norm=norm)
+    images = _images(1, size=64)
+    params = nn.unbox(model.init(jax.random.key(0), images)["params"])
+    changed = images.at[:, 48:, 48:].set(1.0)
+    encode = lambda x: model.apply({"params": params}, x, method=lambda m, x: m.encoder(x))  # noqa: E731
+    far = np.abs(np.asarray(encode(changed) - encode(images))[:, :2, :2])  # the top-left 8 px
+    near = np.abs(np.asarray(encode(changed) - encode(images))[:, -2:, -2:])
+    assert near.max() > 1e-2
+    if norm == "channel":
+        assert far.max() == 0.0
+    else:
+        assert far.max() > 1e-3
+
+
+def test_unknown_norm_is_a_config_error():
+    with pytest.raises(ConfigError, match="model.norm must be one of group, channel, got 'batch'"):
+        tasks.create(_tiny(**{"model.norm": "batch"})).check_config()

@@ -28,10 +28,33 @@ def conv(features: int, kernel: int = 3, strides: int = 1, zero_init: bool = Fal
                    name=name)
 
 
+def _norm_params() -> dict:
+    return dict(scale_init=nn.with_logical_partitioning(nn.initializers.ones, ("conv_out",)),
+                bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("conv_out",)))
+
+
 def group_norm(groups: int, dtype=jnp.float32, name: str | None = None) -> nn.GroupNorm:
-    return nn.GroupNorm(num_groups=groups, dtype=dtype, name=name,
-                        scale_init=nn.with_logical_partitioning(nn.initializers.ones, ("conv_out",)),
-                        bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("conv_out",)))
+    return nn.GroupNorm(num_groups=groups, dtype=dtype, name=name, **_norm_params())
+
+
+# The tokenizer's `norm`. "group" (taming's VQGAN, Muse): GroupNorm, whose statistics span the
+# whole image, so that a token depends on everything else in the picture: the same object drawn
+# at the same place gets other codes beside other objects (the demo's 500-step shapes tokenizer:
+# 85% of the tokens of an object's cell agree with that object's most common codes, median 30
+# distinct code patterns over ~42 drawings; the pixels are identical). "channel": a LayerNorm over
+# each position's channels (as ConvNeXt), so that a token depends only on the pixels within the
+# convolutions' reach: 97% agreement, median 10 patterns, and at the same 500 steps 29.3 dB
+# against 28.3 dB, all 256 reconstructions read right by the shapes oracle against 96.9%. The
+# demo keeps "group" all the same: its base model, 1500 steps on each tokenizer's codes, drew
+# 29.7% of 128 held-out prompts exactly right on "channel" codes (sharp shapes, but colours
+# mixed within an object, colour right 59%) against 55.5% on "group" codes (colour 96%).
+NORMS = ("group", "channel")
+
+
+def norm_layer(norm: str, groups: int, dtype=jnp.float32, name: str | None = None) -> nn.Module:
+    if norm == "channel":
+        return nn.LayerNorm(dtype=dtype, name=name, **_norm_params())
+    return group_norm(groups, dtype, name)
 
 
 class ResBlock(nn.Module):
@@ -40,11 +63,13 @@ class ResBlock(nn.Module):
     groups: int
     zero_init: bool = False
     dtype: jnp.dtype = jnp.float32
+    norm: str = "group"  # NORMS
 
     @nn.compact
     def __call__(self, x):
-        h = conv(self.features, dtype=self.dtype)(nn.swish(group_norm(self.groups, self.dtype)(x)))
-        h = nn.swish(group_norm(self.groups, self.dtype)(h))
+        h = conv(self.features, dtype=self.dtype)(
+            nn.swish(norm_layer(self.norm, self.groups, self.dtype)(x)))
+        h = nn.swish(norm_layer(self.norm, self.groups, self.dtype)(h))
         h = conv(self.features, zero_init=self.zero_init, dtype=self.dtype)(h)
         if x.shape[-1] != self.features:
             x = conv(self.features, kernel=1, dtype=self.dtype)(x)
@@ -55,11 +80,12 @@ class AttnBlock(nn.Module):
     """Single-head self-attention over all positions of a (small) feature map."""
     groups: int
     dtype: jnp.dtype = jnp.float32
+    norm: str = "group"  # NORMS
 
     @nn.compact
     def __call__(self, x):
         b, hh, ww, c = x.shape
-        h = group_norm(self.groups, self.dtype)(x)
+        h = norm_layer(self.norm, self.groups, self.dtype)(x)
         q, k, v = (conv(c, kernel=1, dtype=self.dtype, name=n)(h).reshape(b, hh * ww, 1, c)
                    for n in ("q", "k", "v"))
         h = nn.dot_product_attention(q, k, v).reshape(b, hh, ww, c)
@@ -74,19 +100,20 @@ class Encoder(nn.Module):
     out_features: int
     attention: bool = False
     dtype: jnp.dtype = jnp.float32
+    norm: str = "group"  # NORMS
 
     @nn.compact
     def __call__(self, x):
         x = conv(self.channels, dtype=self.dtype)(x)
         for level, mult in enumerate(self.channel_mult):
             for _ in range(self.num_res_blocks):
-                x = ResBlock(self.channels * mult, self.groups, dtype=self.dtype)(x)
+                x = ResBlock(self.channels * mult, self.groups, dtype=self.dtype, norm=self.norm)(x)
             if level < len(self.channel_mult) - 1:
                 x = conv(self.channels * mult, strides=2, dtype=self.dtype)(x)
-        x = ResBlock(x.shape[-1], self.groups, dtype=self.dtype)(x)
+        x = ResBlock(x.shape[-1], self.groups, dtype=self.dtype, norm=self.norm)(x)
         if self.attention:
-            x = AttnBlock(self.groups, dtype=self.dtype)(x)
-        x = nn.swish(group_norm(self.groups, self.dtype)(x))
+            x = AttnBlock(self.groups, dtype=self.dtype, norm=self.norm)(x)
+        x = nn.swish(norm_layer(self.norm, self.groups, self.dtype)(x))
         return conv(self.out_features, kernel=1, dtype=self.dtype)(x)
 
 
@@ -105,27 +132,28 @@ class Decoder(nn.Module):
     attention: bool = False
     extra_res_blocks: int = 0
     dtype: jnp.dtype = jnp.float32
+    norm: str = "group"  # NORMS
 
     @nn.compact
     def __call__(self, z):
         top = self.channels * self.channel_mult[-1]
         x = conv(top, dtype=self.dtype)(z)
-        x = ResBlock(top, self.groups, dtype=self.dtype)(x)
+        x = ResBlock(top, self.groups, dtype=self.dtype, norm=self.norm)(x)
         if self.attention:
-            x = AttnBlock(self.groups, dtype=self.dtype)(x)
+            x = AttnBlock(self.groups, dtype=self.dtype, norm=self.norm)(x)
         levels = len(self.channel_mult)
         for level in reversed(range(levels)):
             features = self.channels * self.channel_mult[level]
             for _ in range(self.num_res_blocks):
-                x = ResBlock(features, self.groups, dtype=self.dtype)(x)
+                x = ResBlock(features, self.groups, dtype=self.dtype, norm=self.norm)(x)
             for i in range(self.extra_res_blocks):
                 x = ResBlock(features, self.groups, zero_init=True, dtype=self.dtype,
-                             name=f"extra_{level}_{i}")(x)
+                             norm=self.norm, name=f"extra_{level}_{i}")(x)
             if level > 0:
                 b, h, w, c = x.shape
                 x = jax.image.resize(x, (b, 2 * h, 2 * w, c), "nearest")
                 x = conv(features, dtype=self.dtype)(x)
-        x = nn.swish(group_norm(self.groups, self.dtype)(x))
+        x = nn.swish(norm_layer(self.norm, self.groups, self.dtype)(x))
         return conv(3, dtype=self.dtype)(x)
 
 
@@ -193,14 +221,16 @@ class VQGAN(nn.Module):
     beta: float = 0.25
     extra_decoder_blocks: int = 0
     dtype: jnp.dtype = jnp.float32
+    norm: str = "group"  # NORMS
 
     def setup(self):
         self.encoder = Encoder(self.channels, self.channel_mult, self.num_res_blocks,
-                               self.norm_groups, self.code_dim, self.attention, self.dtype)
+                               self.norm_groups, self.code_dim, self.attention, self.dtype,
+                               self.norm)
         self.quantizer = VectorQuantizer(self.codebook_size, self.code_dim, self.beta)
         self.decoder = Decoder(self.channels, self.channel_mult, self.num_res_blocks,
                                self.norm_groups, self.attention, self.extra_decoder_blocks,
-                               self.dtype)
+                               self.dtype, self.norm)
 
     @property
     def downsample_factor(self) -> int:

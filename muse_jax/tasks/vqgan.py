@@ -24,7 +24,7 @@ from muse_jax import metrics as metrics_lib
 from muse_jax.config import ConfigError
 from muse_jax.models import discriminator as disc_lib
 from muse_jax.models import perceptual
-from muse_jax.models.vqgan import VQGAN
+from muse_jax.models.vqgan import NORMS, VQGAN
 from muse_jax.tasks import finetune
 
 
@@ -71,8 +71,11 @@ class VQGANTask:
         if c.data.image_size % f:
             raise ConfigError(f"data.image_size {c.data.image_size} is not divisible by the "
                               f"tokenizer's downsampling factor {f} (model.channel_mult)")
+        norm = c.model.get("norm", "group")
+        if norm not in NORMS:
+            raise ConfigError(f"model.norm must be one of {', '.join(NORMS)}, got {norm!r}")
         for mult in c.model.channel_mult:
-            if (c.model.channels * mult) % c.model.norm_groups:
+            if norm == "group" and (c.model.channels * mult) % c.model.norm_groups:
                 raise ConfigError(f"model.norm_groups {c.model.norm_groups} does not divide the "
                                   f"width {c.model.channels * mult}")
         if c.finetune.decoder_only and not c.finetune.init_from:
@@ -253,7 +256,7 @@ def build_model(config) -> VQGAN:
                  num_res_blocks=m.num_res_blocks, norm_groups=m.norm_groups,
                  attention=m.attention, codebook_size=m.codebook_size, code_dim=m.code_dim,
                  beta=m.beta, extra_decoder_blocks=config.finetune.extra_decoder_blocks,
-                 dtype=jnp.dtype(m.dtype))
+                 dtype=jnp.dtype(m.dtype), norm=m.get("norm", "group"))
 
 
 def load_tokenizer(workdir: str) -> tuple[VQGAN, Any, ml_collections.ConfigDict]:
