@@ -36,7 +36,8 @@ def code_agreement(tokens_dir: str, scenes: int) -> dict:
         tokens = records[i]["tokens"]
         for obj in source.objects(i):
             row, col = divmod(shapes.CELLS.index(obj.cell), 3)
-            cells[obj].append(tokens[bounds[row]:bounds[row + 1], bounds[col]:bounds[col + 1]].ravel())
+            rows, cols = slice(*bounds[row:row + 2]), slice(*bounds[col:col + 2])
+            cells[obj].append(tokens[rows, cols].ravel())
     agree, patterns = [], []
     for drawings in cells.values():
         drawings = np.stack(drawings).astype(np.int64)
