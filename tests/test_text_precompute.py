@@ -83,6 +83,30 @@ def test_float16_records_are_smaller_and_close(tmp_path):
     np.testing.assert_allclose(item["embedding"].astype(np.float32), ref[0], atol=5e-3)
 
 
+def test_captions_go_to_the_encoder_in_chunks_and_come_back_in_order(tmp_path, monkeypatch):
+    from muse_jax.text import embeddings
+
+    encoder = create_encoder(default_config())
+    calls = []
+    real_encode = type(encoder).encode
+    monkeypatch.setattr(type(encoder), "encode",
+                        lambda self, texts: calls.append(len(texts)) or real_encode(self, texts))
+    captions = [f"{'a very long caption ' * (i % 4)}number {i}" for i in range(150)]
+    row = encoder.max_length * encoder.dim * 4
+    monkeypatch.setattr(embeddings, "CHUNK_BYTES", 2 * 32 * row + row // 2)
+    config = default_config()
+    config.batch_size = 32
+    out = precompute(config, captions, tmp_path / "emb", "float32", shard_size=1000)
+    # 64 captions a call (2 batches of 32: chunks of CHUNK_BYTES), then the empty caption.
+    assert calls == [64, 64, 22, 1]
+    data = EmbeddingRecords(out)
+    expected, masks = encoder.encode(captions)
+    for i in (0, 1, 63, 64, 100, 149):
+        assert data[i]["caption"] == captions[i]
+        np.testing.assert_array_equal(data[i]["mask"], masks[i])
+        np.testing.assert_allclose(data[i]["embedding"], expected[i], atol=1e-5)
+
+
 def test_caption_files(tmp_path):
     path = tmp_path / "c.txt"
     path.write_text("one\r\n\nthree\n")

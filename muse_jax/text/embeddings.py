@@ -15,6 +15,9 @@ import numpy as np
 from muse_jax.data import shards
 
 
+CHUNK_BYTES = 256 << 20  # float32 states of the captions handed to the encoder in one call
+
+
 def precompute(text_config, captions: list[str], out: Path, embedding_dtype: str = "float16",
                shard_size: int = 10000, overwrite: bool = False) -> Path:
     """Writes the shards, the empty-caption embedding and metadata.json; returns `out`."""
@@ -27,9 +30,13 @@ def precompute(text_config, captions: list[str], out: Path, embedding_dtype: str
     encoder = create_encoder(text_config)  # fails on a bad config before anything is written
     shards.prepare_out(out, shards.EMBEDDINGS, "precomputed embeddings", overwrite,
                        (shards.EMPTY_CAPTION,))
+    # The encoder sorts what it is given by length and cuts each batch to its longest caption:
+    # given many batches at once, most batches are much shorter than max_length.
+    row_bytes = encoder.max_length * encoder.dim * 4
+    chunk = max(CHUNK_BYTES // row_bytes // encoder.batch_size, 1) * encoder.batch_size
     with bar(total=len(captions), unit="caption", desc="encoding captions") as progress:
-        for start in range(0, len(captions), encoder.batch_size):
-            batch = captions[start:start + encoder.batch_size]
+        for start in range(0, len(captions), chunk):
+            batch = captions[start:start + chunk]
             embeddings, masks = encoder.encode(batch)
             for caption, emb, mask in zip(batch, embeddings, masks):
                 writer.write(shards.serialize_embedding(caption, emb, mask, embedding_dtype))
