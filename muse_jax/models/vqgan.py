@@ -52,13 +52,15 @@ NORMS = ("group", "channel")
 
 
 def norm_layer(norm: str, groups: int, dtype=jnp.float32, name: str | None = None) -> nn.Module:
+    if norm == "group":
+        return group_norm(groups, dtype, name)
     if norm == "channel":
         return nn.LayerNorm(dtype=dtype, name=name, **_norm_params())
-    return group_norm(groups, dtype, name)
+    raise ValueError(f"norm must be one of {NORMS}, got {norm!r}")
 
 
 class ResBlock(nn.Module):
-    """GroupNorm-swish-conv twice with a skip; `zero_init` makes a new block start as identity."""
+    """Norm-swish-conv twice with a skip; `zero_init` makes a new block start as identity."""
     features: int
     groups: int
     zero_init: bool = False
