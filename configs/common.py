@@ -50,6 +50,7 @@ def add_optim(c: ml_collections.ConfigDict) -> None:
     c.optim.multiply_by_parameter_scale = False
     c.optim.warmup_steps = 5_000  # linear warmup from 0
     c.optim.schedule = "cosine"  # cosine | constant, after warmup
+    c.optim.cosine_span = 1.0  # the cosine reaches 0 at this x train.num_steps (> 1: ends above 0)
     c.optim.grad_clip = 1.0  # global-norm clipping (0: off)
 
 

@@ -91,6 +91,7 @@ VALUE_RULES = (
     ("optim.weight_decay", _finite_nonnegative, "finite and >= 0"),
     ("optim.grad_clip", _finite_nonnegative, "finite and >= 0 (0: off)"),
     ("optim.warmup_steps", lambda v: v >= 0, ">= 0"),
+    ("optim.cosine_span", lambda v: _finite_nonnegative(v) and v > 0, "finite and > 0"),
     ("optim.b1", lambda v: 0 <= v < 1, "in [0, 1)"),
     ("optim.b2", lambda v: 0 <= v <= 1, "in [0, 1]"),
     ("gan.lr", _finite_nonnegative, "finite and >= 0"),

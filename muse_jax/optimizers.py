@@ -11,12 +11,15 @@ from muse_jax.errors import UserError
 
 
 def learning_rate(optim, num_steps: int) -> optax.Schedule:
-    """Linear warmup to `optim.lr`, then cosine decay to zero at `num_steps` (or constant)."""
+    """Linear warmup to `optim.lr`, then cosine decay (or constant). The cosine reaches zero at
+    `optim.cosine_span` x `num_steps`: 1 at the last step, above 1 later, so that the run ends
+    with the learning rate still above zero."""
     warmup = max(int(optim.warmup_steps), 0)
     if optim.schedule == "constant":
         decay = optax.constant_schedule(optim.lr)
     elif optim.schedule == "cosine":
-        decay = optax.cosine_decay_schedule(optim.lr, max(num_steps - warmup, 1))
+        span = round(num_steps * optim.get("cosine_span", 1.0))  # runs saved before the key
+        decay = optax.cosine_decay_schedule(optim.lr, max(span - warmup, 1))
     else:
         raise UserError(f"optim.schedule must be 'cosine' or 'constant', got {optim.schedule!r}")
     if warmup == 0:

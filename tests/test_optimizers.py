@@ -81,3 +81,24 @@ def test_adafactor_momentum_and_second_moment_decay_are_the_configured_ones():
     _, state = tx.update(jnp.zeros(4), state, params)
     np.testing.assert_allclose(state[0].v, b2 * v_prev + (1 - b2) * 1e-30, rtol=1e-5)
     assert not np.allclose(v, v_prev)
+
+
+@pytest.mark.parametrize("span,last", [(1.0, 0.0), (2.0, 0.537)])
+def test_cosine_span_sets_where_the_cosine_reaches_zero(span, last):
+    """A 1100-step run, 100 of warm-up: at its last step the lr is 0 with span 1; with span 2
+    the cosine spans 2100 steps and is 1000/2100 of the way down, 0.537 x the peak."""
+    optim = _optim("adamw", cosine_span=span)
+    lr = optimizers.learning_rate(optim, 1100)
+    decay_steps = round(1100 * span) - 100
+    expected = optim.lr * 0.5 * (1 + np.cos(np.pi * min(1000 / decay_steps, 1.0)))
+    np.testing.assert_allclose(float(lr(1100)), expected, rtol=1e-5, atol=1e-12)
+    assert abs(float(lr(1100)) - last * optim.lr) < 0.001 * optim.lr
+    np.testing.assert_allclose(float(lr(100)), optim.lr, rtol=1e-6)  # the peak, either way
+
+
+@pytest.mark.parametrize("span", [0.0, -1.0, float("nan")])
+def test_a_bad_cosine_span_is_one_line(span):
+    config = config_lib.reference("base")
+    config.optim.cosine_span = span
+    with pytest.raises(config_lib.ConfigError, match="optim.cosine_span must be finite and > 0"):
+        config_lib.check_values(config)
