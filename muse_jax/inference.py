@@ -17,11 +17,11 @@ from typing import Callable, Iterator
 import jax
 import numpy as np
 from absl import logging
-from muse_jax.progress import bar
 
 from muse_jax import runs, sampling
 from muse_jax.errors import UserError
 from muse_jax.images import to_model, to_uint8
+from muse_jax.progress import bar
 
 
 @dataclasses.dataclass

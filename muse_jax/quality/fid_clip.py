@@ -21,10 +21,10 @@ from typing import Callable, Iterator
 
 import jax
 import numpy as np
-from muse_jax.progress import bar
 
 from muse_jax.errors import UserError
 from muse_jax.models.inception import FEATURES
+from muse_jax.progress import bar
 from muse_jax.quality import frechet
 from muse_jax.quality.resume import BatchProgress
 

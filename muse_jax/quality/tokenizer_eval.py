@@ -18,11 +18,11 @@ from typing import Callable, Iterator
 
 import jax.numpy as jnp
 import numpy as np
-from muse_jax.progress import bar
 
 from muse_jax.errors import UserError
 from muse_jax.images import psnr, to_model, to_uint8
 from muse_jax.models.inception import FEATURES
+from muse_jax.progress import bar
 from muse_jax.quality import frechet
 from muse_jax.quality.resume import BatchProgress
 from muse_jax.quality.sharded import ShardedApply

@@ -22,7 +22,6 @@ def precompute(text_config, captions: list[str], out: Path, embedding_dtype: str
                shard_size: int = 10000, overwrite: bool = False) -> Path:
     """Writes the shards, the empty-caption embedding and metadata.json; returns `out`."""
     from muse_jax.progress import bar
-
     from muse_jax.text import create_encoder
 
     out = Path(out)
