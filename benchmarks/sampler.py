@@ -90,7 +90,38 @@ def build_muse_jax(batch: int, steps: int, guidance: float, seed: int = 0):
         assert images.shape == (batch, 256, 256, 3)
         return middle - start, time.perf_counter() - middle
 
-    return run, {"transformer_params": count(params), "decoder_params": count(vq_params)}
+    cost = decode.lower(vq_params, jnp.zeros_like(canvas)).compile().cost_analysis()
+    cost = cost[0] if isinstance(cost, list) else cost
+    return run, {"transformer_params": count(params), "decoder_params": count(vq_params),
+                 "decoder_gflop_per_image": cost["flops"] / 1e9 / batch}
+
+
+def conv_rates(batch: int = 4, size: int = 128, channels: int = 128, repeats: int = 3) -> dict:
+    """GFLOP/s of one 3x3 convolution (the decoder's bulk), XLA and torch: the ceiling a
+    decoder of such convolutions can reach on this machine, whichever framework runs it."""
+    import jax
+    import torch
+
+    flops = 2 * 9 * batch * size * size * channels * channels
+    x = jax.random.normal(jax.random.key(0), (batch, size, size, channels))
+    w = jax.random.normal(jax.random.key(1), (3, 3, channels, channels))
+    conv = jax.jit(lambda x, w: jax.lax.conv_general_dilated(
+        x, w, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC")))
+    xt, convt = torch.randn(batch, channels, size, size), torch.nn.Conv2d(channels, channels, 3,
+                                                                         padding=1, bias=False)
+
+    def best(fn) -> float:
+        fn()
+        times = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - start)
+        return flops / min(times) / 1e9
+
+    with torch.no_grad():
+        return {"xla_conv_gflops": best(lambda: conv(x, w).block_until_ready()),
+                "torch_conv_gflops": best(lambda: convt(xt))}
 
 
 def build_amused(batch: int, steps: int, guidance: float, res_blocks: int, seed: int = 0):
@@ -205,11 +236,17 @@ def main(argv) -> None:
     decoder_speedup = theirs["decoder_ms_per_image"] / ours["decoder_ms_per_image"]
     print(f"  muse_jax / aMUSEd images/s: {speedup:.2f}x (aim: 2x); token loop {loop_speedup:.2f}x, "
           f"VQ decoder {decoder_speedup:.2f}x")
+    rates = conv_rates()
+    decoder_gflops = ours["decoder_gflop_per_image"] / (ours["decoder_ms_per_image"] / 1e3)
+    print(f"  VQ decoder: {ours['decoder_gflop_per_image']:.0f} GFLOP an image (XLA's count), "
+          f"muse_jax at {decoder_gflops:.0f} GFLOP/s; one 3x3 conv (128 channels, 128x128, batch "
+          f"4): XLA {rates['xla_conv_gflops']:.0f}, torch {rates['torch_conv_gflops']:.0f} GFLOP/s")
     print(json.dumps({"benchmark": "sampler", "batch": batch, "steps": steps, "guidance": guidance,
                       "amused_guidance_scale": 1 + guidance, "amused_res_blocks": _RES_BLOCKS.value,
                       "cpu_count": os.cpu_count(), "muse_jax": ours, "amused": theirs,
                       "speedup": speedup, "token_loop_speedup": loop_speedup,
-                      "decoder_speedup": decoder_speedup}))
+                      "decoder_speedup": decoder_speedup, "decoder_gflops": decoder_gflops,
+                      **rates}))
 
 
 if __name__ == "__main__":

@@ -86,12 +86,16 @@ def get_config(arg=None):
         # higher lr lengthens and a shorter cosine cuts short).
         c.optim.lr = 2e-3
         c.optim.warmup_steps = 100
-        # The cosine spans 2000 steps and the run stops at 1500, the lr still at 16% of its peak:
-        # the last stretch of a cosine to zero costs the oracle. demo_recipe.py on the demo's
-        # inputs, 128 prompts each (2026-12-05): one 2000-step run scored 52.3 / 78.1 / 67.2%
-        # canonical at steps 1000 / 1500 / 2000 (held-out phrasings 29.7 / 41.4 / 29.7%); 1500
-        # steps with this span 78.1% / 41.4%, where the 1500-step cosine to zero ended at 50.0%
-        # / 20.3% (64 prompts, make demo at a8da01e).
+        # The cosine spans 2000 steps and the run stops at 1500, the lr still at 16% of its peak.
+        # Chosen with samples guided to 4, where the last stretch of a cosine to zero cost the
+        # oracle: demo_recipe.py on the demo's inputs, 128 prompts (2026-12-05), one 2000-step
+        # run scored 52.3 / 78.1 / 67.2% canonical at steps 1000 / 1500 / 2000; 1500 steps with
+        # this span 78.1% / 41.4% held-out phrasings, the 1500-step cosine to zero 50.0% / 20.3%
+        # (64 prompts). At the demo's guidance 1 (muse_jax/demo.py) that drop is gone: the
+        # 2000-step run's last checkpoint scores 92.2% / 50.0% (128 prompts), this span's 1500
+        # steps 94.5% / 53.5% (256), the only 1500-step model measured at guidance 1. Fewer
+        # steps fall short: step 1000 of the 2000-step run 64.8%, a 1200-step cosine to zero
+        # 46.9% (shapes 73%: they come last; 128 prompts).
         c.optim.cosine_span = 2000 / 1500
         # A sin-cos start for the grid positions (not in Muse; transformer.py says why).
         c.model.pos_init = "sincos"

@@ -6,7 +6,8 @@ Trains the shapes tokenizer (configs/vqgan_shapes.py:demo), encodes the captions
 and the images with that tokenizer once (muse_jax.text.precompute, muse_jax.data.precompute_tokens),
 trains the base model from them (configs/base_shapes.py:demo), then writes to --out:
   samples.png   generated images for 8 held-out prompts, each prompt under its image;
-  inpaint.png, outpaint.png, edit.png   before / after, with the prompts;
+  inpaint.png, outpaint.png, edit.png   before, before as its tokens decode, after, with the
+                prompts;
   curves.png    training loss and masked-token accuracy, the oracle at the end;
   report.md, report.html   oracle accuracy on held-out prompts in the canonical wording and in
                 phrasings training never used, sampling settings, each phase's time (the HTML
@@ -237,10 +238,14 @@ def edits(pipe, source, options, edit_options, out: Path) -> dict:
         image = source[index]["image"]
         return image, pipe.tokens_of(to_model(image[None]))
 
-    def panel(name: str, before, before_caption: str, after_tokens, prompt: str) -> dict:
-        after = to_uint8(pipe.decode(after_tokens))[0]
+    def panel(name: str, before, before_tokens, before_caption: str, after_tokens,
+              prompt: str) -> dict:
+        """Before, before as its tokens decode (what the model starts from: the edit can keep
+        the rest no sharper than this), after."""
+        through, after = (to_uint8(pipe.decode(t))[0] for t in (before_tokens, after_tokens))
         _save(out / f"{name}.png", tile([captioned(before, "before: " + before_caption),
-                                         captioned(after, "after: " + prompt)], 2))
+                                         captioned(through, "before, as its tokens decode"),
+                                         captioned(after, "after: " + prompt)], 3))
         return {"before": before_caption, "prompt": prompt, **shapes.score(after, prompt)}
 
     results = {}
@@ -252,7 +257,7 @@ def edits(pipe, source, options, edit_options, out: Path) -> dict:
     mask = token_mask_from_pixels(shapes.cell_mask(objects[0].cell, size), grid)
     canvas = np.where(mask[None], mask_id, tokens).astype(np.int32)
     prompt = shapes.caption(new)
-    results["inpaint"] = panel("inpaint", image, shapes.caption(objects),
+    results["inpaint"] = panel("inpaint", image, tokens, shapes.caption(objects),
                                sample_tokens(pipe, [prompt], options, 0, canvas=canvas), prompt)
 
     # Outpainting: the picture moves one cell (5 of 16 token columns) right; the freed left
@@ -265,7 +270,7 @@ def edits(pipe, source, options, edit_options, out: Path) -> dict:
     moved = [shapes.ShapeObject(o.color, o.shape, shift[o.cell]) for o in objects]
     prompt = shapes.caption([other(objects[0], "middle left"), *moved])
     canvas = shift_canvas(tokens, grid, "left", round(grid / 3), mask_id)
-    results["outpaint"] = panel("outpaint", image, shapes.caption(objects),
+    results["outpaint"] = panel("outpaint", image, tokens, shapes.caption(objects),
                                 sample_tokens(pipe, [prompt], options, 0, canvas=canvas), prompt)
 
     # Mask-free editing: the prompt recolours one object; no mask is given.
@@ -275,7 +280,7 @@ def edits(pipe, source, options, edit_options, out: Path) -> dict:
     recoloured = shapes.ShapeObject(other(objects[0]).color, objects[0].shape, objects[0].cell)
     prompt = shapes.caption([recoloured, *objects[1:]])
     edited = edit(pipe, tokens, [prompt], options, edit_options, seed=0)
-    results["edit"] = panel("edit", image, shapes.caption(objects), edited, prompt)
+    results["edit"] = panel("edit", image, tokens, shapes.caption(objects), edited, prompt)
     return results
 
 

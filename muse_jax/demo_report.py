@@ -113,7 +113,9 @@ objects (per object: colour, shape, cell).
 
 Inpainting and outpainting fill the masked tokens in {options.steps} steps; mask-free editing
 re-masks {edit_options.mask_rate:.0%} of the tokens {edit_options.iterations} times, each round
-filled in {edit_options.steps} steps with top-k {edit_options.top_k}{keep}.
+filled in {edit_options.steps} steps with top-k {edit_options.top_k}{keep}. Each picture shows
+the input, the input as its tokens decode (the tokenizer's drawing, where every edit starts:
+what an edit keeps can be no sharper) and the result.
 
 | edit | before | prompt | oracle says the result matches |
 |---|---|---|---|

@@ -3,6 +3,7 @@ import json
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from muse_jax import demo, sampling
 
@@ -44,6 +45,10 @@ def test_demo_runs_end_to_end_and_reuses_what_it_trained(tmp_path):
     assert f"{first['oracle']['match']:.1%}" in text and "train the base model" in text
     assert "phrasings training never used" in text
     assert f"among its {demo.DEMO_EDIT_KEEP} most likely keeps its value" in text
+    # Each edit picture: the input, the input as its tokens decode, the result.
+    for name in ("inpaint.png", "outpaint.png", "edit.png"):
+        assert Image.open(out / name).width == 3 * 64 * demo.SCALE + 4 * 6, name
+    assert "as its tokens decode" in text
     # One page: every picture of report.md inlined, none left as a file reference.
     page = (out / "report.html").read_text()
     assert page.count("data:image/png;base64,") == text.count("](") == 5
