@@ -10,9 +10,9 @@ Each variant is configs/base_shapes.py:demo with overrides (`VARIANTS`), trained
 precomputed caption embeddings and tokens (`--inputs`) for `--steps` (its cosine schedule
 spans them), then every kept checkpoint (`--checkpoint_every`; the last 3) is scored with
 `evaluate --eval=shapes_oracle` and `--eval=shapes_phrasings` (24 steps, guidance rising to
-`--guidance`, the demo's by default, the same seed for every variant). Prints one JSON line a scored checkpoint and a Markdown
-table; finished runs are reused on a rerun. Runs one after another: on 2 cores, two at once
-take longer in total than in turn.
+`--guidance`, the demo's by default, the same seed for every variant). Prints one JSON line a
+scored checkpoint and a Markdown table; finished runs are reused on a rerun. Runs one after
+another: on 2 cores, two at once take longer in total than in turn.
 """
 from __future__ import annotations
 

@@ -90,8 +90,7 @@ def build_muse_jax(batch: int, steps: int, guidance: float, seed: int = 0):
         assert images.shape == (batch, 256, 256, 3)
         return middle - start, time.perf_counter() - middle
 
-    cost = decode.lower(vq_params, jnp.zeros_like(canvas)).compile().cost_analysis()
-    cost = cost[0] if isinstance(cost, list) else cost
+    cost = decode.lower(vq_params, jnp.zeros_like(canvas)).compile().cost_analysis()  # a dict
     return run, {"transformer_params": count(params), "decoder_params": count(vq_params),
                  "decoder_gflop_per_image": cost["flops"] / 1e9 / batch}
 
