@@ -96,7 +96,7 @@ def train(config, workdir: str) -> float:
     """Trains unless the run already finished; the wall time of the training (0 if reused)."""
     from muse_jax import demo, training
 
-    if demo._trained(config, workdir):  # noqa: SLF001 (the demo's reuse rule)
+    if demo.trained(config, workdir):  # the demo's reuse rule
         return 0.0
     start = time.perf_counter()
     training.train_and_evaluate(config, workdir, progress_bar=True)

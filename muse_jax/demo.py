@@ -93,7 +93,7 @@ class Timer:
         print(f"== {name}: {entry.seconds:.0f} s{' (reused)' if entry.reused else ''}", flush=True)
 
 
-def _trained(config, workdir: str) -> bool:
+def trained(config, workdir: str) -> bool:
     """The run reached its last step, evaluated there (train.py writes eval.json last) and was
     trained with this config. A finished run of another config (the recipe changed since) is
     removed: resuming it would stop at once at its last step."""
@@ -115,7 +115,7 @@ def _trained(config, workdir: str) -> bool:
 def train_stage(config, workdir: str, phase: Phase) -> None:
     from muse_jax import training
 
-    if _trained(config, workdir):
+    if trained(config, workdir):
         phase.reused = True
         return
     training.train_and_evaluate(config, workdir, progress_bar=True)

@@ -123,6 +123,18 @@ what an edit keeps can be no sharper) and the result.
 
 ![inpaint](inpaint.png) ![outpaint](outpaint.png) ![edit](edit.png)
 
+## Your own prompts
+
+The model samples as above with
+```
+.venv/bin/python -m muse_jax.sample --workdir={workdir}/base_shapes \\
+    --guidance={options.guidance} --steps={options.steps} --out=mine.png \\
+    --prompt="two purple discs in the upper left corner and on the right edge"
+... --image=in.png --edit --edit_keep={edit_options.keep} --prompt=...  # a mask-free edit
+```
+(the sampler's defaults are the paper's, guidance rising to 4, which this small model
+over-sharpens).
+
 ## Time
 
 | phase | wall time |

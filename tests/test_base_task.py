@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import one_device, one_device_mesh, run_module
+from conftest import ONE_FAST_DEVICE, one_device, one_device_mesh, run_module
 from muse_jax import config as config_lib
 from muse_jax import metrics, optimizers, tasks, training
 from muse_jax.config import ConfigError
@@ -98,7 +98,7 @@ def test_bad_tokenizer_or_encoder_settings(tokenizer_dir, tmp_path):
 def test_dry_run_paper_scale_base(variant, low, high):
     result = run_module("muse_jax.train", f"--config=configs/base_256.py{variant}", "--dry_run",
                         "--dry_run_json", "--num_devices=8", "--config.mesh.fsdp=8",
-                        env={"XLA_FLAGS": ""}, check=True)
+                        env=ONE_FAST_DEVICE, check=True)
     report = json.loads(result.stdout)
     assert low < report["params"]["total"] < high, report["params"]["total"]
     assert report["per_device_bytes"]["params"] < 4 * report["params"]["total"] / 4

@@ -6,7 +6,7 @@ import sys
 import ml_collections
 import pytest
 
-from conftest import REPO, run_module
+from conftest import ONE_FAST_DEVICE, REPO, run_module
 from muse_jax import config as config_lib
 from muse_jax import errors
 
@@ -115,7 +115,7 @@ def test_bad_input_is_one_line_and_nonzero(case, tmp_path):
     args, message = BAD_INPUTS[case]
     if not any(a.startswith("--workdir") for a in args):
         args = [*args, f"--workdir={tmp_path / 'run'}"]
-    result = run_module("muse_jax.train", *args, env={"XLA_FLAGS": ""}, timeout=300)
+    result = run_module("muse_jax.train", *args, env=ONE_FAST_DEVICE, timeout=300)
     assert result.returncode == 2, result.stderr[-2000:]
     assert "Traceback" not in result.stderr
     last = result.stderr.strip().splitlines()[-1]

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import REPO
+from conftest import FAST_COMPILE, REPO
 
 STEPS = 60  # of every run here: the same number keeps the compiled step (and cache) the same
 EVERY = 3  # checkpoint_every
@@ -147,7 +147,7 @@ if __name__ == "__main__" and sys.argv[1:] == ["--serve"]:
 # ---------------------------------------------------------------------------- the test side
 class Server:
     def __init__(self, cache_dir: Path):
-        env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": "",
+        env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": FAST_COMPILE,
                "JAX_COMPILATION_CACHE_DIR": str(cache_dir),
                "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0"}
         self.proc = subprocess.Popen([sys.executable, __file__, "--serve"], cwd=REPO, env=env,

@@ -81,10 +81,13 @@ def _env(devices: int, cache) -> dict:
 
 
 def _args(tokenizer_dir, workdir):
+    # No sample grid (8 s of compiling in each of the five processes): the SR test below has
+    # both processes make one.
     return ["--config=configs/base_shapes.py:tiny", f"--workdir={workdir}",
             f"--config.tokenizer.workdir={tokenizer_dir}", "--config.train.num_steps=6",
             "--config.train.checkpoint_every=2", "--config.train.eval_every=6",
-            "--config.data.eval_size=8", "--config.data.eval_batch_size=8"]
+            "--config.data.eval_size=8", "--config.data.eval_batch_size=8",
+            "--config.eval.num_samples=0"]
 
 
 def _launch(args, cache, logs, tag):

@@ -4,7 +4,7 @@ import pytest
 from nbclient import NotebookClient
 from PIL import Image
 
-from conftest import REPO
+from conftest import FAST_COMPILE, REPO
 
 NOTEBOOK = REPO / "notebooks" / "muse_jax_colab.ipynb"
 
@@ -12,8 +12,7 @@ NOTEBOOK = REPO / "notebooks" / "muse_jax_colab.ipynb"
 @pytest.mark.slow
 def test_colab_notebook_trains_samples_and_edits(tmp_path, monkeypatch):
     # The kernel inherits this environment: one CPU device, XLA's quicker compile, tiny runs.
-    monkeypatch.setenv("XLA_FLAGS", "--xla_force_host_platform_device_count=1 "
-                       "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true")
+    monkeypatch.setenv("XLA_FLAGS", f"--xla_force_host_platform_device_count=1 {FAST_COMPILE}")
     monkeypatch.setenv("JAX_PLATFORMS", "cpu")
     monkeypatch.setenv("MUSE_NOTEBOOK_FAST", "1")
     monkeypatch.setenv("MUSE_NOTEBOOK_WORKDIR", str(tmp_path))

@@ -5,11 +5,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import run_module, train_tiny_base
+from conftest import ONE_FAST_DEVICE, run_module, train_tiny_base
 from muse_jax import sampling
 from muse_jax.inference import load, sample_tokens, shift_canvas, token_mask_from_pixels
-
-ONE_DEVICE = {"XLA_FLAGS": ""}
 
 
 @pytest.fixture(scope="module")
@@ -59,7 +57,7 @@ def test_sample_cli_writes_grid_and_settings(base_dir, tmp_path):
     result = run_module("muse_jax.sample", f"--workdir={base_dir}",
                         "--prompt=a red circle at the center",
                         "--prompt=a blue square at the top left", "--num_images=3", "--steps=4",
-                        f"--out={out}", env=ONE_DEVICE, check=True)
+                        f"--out={out}", env=ONE_FAST_DEVICE, check=True)
     assert Image.open(out).size == (3 * 64, 2 * 64)
     # Libraries' INFO lines stay out of the terminal (Orbax's, when the checkpoint is read).
     for noise in ("_NonBlockingMetadataStore", "pytree_checkpoint_handler.py", "xla_bridge.py"):
@@ -71,7 +69,7 @@ def test_sample_cli_writes_grid_and_settings(base_dir, tmp_path):
 @pytest.mark.slow
 def test_evaluate_cli_prints_oracle_scores(base_dir):
     result = run_module("muse_jax.evaluate", f"--workdir={base_dir}", "--num_samples=8",
-                        "--steps=2", env=ONE_DEVICE, check=True)
+                        "--steps=2", env=ONE_FAST_DEVICE, check=True)
     scores = json.loads(result.stdout)
     assert scores["steps"] == 2 and scores["num_samples"] == 8
     assert all(0.0 <= scores[k] <= 1.0 for k in ("match", "color", "shape", "cell"))
@@ -101,7 +99,7 @@ def test_bad_input_is_one_line(case, base_dir, tmp_path):
     else:
         args[0] = f"--workdir={tmp_path}"
         message = "has no config.json"
-    result = run_module("muse_jax.sample", *args, env=ONE_DEVICE)
+    result = run_module("muse_jax.sample", *args, env=ONE_FAST_DEVICE)
     assert result.returncode == 2, result.stderr[-2000:]
     assert "Traceback" not in result.stderr
     last = result.stderr.strip().splitlines()[-1]
@@ -137,7 +135,7 @@ def test_sample_cli_edits_with_the_papers_settings_and_choice_temperature(base_d
     out = tmp_path / "edited.png"
     run_module("muse_jax.sample", f"--workdir={base_dir}", "--prompt=a red circle at the center",
                f"--image={tmp_path / 'in.png'}", "--edit", "--edit_iterations=5",
-               "--num_images=2", "--choice_temperature=1.5", f"--out={out}", env=ONE_DEVICE,
+               "--num_images=2", "--choice_temperature=1.5", f"--out={out}", env=ONE_FAST_DEVICE,
                check=True)
     assert Image.open(out).size == (2 * 64, 64)
     settings = json.loads(out.with_suffix(".json").read_text())
@@ -236,7 +234,7 @@ def test_out_that_cannot_be_written_fails_before_anything_loads(tmp_path):
     assert sample._check_out(str(tmp_path / "new" / "x.png")) == str(tmp_path / "new" / "x.json")
     # Through the CLI the --out check comes first: the missing run is never looked at.
     result = run_module("muse_jax.sample", f"--workdir={tmp_path / 'no_run'}", "--prompt=a",
-                        f"--out={tmp_path / 'x.json'}", env=ONE_DEVICE)
+                        f"--out={tmp_path / 'x.json'}", env=ONE_FAST_DEVICE)
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert result.stderr.strip().splitlines()[-1].startswith("error: --out must name a .png")
 
@@ -251,7 +249,7 @@ def test_sampling_batch_by_batch_writes_the_grid_a_single_call_makes(base_dir, p
     out = tmp_path / "three.png"
     result = run_module("muse_jax.sample", f"--workdir={base_dir}",
                         f"--prompts_file={tmp_path / 'three.txt'}", "--num_images=2",
-                        "--batch_size=4", "--steps=2", f"--out={out}", env=ONE_DEVICE,
+                        "--batch_size=4", "--steps=2", f"--out={out}", env=ONE_FAST_DEVICE,
                         check=True)
     assert "sampling: 100%" in result.stderr and "6/6" in result.stderr  # progress, in images
     assert json.loads(out.with_suffix(".json").read_text())["num_prompts"] == 3
