@@ -1,4 +1,6 @@
 """Captions of shapes scenes in many phrasings (muse_jax/data/shapes_captions.py)."""
+import re
+
 import numpy as np
 import pytest
 
@@ -21,6 +23,21 @@ def test_no_training_caption_uses_a_held_out_phrasing_and_every_held_out_one_doe
         assert not any(train.startswith(f) for f in held_frames), train
         assert ";" not in train
         assert any(p in held for p in held_places) and any(held.startswith(f) for f in held_frames), held
+
+
+def test_a_held_out_part_alone_holds_out_that_part_and_nothing_else():
+    rng = np.random.default_rng(3)
+    held_places = [p for ps in shapes_captions._HELD_OUT_PLACES.values() for p in ps]
+    held_frames = [f.split("{}")[0] for f in shapes_captions._HELD_OUT_FRAMES]
+    for objects in _scenes(500):
+        places = shapes_captions.describe(objects, rng, "held_out", ("places",)).lower()
+        assert any(p in places for p in held_places), places
+        assert ";" not in places and not any(places.startswith(f) for f in held_frames), places
+        verb = shapes_captions.describe(objects, rng, "held_out", ("verb",)).lower()
+        assert not any(p in verb for p in held_places) and ";" not in verb, verb
+        assert re.search(r"(circles?|discs?|squares?|box(es)?|triangles?) (is|are) ", verb), verb
+    with pytest.raises(ValueError, match="unknown held-out parts"):
+        shapes_captions.describe(objects, rng, "held_out", ("adverbs",))
 
 
 def test_a_single_object_is_named_by_its_own_colour_shape_and_place_words():
