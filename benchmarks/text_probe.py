@@ -162,6 +162,7 @@ def main(argv):
         scenes, caps = scenes_and_captions("eval", FLAGS.eval_size, phrasing)
         states, mask = hidden_states(caps, layers)
         evals[name] = (states, mask, targets(scenes))
+    # The held-out scenes once more, each part of the held-out phrasings alone.
     for part in shapes_captions.HELD_OUT_PARTS if FLAGS.parts else ():
         caps = [shapes_captions.describe(o, np.random.default_rng([7, i]), "held_out", (part,))
                 for i, o in enumerate(scenes)]

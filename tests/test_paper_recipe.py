@@ -14,7 +14,10 @@ from conftest import run_module
 
 from muse_jax import config as config_lib
 
-# The shrunken recipe: base_shapes.py:paper on the tiny tokenizer, 300 steps.
+# The shrunken recipe: base_shapes.py:paper on the tiny tokenizer (its codebook of 64), 300
+# steps. 2x2 tokens a position and MiniLM's first two layers, as the demo: the same accuracy at a
+# third of the time (2026-12-04, 300 steps: 52.9% at mask rate 0.5 in 56 s, against 52.6% in
+# 139 s with 256 positions and all six layers; the most frequent token 29.8%).
 OVERRIDES = {"model.codebook_size": 64, "model.depth": 2, "model.patch_size": 2,
              "text.num_layers": 2, "data.batch_size": 16, "data.eval_batch_size": 64,
              "data.eval_size": 128, "eval.num_samples": 0, "train.num_steps": 300,
@@ -45,4 +48,6 @@ def test_shrunken_paper_recipe_learns_beyond_the_most_frequent_token(tokenizer_d
     mode = result["eval_mode_accuracy"]
     for rate in (50, 90):
         accuracy = result[f"eval_accuracy_mask{rate}"]
+        # Clearly: half as many right again as the baseline, and 15 points above it (measured
+        # 2026-12-04: 52.9% at mask rate 0.5, 51.8% at 0.9, against 29.8%).
         assert accuracy > 1.5 * mode and accuracy > mode + 0.15, (rate, accuracy, mode)

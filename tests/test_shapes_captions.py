@@ -7,6 +7,10 @@ import pytest
 from muse_jax.data import shapes, shapes_captions
 
 
+HELD_PLACES = [p for ps in shapes_captions._HELD_OUT_PLACES.values() for p in ps]
+HELD_FRAMES = [f.split("{}")[0] for f in shapes_captions._HELD_OUT_FRAMES]
+
+
 def _scenes(n, seed=0):
     rng = np.random.default_rng(seed)
     return [shapes.sample_objects(rng) for _ in range(n)]
@@ -14,27 +18,23 @@ def _scenes(n, seed=0):
 
 def test_no_training_caption_uses_a_held_out_phrasing_and_every_held_out_one_does():
     rng = np.random.default_rng(1)
-    held_places = [p for ps in shapes_captions._HELD_OUT_PLACES.values() for p in ps]
-    held_frames = [f.split("{}")[0] for f in shapes_captions._HELD_OUT_FRAMES]
     for objects in _scenes(3000):
         train = shapes_captions.describe(objects, rng, "varied").lower()
         held = shapes_captions.describe(objects, rng, "held_out").lower()
-        assert not any(p in train for p in held_places), train
-        assert not any(train.startswith(f) for f in held_frames), train
+        assert not any(p in train for p in HELD_PLACES), train
+        assert not any(train.startswith(f) for f in HELD_FRAMES), train
         assert ";" not in train
-        assert any(p in held for p in held_places) and any(held.startswith(f) for f in held_frames), held
+        assert any(p in held for p in HELD_PLACES) and any(held.startswith(f) for f in HELD_FRAMES), held
 
 
 def test_a_held_out_part_alone_holds_out_that_part_and_nothing_else():
     rng = np.random.default_rng(3)
-    held_places = [p for ps in shapes_captions._HELD_OUT_PLACES.values() for p in ps]
-    held_frames = [f.split("{}")[0] for f in shapes_captions._HELD_OUT_FRAMES]
     for objects in _scenes(500):
         places = shapes_captions.describe(objects, rng, "held_out", ("places",)).lower()
-        assert any(p in places for p in held_places), places
-        assert ";" not in places and not any(places.startswith(f) for f in held_frames), places
+        assert any(p in places for p in HELD_PLACES), places
+        assert ";" not in places and not any(places.startswith(f) for f in HELD_FRAMES), places
         verb = shapes_captions.describe(objects, rng, "held_out", ("verb",)).lower()
-        assert not any(p in verb for p in held_places) and ";" not in verb, verb
+        assert not any(p in verb for p in HELD_PLACES) and ";" not in verb, verb
         assert re.search(r"(circles?|discs?|squares?|box(es)?|triangles?) (is|are) ", verb), verb
     with pytest.raises(ValueError, match="unknown held-out parts"):
         shapes_captions.describe(objects, rng, "held_out", ("adverbs",))

@@ -76,8 +76,8 @@ _HELD_OUT_PLACES = {
 # --layers=2 --text_depths=0 --steps=1500 --parts, 512 held-out scenes, 2026-12-05): canonical
 # 100 %, held-out phrasings 68.4 %; each part alone, the rest phrased as in training: places
 # 91.2 %, verb 93.5 %, frames 96.7 %, joiner 98.8 % (an ad hoc copy of it over two seeds: places
-# 87.7 / 78.7 %, the other parts 94-99 %). The position phrases are what the encoder carries least, and the
-# parts compound: the demo's image model, at 47-54 %, follows its reader's ceiling.
+# 87.7 / 78.7 %, the other parts 94-99 %). The position phrases are what the encoder carries
+# least, and the parts compound: the demo's image model, at 47-54 %, follows its reader's ceiling.
 # Sentence frames around the list of objects ("{}" is the list).
 _TRAIN_FRAMES = ("{}", "there is {}", "an image of {}", "a picture with {}", "{}, on black",
                  "a scene with {}", "{} on a dark background", "this picture shows {}")
