@@ -11,9 +11,9 @@ INSTALL_REQUIRES = [
     "grain==0.2.18",
     "array-record==0.8.6",
     "ml-collections==1.1.0",
-    "clu==0.0.12",
-    # clu's metric writers import TensorFlow; the CPU build is enough for them.
+    # TFDS sources read TensorFlow datasets; the CPU build is enough for them.
     "tensorflow-cpu==2.21.0",
+    # TensorBoard event files are written with its record format (muse_jax/metrics.py).
     "tensorboard==2.21.0",
     "tensorflow-datasets==4.9.10",
     "transformers==5.23.0",

@@ -5,16 +5,14 @@ decompress: the run then resumes from garbage (NaN PSNR, every later step skippe
 save records, per array, two 32-bit weighted sums of its raw bits, and each restore recomputes
 them on what was read; a mismatch makes the checkpoint unreadable like a truncated one.
 
-The sums run on the device, inside one compiled function, on arrays however they are sharded
-(the position weights come from per-axis iotas, so nothing is reshaped or gathered): a
-checkpoint written on a pod checks on one CPU. They are not cryptographic: they catch bit rot
+The sums run on the device, on arrays however they are sharded (the position weights come
+from per-axis iotas, so nothing is reshaped or gathered): a checkpoint written on a pod checks
+on one CPU. They are not cryptographic: they catch bit rot
 and truncation, not tampering. Any change to a single 32-bit word changes the first sum (its
 weight is odd, so invertible modulo 2^32). The same pass reports whether every floating-point
 value is finite, so that no checkpoint is saved from a poisoned state.
 """
 from __future__ import annotations
-
-import functools
 
 import jax
 import jax.numpy as jnp
@@ -64,19 +62,19 @@ def _sums(x: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
     return first, second, finite
 
 
-@functools.cache
-def _compiled(treedef):
-    del treedef  # one compiled function per state structure
-    return jax.jit(lambda leaves: [_sums(x) for x in leaves])
+# Compiled once per leaf shape, dtype and sharding, which a state repeats: the demo's base state
+# has 331 arrays of 13 shapes, and its first checksum took 2.0 s against 4.9 s as one function
+# over all the arrays (2-core CPU, 2026-12-05); later calls take the same either way.
+_sums_compiled = jax.jit(_sums)
 
 
 def compute(state) -> tuple[dict[str, list[int]], bool]:
     """({leaf path: [sum, sum]}, whether every float in `state` is finite)."""
-    flat, treedef = jax.tree_util.tree_flatten_with_path(state)
+    flat, _ = jax.tree_util.tree_flatten_with_path(state)
     names = [_path_name(path) for path, _ in flat]
     outs = jax.device_get([[s.addressable_shards[0].data if isinstance(s, jax.Array) else s
-                            for s in triple]
-                           for triple in _compiled(treedef)([leaf for _, leaf in flat])])
+                            for s in _sums_compiled(leaf)]
+                           for _, leaf in flat])
     record = {name: [int(a), int(b)] for name, (a, b, _) in zip(names, outs)}
     return record, all(bool(f) for _, _, f in outs)
 

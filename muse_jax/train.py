@@ -14,7 +14,6 @@ import sys
 from absl import flags
 from ml_collections import config_flags
 
-import muse_jax  # noqa: F401  (quietens TensorFlow before clu imports it)
 from muse_jax import distributed, errors, training
 from muse_jax.errors import UserError
 

@@ -27,7 +27,6 @@ import threading
 
 from absl import logging
 
-import muse_jax  # noqa: F401  (quietens TensorFlow before clu imports it)
 from muse_jax import errors
 from muse_jax.errors import UserError
 
@@ -243,7 +242,6 @@ def train_and_evaluate(config, workdir: str, progress_bar: bool = False,
 
 def _train(config, workdir: str, task, progress_bar: bool, devices) -> dict:
     import jax
-    from clu import periodic_actions
     from etils import epath
 
     from muse_jax import checkpoint, metrics, parallel
@@ -319,9 +317,7 @@ def _train(config, workdir: str, task, progress_bar: bool, devices) -> dict:
     # ------------------------------------------------------------------ loop
     hooks = []
     if jax.process_index() == 0:
-        hooks.append(periodic_actions.ReportProgress(num_train_steps=t.num_steps, writer=writer,
-                                                     every_secs=t.progress_every_secs,
-                                                     every_steps=None))
+        hooks.append(metrics.StepRate(t.num_steps, writer, t.progress_every_secs))
     bar = ProgressBar(config, start_step) if progress_bar and jax.process_index() == 0 else None
     last_eval: dict = {}
     guard = NonfiniteGuard(t.max_consecutive_nonfinite, ckpt.latest_step)

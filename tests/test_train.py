@@ -31,7 +31,13 @@ def test_tiny_run_writes_everything(tmp_path):
     assert result["step"] == 6 and {"eval_psnr", "eval_codebook_usage", "eval_perplexity"} <= set(result)
     # Inputs over reconstructions, 8 columns of 64 px.
     assert Image.open(workdir / "reconstructions.png").size == (8 * 64, 2 * 64)
-    assert any(name.startswith("events.out.tfevents") for name in os.listdir(workdir))
+    # TensorBoard reads the same losses and the reconstructions grid.
+    from tensorboard.backend.event_processing import event_accumulator
+    events = event_accumulator.EventAccumulator(str(workdir))
+    events.Reload()
+    assert {e.step: e.value for e in events.Scalars("loss")} == pytest.approx(
+        {s: logged[s]["loss"] for s in range(1, 7)})
+    assert [e.step for e in events.Images("reconstructions")] == [6]
     assert json.loads((workdir / "config.json").read_text())["stage"] == "vqgan"
 
 
