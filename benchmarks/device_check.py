@@ -2,7 +2,7 @@
 
     bash benchmarks/device_check.sh                 # on a lent H100 / H200: the whole check, < 8 min
     bash benchmarks/device_check.sh --smoke         # tiny sizes on any machine (the test runs this)
-    python benchmarks/device_check.py --smoke --force_stub=clu.metric_writers,grain
+    python benchmarks/device_check.py --smoke --force_stub=grain
 
 First run on a lent H200 (2026-12-04, jax 0.11.2; benchmarks/RESULTS.md, device_check): every
 part ran, OOM halving was not needed (batch 128 peaked at 17.7 GiB). The base_256 step compiled in
@@ -50,9 +50,8 @@ time budget (--budget_s) is left, and the JSON is rewritten after every part, so
 short still leaves what it measured. Output: a table, one JSON line, and $OUT/device_check.json
 when $OUT is set.
 
-The device image lacks some packages muse_jax imports at module level but this check never
-uses: clu (its metric writers import TensorFlow) and grain (checkpointing). Where they do not
-import they are replaced by stubs that fail loudly if used (`_StubModule` of base_step.py),
+The device image lacks a package muse_jax imports at module level but this check never uses:
+grain (checkpointing). Where it does not import it is replaced by a stub that fail loudly if used (`_StubModule` of base_step.py),
 and the JSON lists them. ml_collections (the configs) is needed for real: device_check.sh
 installs it from a carried .whl folder (see there).
 """
@@ -76,7 +75,7 @@ sys.path.insert(0, HERE)
 from device_check_sizes import (amused_config, base_config, dims_of, peak_for,  # noqa: E402
                                 train_flops, vqgan_config)
 
-STUBBABLE = ("clu", "clu.metric_writers", "grain")
+STUBBABLE = ("grain",)
 OOM_MARKERS = ("RESOURCE_EXHAUSTED", "Out of memory", "out of memory", "OOM")
 
 
@@ -117,7 +116,7 @@ def parse_args(argv=None):
 
 # ------------------------------------------------------------------ imports
 def stub_missing(forced: list[str]) -> list[str]:
-    """Stubs clu's writers and grain where they cannot be imported (or are `forced`)."""
+    """Stubs grain where it cannot be imported (or is `forced`)."""
     from base_step import _StubModule  # noqa: PLC0415  (benchmarks/ is no package)
 
     stubbed = []
@@ -126,7 +125,7 @@ def stub_missing(forced: list[str]) -> list[str]:
             try:
                 importlib.import_module(name)
                 continue
-            except Exception:  # noqa: BLE001  missing, or clu without TensorFlow
+            except Exception:  # noqa: BLE001  missing or broken
                 pass
         if name in sys.modules and isinstance(sys.modules[name], _StubModule):
             continue
@@ -481,7 +480,7 @@ def main(argv=None) -> dict:
     args = parse_args(argv)
     budget = Budget(args.budget_s)
     sys.path.insert(0, REPO)
-    import muse_jax  # noqa: F401  (its __init__ quietens TensorFlow before clu may import it)
+    import muse_jax  # noqa: F401  (its __init__ quietens TensorFlow, should anything import it)
 
     forced = [s for s in args.force_stub.split(",") if s]
     stubbed = stub_missing(forced)

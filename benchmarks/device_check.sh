@@ -12,14 +12,14 @@
 #   extra flags go to device_check.py (--batch=64, --parts=train, --budget_s=..., --help)
 #
 # On the lent machine (python3 there has jax with CUDA, flax, optax, orbax, etils; not
-# ml_collections, clu, grain, tensorflow): prepare once here, in the repo root,
+# ml_collections, grain, tensorflow): prepare once here, in the repo root,
 #   echo /.whl/ >> .git/info/exclude
 #   python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 \
 #       --implementation cp --platform manylinux2014_x86_64 -d .whl ml_collections==1.1.0
 # then run with carry [".whl"] and this command (timeout_s 540 leaves room for the start):
 #   bash benchmarks/device_check.sh
 # The wheels in .whl/ are installed into /tmp/device_check_site (nothing else is touched);
-# clu's writers and grain, which this check never calls, are stubbed by device_check.py.
+# grain, which this check never calls, is stubbed by device_check.py where it is missing.
 # XLA_FLAGS and the allocator settings are left as they are.
 set -uo pipefail
 cd "$(dirname "$0")/.."

@@ -42,8 +42,6 @@ def serve() -> None:
     Single-threaded on purpose: a fork copies no other thread's held locks.
     """
     sys.path.insert(0, str(REPO))
-    import clu.metric_writers  # noqa: F401  (TensorFlow: the slowest import)
-    import clu.periodic_actions  # noqa: F401
     import flax.linen  # noqa: F401
     import grain  # noqa: F401
     import orbax.checkpoint  # noqa: F401
