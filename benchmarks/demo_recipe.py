@@ -10,7 +10,7 @@ Each variant is configs/base_shapes.py:demo with overrides (`VARIANTS`), trained
 precomputed caption embeddings and tokens (`--inputs`) for `--steps` (its cosine schedule
 spans them), then every kept checkpoint (`--checkpoint_every`; the last 3) is scored with
 `evaluate --eval=shapes_oracle` and `--eval=shapes_phrasings` (24 steps, guidance rising to
-`--guidance`, the demo's by default, the same seed for every variant). Prints one JSON line a
+`--guidance`, each run's own by default, the same seed for every variant). Prints one JSON line a
 scored checkpoint and a Markdown table; finished runs are reused on a rerun. Runs one after
 another: on 2 cores, two at once take longer in total than in turn.
 """
@@ -25,8 +25,6 @@ from pathlib import Path
 
 from absl import app, flags
 
-from muse_jax.demo import DEMO_GUIDANCE
-
 FLAGS = flags.FLAGS
 flags.DEFINE_string("inputs", "workdirs/demo", "A demo workdir: vqgan_shapes, minilm_*, tokens_*.")
 flags.DEFINE_string("out", "/tmp/demo_recipe", "Where the runs go.")
@@ -34,7 +32,8 @@ flags.DEFINE_list("variants", ["demo", "text_blocks", "sincos"], "Names in VARIA
 flags.DEFINE_integer("steps", 600, "Training steps of every variant.")
 flags.DEFINE_integer("checkpoint_every", 0, "Score every this many steps too (0: the end only).")
 flags.DEFINE_integer("num_eval", 64, "Held-out prompts scored, in each wording.")
-flags.DEFINE_float("guidance", DEMO_GUIDANCE, "Final guidance scale of the scoring samples.")
+flags.DEFINE_float("guidance", None, "Final guidance scale of the scoring samples (default: "
+                   "each run's eval.guidance, the demo config's 1).")
 flags.DEFINE_multi_string("set", [], "A config override for every variant, after its own: "
                           "--set=model.width=256 (repeatable).")
 
@@ -88,8 +87,9 @@ def score(workdir: Path, step: int) -> dict[str, float]:
         shutil.copytree(workdir / "checkpoints" / str(step), one / "checkpoints" / str(step))
     out = {}
     for wording, name in EVALS.items():
+        guidance = [] if FLAGS.guidance is None else [f"--guidance={FLAGS.guidance}"]
         text = run("muse_jax.evaluate", f"--workdir={one}", f"--eval={name}",
-                   f"--num_samples={FLAGS.num_eval}", f"--guidance={FLAGS.guidance}")
+                   f"--num_samples={FLAGS.num_eval}", *guidance)
         result = json.loads(text[text.index("{"):])
         out |= {f"{wording}_{k}": result[k] for k in ("match", "color", "shape", "cell")}
     return out

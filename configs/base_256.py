@@ -84,6 +84,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.eval.mask_rates = (0.5, 0.9)  # fixed mask rates of the held-out loss and accuracy
     c.eval.num_samples = 8  # images generated from eval captions at each evaluation (0: none)
     c.eval.sample_steps = 24  # decoding steps of those samples (Muse: 24 base, 8 SR)
+    # Final guidance scale of those samples, rising linearly from 0 (Muse's schedule); also a
+    # base run's default --guidance in `sample` and `evaluate`.
+    c.eval.guidance = 4.0
 
     # Fine-tuning (configs/finetune_256.py): from the run `finetune.init_from` names, all the
     # weights (lora.rank 0) or LoRA adapters on them (models/lora.py; the run's checkpoints

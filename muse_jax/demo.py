@@ -36,7 +36,6 @@ FLAGS = flags.FLAGS
 NUM_PROMPTS = 8  # images in samples.png
 SCALE = 3  # 64 px shapes are shown at 192 px
 DEMO_EDIT_KEEP = 24  # --edit_keep of the demo (see define_flags)
-DEMO_GUIDANCE = 1.0  # --guidance of the demo (see define_flags)
 
 
 def define_flags() -> None:
@@ -47,11 +46,6 @@ def define_flags() -> None:
     # The demo's mask-free edit keeps a re-masked token its model still ranks among the 24 most
     # likely (not in Muse; sampling.EditOptions.keep has the measurement that chose 24).
     FLAGS.set_default("edit_keep", DEMO_EDIT_KEEP)
-    # Guidance rising to 1, not the sampler's 4: the demo's small model over-sharpens under
-    # strong guidance. One base run of the demo recipe, 256 held-out prompts a scale, canonical /
-    # held-out phrasings exactly right (2026-12-05): guidance 0.5 93.4 / 50.8 %, 1 94.5 / 53.5 %,
-    # 2 90.6 / 50.4 %; on 128 prompts 0 90.6 %, 4 78.1 / 41.4 %, 8 47.7 / 25.8 %.
-    FLAGS.set_default("guidance", DEMO_GUIDANCE)
 
 
 def configs(workdir: str, variant: str = "demo"):
@@ -334,7 +328,8 @@ def main(argv) -> None:
     if len(argv) > 1:
         raise UserError(f"unexpected arguments: {' '.join(argv[1:])}")
     logging.set_verbosity(logging.WARNING)
-    run(FLAGS.workdir, FLAGS.out, FLAGS.num_eval, sampling_flags.options(),
+    guidance = configs(FLAGS.workdir)[1].eval.guidance  # the base run's own (base_shapes.py)
+    run(FLAGS.workdir, FLAGS.out, FLAGS.num_eval, sampling_flags.options(guidance),
         sampling_flags.edit_options())
 
 

@@ -132,8 +132,8 @@ The model samples as above with
     --prompt="two purple discs in the upper left corner and on the right edge"
 ... --image=in.png --edit --edit_keep={edit_options.keep} --prompt=...  # a mask-free edit
 ```
-(the sampler's defaults are the paper's, guidance rising to 4, which this small model
-over-sharpens).
+(`sample` and `evaluate` guide a run as its config's `eval.guidance` says unless told
+otherwise: 1 for this small model, which over-sharpens at the paper's 4).
 
 ## Time
 

@@ -196,7 +196,7 @@ def main(argv) -> None:
         raise UserError(f"unexpected arguments: {' '.join(argv[1:])}")
     from muse_jax import inference
 
-    options = sampling_flags.options()
+    options = sampling_flags.options()  # the flags checked before anything is read
     sr_options = sampling_flags.sr_options()
     edit_options = sampling_flags.edit_options()
     if FLAGS.num_images < 1:
@@ -208,6 +208,7 @@ def main(argv) -> None:
     mode = _editing()
     if mode == "outpaint":
         _outpaint()
+    options = sampling_flags.options(sampling_flags.run_guidance(FLAGS.workdir))
     pipe = inference.load(FLAGS.workdir, lora_scale=FLAGS.lora_scale)
     sr_pipe = inference.load_sr(FLAGS.sr_workdir, pipe) if FLAGS.sr_workdir else None
     size = (sr_pipe or pipe).size

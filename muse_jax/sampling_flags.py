@@ -2,7 +2,9 @@
 
 Defaults are the paper's: 24 base and 8 SR decoding steps, guidance rising to 4, MaskGIT's
 choice temperature 4.5; mask-free editing resamples 8% of the tokens for 100 rounds at
-top-k 3 (`sampling.EditOptions`).
+top-k 3 (`sampling.EditOptions`). The guidance is the exception: a base run is guided as its
+config's `eval.guidance` says (`run_guidance`; 4 in the reference configs), since a small
+model can want far less.
 """
 from __future__ import annotations
 
@@ -64,15 +66,27 @@ _OPTION_FLAGS = ("steps", "guidance", "guidance_schedule", "temperature", "top_k
                  "choice_temperature", "choice_schedule", "rows_per_pass")
 
 
-def options() -> sampling.SamplingOptions:
-    """The preset's options, with every decoding flag given on the command line applied."""
+def options(guidance: float = _DEFAULT.guidance) -> sampling.SamplingOptions:
+    """The preset's options, with every decoding flag given on the command line applied. Under
+    the muse preset, --guidance left unset is `guidance`: a run's own (`run_guidance`)."""
     import dataclasses
     preset = sampling.AMUSED if FLAGS.preset == "amused" else _DEFAULT
     given = {name: FLAGS[name].value for name in _OPTION_FLAGS
              if FLAGS[name].present or FLAGS.preset == "muse"}
+    if FLAGS.preset == "muse" and not FLAGS["guidance"].present:
+        given["guidance"] = guidance
     out = dataclasses.replace(preset, **given)
     out.check()
     return out
+
+
+def run_guidance(workdir: str) -> float:
+    """The final guidance scale the base run in `workdir` samples at unless told otherwise: its
+    config's `eval.guidance`, which its evaluations' samples used (Muse's 4 for runs saved
+    before the key existed)."""
+    from muse_jax import runs
+
+    return runs.open_run(workdir, "base").config.eval.get("guidance", _DEFAULT.guidance)
 
 
 def sr_options() -> sampling.SamplingOptions:

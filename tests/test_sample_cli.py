@@ -1,5 +1,7 @@
 """`muse_jax.sample` and `muse_jax.evaluate` on a tiny trained base model."""
 import json
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -64,6 +66,33 @@ def test_sample_cli_writes_grid_and_settings(base_dir, tmp_path):
         assert noise not in result.stderr, noise
     settings = json.loads(out.with_suffix(".json").read_text())
     assert settings["steps"] == 4 and len(settings["prompts"]) == 2
+
+
+_GUIDANCE_OF = """
+import sys
+from absl import flags
+from muse_jax import sampling_flags
+sampling_flags.define()
+argv = flags.FLAGS(sys.argv)
+print(sampling_flags.options(sampling_flags.run_guidance(argv[1])).guidance)
+"""
+
+
+def test_a_run_samples_at_its_own_guidance_unless_a_flag_says_otherwise(base_dir, tmp_path):
+    """`sample` and `evaluate` read --guidance this way: a small model's config says 1, say."""
+    config = json.loads((base_dir / "config.json").read_text())
+    for name, guidance in (("own", 1.5), ("older", None)):  # older: saved before eval.guidance
+        (tmp_path / name).mkdir()
+        config["eval"].pop("guidance", None)
+        if guidance is not None:
+            config["eval"]["guidance"] = guidance
+        (tmp_path / name / "config.json").write_text(json.dumps(config))
+    for run, args, want in (("own", [], 1.5), ("own", ["--guidance=3"], 3.0),
+                            ("own", ["--preset=amused"], sampling.AMUSED.guidance),
+                            ("older", [], sampling.SamplingOptions().guidance)):
+        out = subprocess.run([sys.executable, "-c", _GUIDANCE_OF, str(tmp_path / run), *args],
+                             capture_output=True, text=True, check=True)
+        assert float(out.stdout) == want, (run, args)
 
 
 @pytest.mark.slow

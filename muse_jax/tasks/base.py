@@ -396,7 +396,8 @@ class MaskedTokenSteps:
         c = training.config
         self._num_samples = min(c.eval.num_samples, c.data.eval_batch_size)
         self._generate = sampling.make_generate(
-            training.model, sampling.SamplingOptions(steps=c.eval.sample_steps))
+            training.model, sampling.SamplingOptions(steps=c.eval.sample_steps,
+                                                     guidance=c.eval.guidance))
         # Replicated, so that every process can read the grid in a multi-host run.
         self._sample_grid = jax.jit(self._sample_rows, out_shardings=parallel.replicated(mesh))
 
