@@ -86,8 +86,8 @@ def score(workdir: Path, step: int) -> dict[str, float]:
         shutil.copy(workdir / "config.json", one)
         shutil.copytree(workdir / "checkpoints" / str(step), one / "checkpoints" / str(step))
     out = {}
+    guidance = [] if FLAGS.guidance is None else [f"--guidance={FLAGS.guidance}"]
     for wording, name in EVALS.items():
-        guidance = [] if FLAGS.guidance is None else [f"--guidance={FLAGS.guidance}"]
         text = run("muse_jax.evaluate", f"--workdir={one}", f"--eval={name}",
                    f"--num_samples={FLAGS.num_eval}", *guidance)
         result = json.loads(text[text.index("{"):])

@@ -51,9 +51,9 @@ short still leaves what it measured. Output: a table, one JSON line, and $OUT/de
 when $OUT is set.
 
 The device image lacks a package muse_jax imports at module level but this check never uses:
-grain (checkpointing). Where it does not import it is replaced by a stub that fail loudly if used (`_StubModule` of base_step.py),
-and the JSON lists them. ml_collections (the configs) is needed for real: device_check.sh
-installs it from a carried .whl folder (see there).
+grain (checkpointing). Where it does not import, it is replaced by a stub that fails loudly if
+used (`_StubModule` of base_step.py), and the JSON lists it. ml_collections (the configs) is
+needed for real: device_check.sh installs it from a carried .whl folder (see there).
 """
 from __future__ import annotations
 

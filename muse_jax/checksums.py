@@ -7,9 +7,9 @@ them on what was read; a mismatch makes the checkpoint unreadable like a truncat
 
 The sums run on the device, on arrays however they are sharded (the position weights come
 from per-axis iotas, so nothing is reshaped or gathered): a checkpoint written on a pod checks
-on one CPU. They are not cryptographic: they catch bit rot
-and truncation, not tampering. Any change to a single 32-bit word changes the first sum (its
-weight is odd, so invertible modulo 2^32). The same pass reports whether every floating-point
+on one CPU. They are not cryptographic: they catch bit rot and truncation, not tampering. Any
+change to a single 32-bit word changes the first sum (its weight is odd, so invertible modulo
+2^32). The same pass reports whether every floating-point
 value is finite, so that no checkpoint is saved from a poisoned state.
 """
 from __future__ import annotations

@@ -166,7 +166,7 @@ class StepRate:
 
     def __init__(self, num_steps: int, writer, every_secs: float):
         self._num_steps, self._writer, self._every = num_steps, writer, every_secs
-        self._last_step, self._last_time = None, time.monotonic()
+        self._last_step = self._last_time = None  # set by the first step
 
     def __call__(self, step: int) -> None:
         now = time.monotonic()

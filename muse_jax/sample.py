@@ -196,8 +196,7 @@ def main(argv) -> None:
         raise UserError(f"unexpected arguments: {' '.join(argv[1:])}")
     from muse_jax import inference
 
-    options = sampling_flags.options()  # the flags checked before anything is read
-    sr_options = sampling_flags.sr_options()
+    sr_options = sampling_flags.sr_options()  # checks the decoding flags (options()) too
     edit_options = sampling_flags.edit_options()
     if FLAGS.num_images < 1:
         raise UserError(f"--num_images must be >= 1, got {FLAGS.num_images}")

@@ -71,6 +71,15 @@ def run_module(module: str, *args: str, env: dict | None = None, timeout: float 
     return result
 
 
+def tensorboard_events(logdir):
+    """TensorBoard's own reader of the event files in `logdir`, loaded."""
+    from tensorboard.backend.event_processing import event_accumulator
+
+    events = event_accumulator.EventAccumulator(str(logdir))
+    events.Reload()
+    return events
+
+
 @pytest.fixture
 def repo() -> Path:
     return REPO

@@ -1,6 +1,5 @@
 """The training entry point end to end: outputs, dry run, fine-tuning (faults: test_faults.py)."""
 import json
-import os
 
 import flax.linen as nn
 import jax
@@ -8,7 +7,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import ONE_FAST_DEVICE, one_device, one_device_mesh, run_module
+from conftest import (ONE_FAST_DEVICE, one_device, one_device_mesh, run_module,
+                      tensorboard_events)
 from muse_jax import checkpoint, metrics, tasks, training
 from muse_jax import config as config_lib
 
@@ -32,9 +32,7 @@ def test_tiny_run_writes_everything(tmp_path):
     # Inputs over reconstructions, 8 columns of 64 px.
     assert Image.open(workdir / "reconstructions.png").size == (8 * 64, 2 * 64)
     # TensorBoard reads the same losses and the reconstructions grid.
-    from tensorboard.backend.event_processing import event_accumulator
-    events = event_accumulator.EventAccumulator(str(workdir))
-    events.Reload()
+    events = tensorboard_events(workdir)
     assert {e.step: e.value for e in events.Scalars("loss")} == pytest.approx(
         {s: logged[s]["loss"] for s in range(1, 7)})
     assert [e.step for e in events.Images("reconstructions")] == [6]
