@@ -3,6 +3,7 @@
     .venv/bin/python benchmarks/text_probe.py
     .venv/bin/python benchmarks/text_probe.py --layers=0,3,6 --text_depths=0,2 --steps=600
     .venv/bin/python benchmarks/text_probe.py --layers=2 --text_depths=0 --steps=1500 --parts
+    .venv/bin/python benchmarks/text_probe.py --layers=2 --text_depths=0 --steps=1500 --seeds=0,1,2
 
 The demo's base model must learn, for each image position, which object its cell holds, from
 cross-attention to the caption's token states. This probe asks the same of a tiny reader with
@@ -40,6 +41,8 @@ flags.DEFINE_integer("eval_size", 512, "Held-out scenes in each wording.")
 flags.DEFINE_integer("steps", 600, "Probe training steps (the demo's base steps).")
 flags.DEFINE_integer("batch_size", 32, "Probe batch (the demo's).")
 flags.DEFINE_float("lr", 2e-3, "Peak AdamW lr (the demo's), 50 warm-up steps, cosine.")
+flags.DEFINE_list("seeds", ["0"], "Reader seeds (initialisation and batch order); each is a "
+                  "row: readers of one setting differ by up to 10 points between seeds.")
 flags.DEFINE_bool("parts", False, "Also score each part of the held-out phrasings alone (the "
                   "rest phrased as in training), to see which part a reader misses.")
 
@@ -171,17 +174,18 @@ def main(argv):
     rows = []
     for layer in layers:
         for depth in (int(d) for d in FLAGS.text_depths):
-            res = probe(train_states[layer], train_mask, train_y,
-                        {k: (v[0][layer], v[1], v[2]) for k, v in evals.items()}, depth)
-            row = {"layer": layer, "text_depth": depth, **res}
-            print(json.dumps(row), flush=True)
-            rows.append(row)
+            for seed in (int(s) for s in FLAGS.seeds):
+                res = probe(train_states[layer], train_mask, train_y,
+                            {k: (v[0][layer], v[1], v[2]) for k, v in evals.items()}, depth, seed)
+                row = {"layer": layer, "text_depth": depth, "seed": seed, **res}
+                print(json.dumps(row), flush=True)
+                rows.append(row)
     print(f"\n{FLAGS.steps} steps of batch {FLAGS.batch_size}: scenes read exactly right\n")
-    print("| MiniLM state | text blocks | " + " | ".join(evals) + " | train loss |")
-    print("|---|---|" + "---|" * len(evals) + "---|")
+    print("| MiniLM state | text blocks | seed | " + " | ".join(evals) + " | train loss |")
+    print("|---|---|---|" + "---|" * len(evals) + "---|")
     for r in rows:
         scores = " | ".join(f"{100 * r[name]:.1f} %" for name in evals)
-        print(f"| {r['layer']} | {r['text_depth']} | {scores} | {r['loss']:.3f} |")
+        print(f"| {r['layer']} | {r['text_depth']} | {r['seed']} | {scores} | {r['loss']:.3f} |")
 
 
 if __name__ == "__main__":

@@ -22,7 +22,7 @@ def get_config(arg=None):
     c.tokenizer.workdir = "workdirs/vqgan_shapes"
 
     c.text.encoder = "minilm"
-    # The longest shapes caption in MiniLM tokens (3,000 sampled each): canonical 28, varied 32,
+    # The longest shapes caption in MiniLM tokens (3,000 sampled each): canonical 28, varied 38,
     # held-out phrasings 40.
     c.text.max_length = 40
     c.text.dtype = "float32"

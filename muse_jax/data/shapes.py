@@ -384,6 +384,8 @@ class ShapesSource:
         if self.phrasing == "canonical":
             return caption(objects)
         rng = np.random.default_rng([self.seed, _SPLITS[self.split], int(index), 1])
+        if self.phrasing == "varied" and rng.random() < shapes_captions.CANONICAL_SHARE:
+            return caption(objects)
         return shapes_captions.describe(objects, rng, self.phrasing)
 
     def __repr__(self) -> str:
