@@ -87,6 +87,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # Final guidance scale of those samples, rising linearly from 0 (Muse's schedule); also a
     # base run's default --guidance in `sample` and `evaluate`.
     c.eval.guidance = 4.0
+    # Decoding defaults of `sample` and `evaluate` for this run when no --preset is given: muse
+    # (the paper's, with eval.guidance) or amused (AmusedPipeline's; imported aMUSEd runs).
+    c.eval.preset = "muse"
 
     # Fine-tuning (configs/finetune_256.py): from the run `finetune.init_from` names, all the
     # weights (lora.rank 0) or LoRA adapters on them (models/lora.py; the run's checkpoints

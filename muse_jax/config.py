@@ -95,6 +95,7 @@ VALUE_RULES = (
     ("optim.b1", lambda v: 0 <= v < 1, "in [0, 1)"),
     ("optim.b2", lambda v: 0 <= v <= 1, "in [0, 1]"),
     ("gan.lr", _finite_nonnegative, "finite and >= 0"),
+    ("eval.preset", lambda v: v in ("muse", "amused"), "'muse' or 'amused'"),
 )
 
 

@@ -1,7 +1,7 @@
 """A local diffusers aMUSEd folder (`AmusedPipeline`) -> muse_jax run directories.
 
     python -m muse_jax.import_diffusers --src=/models/amused-256 --workdir=runs/amused-256
-    python -m muse_jax.sample --workdir=runs/amused-256 --preset=amused --prompt="a cat"
+    python -m muse_jax.sample --workdir=runs/amused-256 --prompt="a cat"  # decodes as AmusedPipeline
 
 The folder is what `huggingface-cli download amused/amused-256` leaves (nothing is fetched
 here): `model_index.json`, `transformer/` (UVit2DModel), `vqvae/` (VQModel), `text_encoder/`
@@ -114,6 +114,7 @@ def base_run_config(hf: dict, net: uvit.UVitConfig, src: Path, tokenizer_workdir
         c.text.path, c.text.tokenizer_path = str(src / "text_encoder"), str(src / "tokenizer")
         c.text.max_length, c.text.dtype = max_length, "float32"
         c.data.image_size = image_size
+        c.eval.preset = "amused"  # `sample` and `evaluate` decode as AmusedPipeline does
     return c
 
 

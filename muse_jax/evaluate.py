@@ -130,7 +130,7 @@ def main(argv) -> None:
             result = quality_evals.fid_clip(
                 FLAGS.workdir, FLAGS.prompts, reference, FLAGS.inception_weights, FLAGS.clip_dir,
                 FLAGS.num_samples, FLAGS.batch_size,
-                sampling_flags.options(sampling_flags.run_guidance(FLAGS.workdir)), FLAGS.seed,
+                sampling_flags.options(**sampling_flags.run_defaults(FLAGS.workdir)), FLAGS.seed,
                 output)
         else:
             lpips_weights = {net: getattr(FLAGS, flag)
@@ -146,7 +146,7 @@ def main(argv) -> None:
                                 ("coordinator_address", "num_processes", "process_id")):
         raise UserError(f"--eval={FLAGS.eval} runs in one process: the multi-process flags are "
                         f"for --eval=fid_clip and tokenizer")
-    options = sampling_flags.options(sampling_flags.run_guidance(FLAGS.workdir))
+    options = sampling_flags.options(**sampling_flags.run_defaults(FLAGS.workdir))
     result = evaluate(FLAGS.workdir, FLAGS.eval, FLAGS.num_samples, options,
                       FLAGS.seed, FLAGS.batch_size, FLAGS.sr_workdir, sampling_flags.sr_options(),
                       sampling_flags.edit_options(), FLAGS.lora_scale)

@@ -207,7 +207,7 @@ def main(argv) -> None:
     mode = _editing()
     if mode == "outpaint":
         _outpaint()
-    options = sampling_flags.options(sampling_flags.run_guidance(FLAGS.workdir))
+    options = sampling_flags.options(**sampling_flags.run_defaults(FLAGS.workdir))
     pipe = inference.load(FLAGS.workdir, lora_scale=FLAGS.lora_scale)
     sr_pipe = inference.load_sr(FLAGS.sr_workdir, pipe) if FLAGS.sr_workdir else None
     size = (sr_pipe or pipe).size

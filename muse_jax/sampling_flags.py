@@ -3,8 +3,9 @@
 Defaults are the paper's: 24 base and 8 SR decoding steps, guidance rising to 4, MaskGIT's
 choice temperature 4.5; mask-free editing resamples 8% of the tokens for 100 rounds at
 top-k 3 (`sampling.EditOptions`). The guidance is the exception: a base run is guided as its
-config's `eval.guidance` says (`run_guidance`; 4 in the reference configs), since a small
-model can want far less.
+config's `eval.guidance` says (`run_defaults`; 4 in the reference configs), since a small
+model can want far less. So is the preset: a run imported from aMUSEd (`eval.preset = "amused"`)
+samples as AmusedPipeline does unless --preset says otherwise (`run_defaults`).
 """
 from __future__ import annotations
 
@@ -19,10 +20,11 @@ _EDIT = sampling.EditOptions()
 
 def define(sr: bool = True, edit: bool = True) -> None:
     """Defines the decoding flags, and those of the SR stage and of editing when asked."""
-    flags.DEFINE_enum("preset", "muse", ["muse", "amused"],
+    flags.DEFINE_enum("preset", None, ["muse", "amused"],
                       "Defaults of the decoding flags: muse (the paper's) or amused (diffusers' "
                       "AmusedPipeline: 12 steps, guidance 10 held constant, its temperature "
-                      "schedule); flags given explicitly override either.")
+                      "schedule); flags given explicitly override either. Unset: the run's "
+                      "config eval.preset (amused for imported aMUSEd runs, else muse).")
     flags.DEFINE_enum("choice_schedule", _DEFAULT.choice_schedule, ["maskgit", "amused"],
                       "How the choice temperature anneals: maskgit (to 0 after the last step) or "
                       "amused (AmusedScheduler's linspace, 0 at the last step).")
@@ -66,27 +68,31 @@ _OPTION_FLAGS = ("steps", "guidance", "guidance_schedule", "temperature", "top_k
                  "choice_temperature", "choice_schedule", "rows_per_pass")
 
 
-def options(guidance: float = _DEFAULT.guidance) -> sampling.SamplingOptions:
-    """The preset's options, with every decoding flag given on the command line applied. Under
-    the muse preset, --guidance left unset is `guidance`: a run's own (`run_guidance`)."""
+def options(guidance: float = _DEFAULT.guidance, preset: str = "muse") -> sampling.SamplingOptions:
+    """The options of --preset (unset: `preset`), with every decoding flag given on the command
+    line applied. Under the muse preset, --guidance left unset is `guidance`. `run_defaults`
+    gives a run's own `guidance` and `preset`."""
     import dataclasses
-    preset = sampling.AMUSED if FLAGS.preset == "amused" else _DEFAULT
+    preset = FLAGS.preset or preset
+    base = sampling.AMUSED if preset == "amused" else _DEFAULT
     given = {name: FLAGS[name].value for name in _OPTION_FLAGS
-             if FLAGS[name].present or FLAGS.preset == "muse"}
-    if FLAGS.preset == "muse" and not FLAGS["guidance"].present:
+             if FLAGS[name].present or preset == "muse"}
+    if preset == "muse" and not FLAGS["guidance"].present:
         given["guidance"] = guidance
-    out = dataclasses.replace(preset, **given)
+    out = dataclasses.replace(base, **given)
     out.check()
     return out
 
 
-def run_guidance(workdir: str) -> float:
-    """The final guidance scale the base run in `workdir` samples at unless told otherwise: its
-    config's `eval.guidance`, which its evaluations' samples used (Muse's 4 for runs saved
-    before the key existed)."""
+def run_defaults(workdir: str) -> dict:
+    """`options`' defaults for the base run in `workdir`: its config's `eval.guidance`, which its
+    evaluations' samples used (Muse's 4 for runs saved before the key existed), and
+    `eval.preset` (muse for runs saved before it)."""
     from muse_jax import runs
 
-    return runs.open_run(workdir, "base").config.eval.get("guidance", _DEFAULT.guidance)
+    eval_config = runs.open_run(workdir, "base").config.eval
+    return {"guidance": eval_config.get("guidance", _DEFAULT.guidance),
+            "preset": eval_config.get("preset", "muse")}
 
 
 def sr_options() -> sampling.SamplingOptions:

@@ -104,17 +104,18 @@ def test_a_missing_file_is_named_in_one_line(amused, tmp_path):
 
 
 @pytest.mark.slow
-def test_sample_command_runs_the_imported_run_with_the_amused_preset(amused_layout, tmp_path):
+def test_sample_command_runs_the_imported_run_with_the_amused_preset_by_default(amused_layout,
+                                                                                tmp_path):
     from conftest import ONE_FAST_DEVICE, run_module
 
     pipe, _, run = amused_layout
     pixels = pipe.transformer.config.sample_size * VQ_FACTOR
     out = tmp_path / "grid.png"
     result = run_module("muse_jax.sample", f"--workdir={run}", "--prompt=a cat", "--num_images=2",
-                        "--preset=amused", "--steps=4", f"--out={out}", env=ONE_FAST_DEVICE)
+                        "--steps=4", f"--out={out}", env=ONE_FAST_DEVICE)  # no --preset
     assert result.returncode == 0, result.stderr[-3000:]
     settings = json.loads(out.with_suffix(".json").read_text())
-    # the preset's values, with the one flag given (--steps) applied over them
+    # the amused preset (the run's eval.preset), with the one flag given (--steps) applied
     assert (settings["steps"], settings["guidance"], settings["guidance_schedule"],
             settings["choice_temperature"], settings["choice_schedule"]) == (4, 9.0, "constant", 2.0, "amused")
     from PIL import Image

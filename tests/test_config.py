@@ -121,3 +121,11 @@ def test_bad_input_is_one_line_and_nonzero(case, tmp_path):
     last = result.stderr.strip().splitlines()[-1]
     assert last.startswith("error: ") and message in last, last
     assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_an_unknown_sampling_preset_is_named():
+    config = config_lib.load_file(config_lib.CONFIG_DIR / "base_shapes.py", "tiny")
+    config_lib.validate(config)  # "muse", the reference's
+    config.eval.preset = "amusd"
+    with pytest.raises(config_lib.ConfigError, match="config key eval.preset must be 'muse' or 'amused', got 'amusd'"):
+        config_lib.validate(config)

@@ -68,31 +68,41 @@ def test_sample_cli_writes_grid_and_settings(base_dir, tmp_path):
     assert settings["steps"] == 4 and len(settings["prompts"]) == 2
 
 
-_GUIDANCE_OF = """
+_OPTIONS_OF = """
 import sys
 from absl import flags
 from muse_jax import sampling_flags
 sampling_flags.define()
 argv = flags.FLAGS(sys.argv)
-print(sampling_flags.options(sampling_flags.run_guidance(argv[1])).guidance)
+options = sampling_flags.options(**sampling_flags.run_defaults(argv[1]))
+print(options.guidance, options.steps)
 """
 
 
-def test_a_run_samples_at_its_own_guidance_unless_a_flag_says_otherwise(base_dir, tmp_path):
-    """`sample` and `evaluate` read --guidance this way: a small model's config says 1, say."""
+def test_a_run_samples_at_its_own_guidance_and_preset_unless_a_flag_says_otherwise(base_dir,
+                                                                                    tmp_path):
+    """`sample` and `evaluate` read their defaults this way: a small model's config says
+    guidance 1, say; an imported aMUSEd run says preset amused."""
     config = json.loads((base_dir / "config.json").read_text())
-    for name, guidance in (("own", 1.5), ("older", None)):  # older: saved before eval.guidance
+    muse, amused = sampling.SamplingOptions(), sampling.AMUSED
+    for name, key, value in (("own", "guidance", 1.5), ("older", None, None),
+                             ("imported", "preset", "amused")):
         (tmp_path / name).mkdir()
-        config["eval"].pop("guidance", None)
-        if guidance is not None:
-            config["eval"]["guidance"] = guidance
+        config["eval"].pop("guidance", None)  # older: saved before eval.guidance and preset
+        config["eval"].pop("preset", None)
+        if key:
+            config["eval"][key] = value
         (tmp_path / name / "config.json").write_text(json.dumps(config))
-    for run, args, want in (("own", [], 1.5), ("own", ["--guidance=3"], 3.0),
-                            ("own", ["--preset=amused"], sampling.AMUSED.guidance),
-                            ("older", [], sampling.SamplingOptions().guidance)):
-        out = subprocess.run([sys.executable, "-c", _GUIDANCE_OF, str(tmp_path / run), *args],
+    for run, args, want in (("own", [], (1.5, muse.steps)), ("own", ["--guidance=3"], (3.0, muse.steps)),
+                            ("own", ["--preset=amused"], (amused.guidance, amused.steps)),
+                            ("older", [], (muse.guidance, muse.steps)),
+                            ("imported", [], (amused.guidance, amused.steps)),
+                            ("imported", ["--steps=5"], (amused.guidance, 5)),
+                            ("imported", ["--preset=muse"], (muse.guidance, muse.steps))):
+        out = subprocess.run([sys.executable, "-c", _OPTIONS_OF, str(tmp_path / run), *args],
                              capture_output=True, text=True, check=True)
-        assert float(out.stdout) == want, (run, args)
+        guidance, steps = out.stdout.split()
+        assert (float(guidance), int(steps)) == want, (run, args)
 
 
 @pytest.mark.slow
