@@ -42,7 +42,7 @@ flags.DEFINE_integer("steps", 600, "Probe training steps (the demo's base steps)
 flags.DEFINE_integer("batch_size", 32, "Probe batch (the demo's).")
 flags.DEFINE_float("lr", 2e-3, "Peak AdamW lr (the demo's), 50 warm-up steps, cosine.")
 flags.DEFINE_list("seeds", ["0"], "Reader seeds (initialisation and batch order); each is a "
-                  "row: readers of one setting differ by up to 10 points between seeds.")
+                  "row: readers of one setting differ by up to 16 points between seeds.")
 flags.DEFINE_bool("parts", False, "Also score each part of the held-out phrasings alone (the "
                   "rest phrased as in training), to see which part a reader misses.")
 
