@@ -1,7 +1,7 @@
 """A local diffusers aMUSEd folder (`AmusedPipeline`) -> muse_jax run directories.
 
     python -m muse_jax.import_diffusers --src=/models/amused-256 --workdir=runs/amused-256
-    python -m muse_jax.sample --workdir=runs/amused-256 --prompt="a cat"  # decodes as AmusedPipeline
+    python -m muse_jax.sample --workdir=runs/amused-256 --prompt="a cat"  # as AmusedPipeline
 
 The folder is what `huggingface-cli download amused/amused-256` leaves (nothing is fetched
 here): `model_index.json`, `transformer/` (UVit2DModel), `vqvae/` (VQModel), `text_encoder/`

@@ -127,5 +127,6 @@ def test_an_unknown_sampling_preset_is_named():
     config = config_lib.load_file(config_lib.CONFIG_DIR / "base_shapes.py", "tiny")
     config_lib.validate(config)  # "muse", the reference's
     config.eval.preset = "amusd"
-    with pytest.raises(config_lib.ConfigError, match="config key eval.preset must be 'muse' or 'amused', got 'amusd'"):
+    with pytest.raises(config_lib.ConfigError,
+                       match="config key eval.preset must be 'muse' or 'amused', got 'amusd'"):
         config_lib.validate(config)

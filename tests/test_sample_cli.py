@@ -69,13 +69,15 @@ def test_sample_cli_writes_grid_and_settings(base_dir, tmp_path):
 
 
 _OPTIONS_OF = """
-import sys
+import json, sys
 from absl import flags
 from muse_jax import sampling_flags
 sampling_flags.define()
-argv = flags.FLAGS(sys.argv)
-options = sampling_flags.options(**sampling_flags.run_defaults(argv[1]))
-print(options.guidance, options.steps)
+for workdir, *args in json.loads(sys.argv[1]):  # one case a line: flags parsed afresh each time
+    flags.FLAGS.unparse_flags()
+    flags.FLAGS(["sample", *args])
+    options = sampling_flags.options(**sampling_flags.run_defaults(workdir))
+    print(options.guidance, options.steps)
 """
 
 
@@ -93,15 +95,19 @@ def test_a_run_samples_at_its_own_guidance_and_preset_unless_a_flag_says_otherwi
         if key:
             config["eval"][key] = value
         (tmp_path / name / "config.json").write_text(json.dumps(config))
-    for run, args, want in (("own", [], (1.5, muse.steps)), ("own", ["--guidance=3"], (3.0, muse.steps)),
-                            ("own", ["--preset=amused"], (amused.guidance, amused.steps)),
-                            ("older", [], (muse.guidance, muse.steps)),
-                            ("imported", [], (amused.guidance, amused.steps)),
-                            ("imported", ["--steps=5"], (amused.guidance, 5)),
-                            ("imported", ["--preset=muse"], (muse.guidance, muse.steps))):
-        out = subprocess.run([sys.executable, "-c", _OPTIONS_OF, str(tmp_path / run), *args],
-                             capture_output=True, text=True, check=True)
-        guidance, steps = out.stdout.split()
+    cases = (("own", [], (1.5, muse.steps)),
+             ("own", ["--guidance=3"], (3.0, muse.steps)),
+             ("own", ["--preset=amused"], (amused.guidance, amused.steps)),
+             ("older", [], (muse.guidance, muse.steps)),
+             ("imported", [], (amused.guidance, amused.steps)),
+             ("imported", ["--steps=5"], (amused.guidance, 5)),
+             ("imported", ["--preset=muse"], (muse.guidance, muse.steps)))
+    runs = json.dumps([[str(tmp_path / run), *args] for run, args, _ in cases])
+    out = subprocess.run([sys.executable, "-c", _OPTIONS_OF, runs], capture_output=True,
+                         text=True, check=True)
+    lines = out.stdout.split("\n")[:len(cases)]
+    for (run, args, want), line in zip(cases, lines, strict=True):
+        guidance, steps = line.split()
         assert (float(guidance), int(steps)) == want, (run, args)
 
 

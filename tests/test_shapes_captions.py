@@ -91,5 +91,6 @@ def test_a_share_of_training_captions_is_in_the_canonical_wording():
     canonical = sum(varied.get_caption(i) == shapes.caption(varied.objects(i))
                     for i in range(len(varied)))
     share = shapes_captions.CANONICAL_SHARE
-    assert abs(canonical / len(varied) - share) < 4 * (share * (1 - share) / len(varied)) ** 0.5 + 1e-9
+    sigma = (share * (1 - share) / len(varied)) ** 0.5
+    assert abs(canonical / len(varied) - share) < 4 * sigma + 1e-9
     assert not any(held.get_caption(i) == shapes.caption(held.objects(i)) for i in range(len(held)))
