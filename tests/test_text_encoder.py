@@ -1,6 +1,9 @@
 """The TextEncoder interface on the offline default (MiniLM): bad input, batching, freezing, dtype."""
 import importlib.util
+import json
 import logging
+import subprocess
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -162,3 +165,46 @@ def test_a_pickle_that_torch_refuses_is_one_line_naming_the_file(tmp_path):
     assert "\n" not in msg and msg.startswith(f"cannot read {tmp_path / 'pytorch_model.bin'}: "
                                               f"UnpicklingError: "), msg
     assert "weights_only" in msg
+
+
+def test_each_encoders_tokenizer_is_the_class_and_ids_autotokenizer_gives(tmp_path):
+    """hf_import loads the class tokenizer_config.json names, not through AutoTokenizer: for
+    MiniLM's files, a CLIP and a T5 tokenizer as transformers saves them, the same class and
+    the same ids and mask at the lengths the encoders use; a directory naming another class
+    still goes through AutoTokenizer."""
+    import shutil
+
+    import transformers
+    from test_text_clip import write_tokenizer
+    from test_text_t5 import make_t5_dir
+
+    from muse_jax.text import bert, hf_import
+
+    write_tokenizer(tmp_path / "clip", "!")
+    make_t5_dir(tmp_path / "t5", "relu")
+    texts = [PROMPTS[1], "", "Hello, WORLD!  naïve café " * 4, "x" * 300, "</s> <pad> [SEP]"]
+    for path in (bert.minilm_dir(), tmp_path / "clip", tmp_path / "t5"):
+        ours = hf_import.load_tokenizer(path)
+        auto = transformers.AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+        auto.padding_side = "right"
+        assert type(ours) is type(auto) and type(ours).__name__ in hf_import.NAMED_TOKENIZERS
+        for length in (8, 77):
+            a, b = (t(texts, max_length=length, truncation=True, padding="max_length")
+                    for t in (ours, auto))
+            assert a["input_ids"] == b["input_ids"] and a["attention_mask"] == b["attention_mask"]
+    renamed = tmp_path / "renamed"
+    shutil.copytree(tmp_path / "clip", renamed)
+    config = json.loads((renamed / "tokenizer_config.json").read_text())
+    (renamed / "tokenizer_config.json").write_text(
+        json.dumps({**config, "tokenizer_class": "PreTrainedTokenizerFast"}))
+    assert hf_import._tokenizer_class(renamed) is transformers.AutoTokenizer
+
+
+def test_loading_minilms_tokenizer_imports_no_torch():
+    """Torch is installed here (for the tests' references); a CLI that starts a text encoder
+    must not import it: AutoTokenizer would (3.0 s and 51k page faults a process)."""
+    code = ("import sys; from muse_jax.text import bert, hf_import; "
+            "hf_import.load_tokenizer(bert.minilm_dir()); print('torch' in sys.modules)")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            check=True)
+    assert result.stdout.strip() == "False", result.stderr[-2000:]
