@@ -4,7 +4,7 @@
   python -m muse_jax.train --config=configs/finetune_amused.py:runs/amused-256 \\
       --workdir=runs/amused-256-ft --config.data.path=DIR
   ... --config=configs/finetune_amused.py:runs/amused-256,full   # full fine-tuning (or ,variant=full)
-  python -m muse_jax.sample --workdir=runs/amused-256-ft --preset=amused --prompt="..."
+  python -m muse_jax.sample --workdir=runs/amused-256-ft --prompt="..."   # the amused preset
 
 The argument is the imported run's directory (local or gs://; no comma in it): a fine-tune
 must have the parameters of the run it starts from, so its model, text and tokenizer blocks
@@ -87,6 +87,9 @@ def get_config(arg=None):
     c.optim.ema_decay = 0.0  # its --use_ema is off: sampling uses the trained weights
     c.optim.accum_steps = 1  # its --gradient_accumulation_steps
 
+    # `sample` and `evaluate` decode the fine-tune as the run it starts from: AmusedPipeline's
+    # preset (runs imported before eval.preset existed lack the key; they are aMUSEd all the same).
+    c.eval.preset = imported.config.eval.get("preset", "amused")
     c.eval.num_samples = 4  # held-out captions sampled at each evaluation
     c.eval.sample_steps = 12  # AmusedPipeline's steps
     # Departure: train_amused.py takes --max_train_steps (no default); its README's LoRA recipes

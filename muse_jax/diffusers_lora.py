@@ -3,7 +3,7 @@
     python -m muse_jax.import_diffusers --src=/models/amused-256 --workdir=runs/amused-256
     python -m muse_jax.import_diffusers --lora=lora_out/ --base=runs/amused-256 \\
         --workdir=runs/amused-256-lora [--lora_alpha=32]
-    python -m muse_jax.sample --workdir=runs/amused-256-lora --preset=amused --lora_scale=0.8 ...
+    python -m muse_jax.sample --workdir=runs/amused-256-lora --lora_scale=0.8 ...
 
 The file is what diffusers' examples/amused/train_amused.py writes: PEFT's `LoraConfig(r,
 lora_alpha, target_modules=[...])` on the UVit2DModel, saved by

@@ -107,6 +107,7 @@ def test_train_command_fine_tunes_the_imported_run_and_sample_reads_it(amused, t
 
     ft_run = runs.open_run(str(ft), "base")
     assert ft_run.config.finetune.init_from == str(base)
+    assert ft_run.config.eval.preset == "amused"  # sampled below as the run it starts from
     assert ft_run.config.model.to_dict() == runs.open_run(str(base), "base").config.model.to_dict()
     state = checkpoint.load_state(str(ft / "checkpoints"))
     assert int(state["step"]) == 2
@@ -130,8 +131,10 @@ def test_train_command_fine_tunes_the_imported_run_and_sample_reads_it(amused, t
     grids = {}
     for name, workdir, scale in (("base", base, None), ("off", ft, 0.0), ("on", ft, 1.0)):
         out = tmp_path / f"{name}.png"
+        # No --preset: the imported run and its fine-tune both decode with the amused preset
+        # (under muse's, scale 0 would not reproduce the base run's grid below).
         args = [f"--workdir={workdir}", "--prompt=a cat", "--prompt=the dog", "--num_images=2",
-                "--preset=amused", "--steps=4", "--seed=3", f"--out={out}"]
+                "--steps=4", "--seed=3", f"--out={out}"]
         result = run_module("muse_jax.sample", *args,
                             *([f"--lora_scale={scale}"] if scale is not None else []),
                             env=ONE_FAST_DEVICE)

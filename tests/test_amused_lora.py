@@ -209,9 +209,10 @@ def test_imported_lora_run_samples_with_the_sample_command_and_merges(amused, lo
     result = run_module("muse_jax.import_diffusers", f"--lora={folder}", f"--base={base}",
                         f"--lora_alpha={ALPHA}", f"--workdir={lora_run}")
     assert result.returncode == 0, result.stderr[-3000:]
+    assert runs.open_run(str(lora_run), "base").config.eval.preset == "amused"  # the base run's
     out = tmp_path / "grid.png"
     result = run_module("muse_jax.sample", f"--workdir={lora_run}", "--prompt=a cat",
-                        "--num_images=1", "--preset=amused", "--steps=2", "--lora_scale=0.5",
+                        "--num_images=1", "--steps=2", "--lora_scale=0.5",
                         f"--out={out}", env=ONE_FAST_DEVICE)
     assert result.returncode == 0, result.stderr[-3000:]
     assert out.is_file()
