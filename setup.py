@@ -21,6 +21,10 @@ INSTALL_REQUIRES = [
     "einops==0.8.2",
     "pillow==13.0.0",
     "numpy==2.4.6",
+    # 0.6.0, not 0.7.0: 0.7.0 registers its numpy casts and ufunc loops one by one against
+    # every loop before (a linear search each), 0.7 s of CPU in every process that imports JAX,
+    # 6 ms with 0.6.0 (benchmarks/startup.py). JAX 0.10.2 asks for >= 0.5.0.
+    "ml-dtypes==0.6.0",
     "absl-py==2.5.1",
     "tqdm==4.70.1",
     # The demo's report: training curves (matplotlib) and its one-page HTML (Markdown).

@@ -73,10 +73,16 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    """One compilation cache for this file's processes, every program kept: a resumed run
+    compiles what the killed one did, and the FID and tokenizer scores share Inception's."""
+    return tmp_path_factory.mktemp("xla_cache")
+
+
 def _env(devices: int, cache) -> dict:
     return {**os.environ, "JAX_PLATFORMS": "cpu",
             "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices} {FAST_COMPILE}",
-            # The resumed run compiles what the killed one did: reuse it.
             "JAX_COMPILATION_CACHE_DIR": str(cache), "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0"}
 
 
@@ -123,8 +129,8 @@ def _kill_when(procs, ready, log, what, timeout=400):
 
 
 @pytest.mark.slow
-def test_two_processes_match_one_through_a_kill_and_resume(tokenizer_dir, tmp_path):
-    cache, multi, single = tmp_path / "cache", tmp_path / "multi", tmp_path / "single"
+def test_two_processes_match_one_through_a_kill_and_resume(tokenizer_dir, cache, tmp_path):
+    multi, single = tmp_path / "multi", tmp_path / "single"
     args = _args(tokenizer_dir, multi)
 
     procs = _launch(args, cache, tmp_path, "killed")
@@ -177,11 +183,11 @@ def _sr_args(tokenizer_dir, workdir):
 
 
 @pytest.mark.slow
-def test_two_processes_train_the_sr_stage_like_one(tokenizer_dir, tmp_path):
+def test_two_processes_train_the_sr_stage_like_one(tokenizer_dir, cache, tmp_path):
     """The SR stage's frozen parts (both tokenizers, the text encoder) are placed by every
     process from its own copy, and its sample grid is read by both: the same losses and
     evaluation as one process of four devices."""
-    cache, multi, single = tmp_path / "cache", tmp_path / "multi", tmp_path / "single"
+    multi, single = tmp_path / "multi", tmp_path / "single"
     procs = _launch(_sr_args(tokenizer_dir, multi), cache, tmp_path, "sr")
     for p in procs:
         assert p.wait(timeout=400) == 0, (tmp_path / "sr0.log").read_text()[-3000:]
@@ -265,7 +271,7 @@ def _next_batch(state_file) -> int:
 
 
 @pytest.mark.slow
-def test_two_processes_score_fid_and_clip_like_one_through_a_kill_and_resume(quality_runs,
+def test_two_processes_score_fid_and_clip_like_one_through_a_kill_and_resume(quality_runs, cache,
                                                                              tmp_path):
     """FID and CLIP score of 12 samples (3 batches) in 2 processes x 2 devices, killed after a
     batch of samples and resumed, against 1 process x 4 devices uninterrupted; process 0 alone
@@ -276,7 +282,7 @@ def test_two_processes_score_fid_and_clip_like_one_through_a_kill_and_resume(qua
     the host is split into 2 or 4 devices (measured: the same tokens, pixels 2.0e-6 apart), so
     the rare pixel lands on the other side of an 8-bit step (measured: FID 1.6e-7 and CLIP
     score 1.0e-6 apart, relative)."""
-    cache, multi, single = tmp_path / "cache", tmp_path / "multi", tmp_path / "single"
+    multi, single = tmp_path / "multi", tmp_path / "single"
     with _evaluating(quality_runs, "fid_clip", multi, cache, tmp_path, "killed") as procs:
         _kill_when(procs, lambda: _next_batch(multi / "samples" / "state.json"),
                    tmp_path / "killed0.log", "a batch of samples recorded")
@@ -301,10 +307,9 @@ def test_two_processes_score_fid_and_clip_like_one_through_a_kill_and_resume(qua
 
 
 @pytest.mark.slow
-def test_two_processes_score_a_tokenizer_like_one(quality_runs, tmp_path):
+def test_two_processes_score_a_tokenizer_like_one(quality_runs, cache, tmp_path):
     """`--eval=tokenizer` shares the sharded metric networks and the resumable record: every
     figure (rFID, LPIPS, PSNR, codebook usage) of 2 processes x 2 devices is 1 x 4's."""
-    cache = tmp_path / "cache"
     two = _evaluate_in_two_processes(quality_runs, "tokenizer", tmp_path / "multi", cache,
                                      tmp_path, "tokenizer")
     one = _evaluate_in_one_process(quality_runs, "tokenizer", tmp_path / "single", cache)
