@@ -16,6 +16,12 @@ FAST_COMPILE = "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_
 os.environ.setdefault("XLA_FLAGS", f"--xla_force_host_platform_device_count=8 {FAST_COMPILE}")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+# numpy's OpenBLAS on one thread, in the workers and every process they start: its idle threads
+# spin (perf: blas_thread_server, 2.4 % of all CPU samples of a two-process tokenizer score)
+# beside the two or three processes a test already runs on 2 cores.
+# tests/test_multiprocess.py -k tokenizer_like: 160 / 161 s of user CPU by default, 140 / 151 s
+# with it (2026-12-05, 2-core AMD EPYC).
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 # Compiling is most of the suite's time, and many tests compile the same tiny programs (the
 # shapes tokenizer and base model, in-process and in the CLIs they start). One cache for the

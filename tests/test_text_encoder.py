@@ -167,44 +167,61 @@ def test_a_pickle_that_torch_refuses_is_one_line_naming_the_file(tmp_path):
     assert "weights_only" in msg
 
 
-def test_each_encoders_tokenizer_is_the_class_and_ids_autotokenizer_gives(tmp_path):
-    """hf_import loads the class tokenizer_config.json names, not through AutoTokenizer: for
-    MiniLM's files, a CLIP and a T5 tokenizer as transformers saves them, the same class and
-    the same ids and mask at the lengths the encoders use; a directory naming another class
-    still goes through AutoTokenizer."""
+def test_each_encoders_tokenizer_gives_the_ids_autotokenizer_gives(tmp_path):
+    """hf_import reads a tokenizer.json of a NAMED_TOKENIZERS class with the tokenizers library,
+    not transformers: for MiniLM's files, a CLIP and a T5 tokenizer as transformers saves them,
+    the same ids and mask as AutoTokenizer at the lengths the encoders use, for odd text and for
+    shapes captions in every phrasing (truncated at 8), and the same unpadded lengths. Without
+    a tokenizer.json, the named class loads (what AutoTokenizer picks); a directory naming
+    another class goes through AutoTokenizer."""
     import shutil
 
     import transformers
     from test_text_clip import write_tokenizer
     from test_text_t5 import make_t5_dir
 
+    from muse_jax.data import shapes, shapes_captions
     from muse_jax.text import bert, hf_import
 
     write_tokenizer(tmp_path / "clip", "!")
     make_t5_dir(tmp_path / "t5", "relu")
-    texts = [PROMPTS[1], "", "Hello, WORLD!  naïve café " * 4, "x" * 300, "</s> <pad> [SEP]"]
+    rng, source = np.random.default_rng(0), shapes.ShapesSource(image_size=64, split="eval", seed=0)
+    scenes = [source.objects(i) for i in range(20)]
+    captions = [shapes.caption(s) for s in scenes] + [
+        shapes_captions.describe(s, rng, phrasing) for s in scenes for phrasing in ("varied", "held_out")]
+    texts = [PROMPTS[1], "", "Hello, WORLD!  naïve café " * 4, "x" * 300, "</s> <pad> [SEP]",
+             " lead and trail\tTab\nline ", *captions]
     for path in (bert.minilm_dir(), tmp_path / "clip", tmp_path / "t5"):
         ours = hf_import.load_tokenizer(path)
         auto = transformers.AutoTokenizer.from_pretrained(str(path), local_files_only=True)
         auto.padding_side = "right"
-        assert type(ours) is type(auto) and type(ours).__name__ in hf_import.NAMED_TOKENIZERS
-        for length in (8, 77):
+        assert isinstance(ours, hf_import.JsonTokenizer) and ours.pad_token_id == auto.pad_token_id
+        for length in (8, 40, 77):
             a, b = (t(texts, max_length=length, truncation=True, padding="max_length")
                     for t in (ours, auto))
             assert a["input_ids"] == b["input_ids"] and a["attention_mask"] == b["attention_mask"]
+        assert ([len(x) for x in ours(texts, verbose=False)["input_ids"]]
+                == [len(x) for x in auto(texts)["input_ids"]])
+    no_json = tmp_path / "no_json"
+    shutil.copytree(tmp_path / "clip", no_json)
+    (no_json / "tokenizer.json").unlink()
+    assert type(hf_import.load_tokenizer(no_json)).__name__ == "CLIPTokenizer"
     renamed = tmp_path / "renamed"
     shutil.copytree(tmp_path / "clip", renamed)
     config = json.loads((renamed / "tokenizer_config.json").read_text())
     (renamed / "tokenizer_config.json").write_text(
         json.dumps({**config, "tokenizer_class": "PreTrainedTokenizerFast"}))
     assert hf_import._tokenizer_class(renamed) is transformers.AutoTokenizer
+    assert not isinstance(hf_import.load_tokenizer(renamed), hf_import.JsonTokenizer)
 
 
-def test_loading_minilms_tokenizer_imports_no_torch():
+def test_loading_minilms_tokenizer_imports_neither_torch_nor_transformers():
     """Torch is installed here (for the tests' references); a CLI that starts a text encoder
-    must not import it: AutoTokenizer would (3.0 s and 51k page faults a process)."""
+    must not import it: AutoTokenizer would (3.0 s and 51k page faults a process), nor
+    transformers (0.8 s a process) where the tokenizers library reads the files alone."""
     code = ("import sys; from muse_jax.text import bert, hf_import; "
-            "hf_import.load_tokenizer(bert.minilm_dir()); print('torch' in sys.modules)")
+            "hf_import.load_tokenizer(bert.minilm_dir()); "
+            "print('torch' in sys.modules, 'transformers' in sys.modules)")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                             check=True)
-    assert result.stdout.strip() == "False", result.stderr[-2000:]
+    assert result.stdout.strip() == "False False", result.stderr[-2000:]
