@@ -3,7 +3,8 @@
 Nothing here talks to a hub. A directory is what `save_pretrained` (or a `git clone` of a
 model repository) leaves behind: `config.json`, the weights as `model.safetensors`, a sharded
 `model.safetensors.index.json`, or `pytorch_model.bin` (read only when torch is installed),
-and the tokenizer files that `AutoTokenizer` reads (`load_tokenizer`). A missing or partial
+and the tokenizer files (`load_tokenizer`: a tokenizer.json through the tokenizers library,
+anything else through transformers). A missing or partial
 directory raises `CheckpointError`, whose message is the one line that lists the files expected.
 
 Weights are read tensor by tensor (`safetensors.safe_open`), so importing the encoder of a
