@@ -57,8 +57,8 @@ def main(argv) -> None:
             for python in pythons:
                 times[python, module].append(cpu_seconds(python, module))
     print("CPU seconds to import, median of", _ROUNDS.value, "fresh interpreters")
-    for python in pythons:
-        print(f"  [{pythons.index(python)}] {python} (ml_dtypes {version(python)})")
+    for i, python in enumerate(pythons):
+        print(f"  [{i}] {python} (ml_dtypes {version(python)})")
     header = "".join(f"{f'[{i}]':>9}" for i in range(len(pythons)))
     ratios = "".join(f"{f'[{i}]/[0]':>9}" for i in range(1, len(pythons)))
     print(f"{'import':<20}{header}{ratios}")

@@ -63,11 +63,15 @@ def packed(args):
     return jnp.asarray(tokens), jnp.asarray(np.concatenate([text, pooled[:, None]], axis=1))
 
 
-def load(path):
-    hf = diffusers.UVit2DModel.load_config(path)
-    config = uvit.UVitConfig.from_diffusers(hf)
-    weights = load_file(str(path / "diffusion_pytorch_model.safetensors"))
+def convert(hf_config, weights):
+    """(UVitConfig, params) from diffusers' config and {name: array} of its weights."""
+    config = uvit.UVitConfig.from_diffusers(hf_config)
     return config, uvit.params_from_diffusers(lambda name: weights[name], config)
+
+
+def load(path):
+    return convert(diffusers.UVit2DModel.load_config(path),
+                   load_file(str(path / "diffusion_pytorch_model.safetensors")))
 
 
 @pytest.mark.parametrize("resample", [False, True], ids=["amused-256-like", "amused-512-like"])
@@ -104,8 +108,7 @@ def test_uvit_at_amused_256_size_matches_diffusers():
     ref = reference(model, *args, 16)
     weights = {name: tensor.numpy() for name, tensor in model.state_dict().items()}
     del model
-    config = uvit.UVitConfig.from_diffusers(cfg)
-    params = uvit.params_from_diffusers(weights.__getitem__, config)
+    config, params = convert(cfg, weights)
     assert config == uvit.UVitConfig()  # the defaults here are aMUSEd-256's too
     ours = run(uvit.UVit2D(config), params, *args)
     diff = np.abs(ours - ref).max()

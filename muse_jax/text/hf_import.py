@@ -216,9 +216,9 @@ def _tokenizer_config(path: Path) -> dict:
     return config if isinstance(config, dict) else {}
 
 
-def _named_class(path: Path) -> str | None:
-    """The NAMED_TOKENIZERS class tokenizer_config.json names, without "Fast"; else None."""
-    named = _tokenizer_config(path).get("tokenizer_class")
+def _named_class(config: dict) -> str | None:
+    """The NAMED_TOKENIZERS class a tokenizer_config.json names, without "Fast"; else None."""
+    named = config.get("tokenizer_class")
     if isinstance(named, str) and named.removesuffix("Fast") in NAMED_TOKENIZERS:
         return named.removesuffix("Fast")
     return None
@@ -228,7 +228,7 @@ def _tokenizer_class(path: Path):
     """The class tokenizer_config.json names if it is one of NAMED_TOKENIZERS, else AutoTokenizer."""
     import transformers
 
-    named = _named_class(path)
+    named = _named_class(_tokenizer_config(path))
     return getattr(transformers, named) if named else transformers.AutoTokenizer
 
 
@@ -272,9 +272,10 @@ class JsonTokenizer:
 def _json_tokenizer(path: Path) -> JsonTokenizer | None:
     """A JsonTokenizer where the directory has a tokenizer.json of a NAMED_TOKENIZERS class and
     a padding token in it; else None (transformers loads it)."""
-    if not (path / "tokenizer.json").is_file() or _named_class(path) is None:
+    config = _tokenizer_config(path)
+    if not (path / "tokenizer.json").is_file() or _named_class(config) is None:
         return None
-    pad = _tokenizer_config(path).get("pad_token")
+    pad = config.get("pad_token")
     if pad is None:
         try:
             pad = json.loads((path / "special_tokens_map.json").read_text()).get("pad_token")
