@@ -7,12 +7,16 @@ import sys
 import tempfile
 from pathlib import Path
 
-# XLA flags that cut its compile time by a third on CPUs (optimisation level 0, no expensive
-# LLVM passes): compiling is most of what the suite's tiny models cost, and every run of the
-# suite, in-process or in a CLI it starts, compiles under them, so runs compared with each other
-# are compiled alike. tests/test_train.py, test_sr.py and test_transformer.py on 2 workers took
-# 246 s with them against 302 s without (2026-12-05, 2-core AMD EPYC).
-FAST_COMPILE = "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
+# XLA flags that cut its compile time on CPUs: compiling is most of what the suite's tiny
+# models cost, and every run of the suite, in-process or in a CLI it starts, compiles under
+# them, so runs compared with each other are compiled alike. Optimisation level 0 and no
+# expensive LLVM passes: tests/test_train.py, test_sr.py and test_transformer.py on 2 workers
+# took 246 s with them against 302 s without (2026-12-05, 2-core AMD EPYC). The elemental IR
+# emitter instead of XLA:CPU's MLIR fusion emitters: a tiny tokenizer and base run
+# (conftest.train_tiny_base, no compilation cache) compiled in 11.0 / 12.6 s against
+# 17.6 / 17.8 s, 30.3 / 32.5 s of CPU against 42.1 / 42.1 s (2026-12-06, the same machine).
+FAST_COMPILE = ("--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true "
+                "--xla_cpu_use_fusion_emitters=false")
 os.environ.setdefault("XLA_FLAGS", f"--xla_force_host_platform_device_count=8 {FAST_COMPILE}")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")

