@@ -12,12 +12,13 @@ from pathlib import Path
 # them, so runs compared with each other are compiled alike. Optimisation level 0 and no
 # expensive LLVM passes: tests/test_train.py, test_sr.py and test_transformer.py on 2 workers
 # took 246 s with them against 302 s without (2026-12-05, 2-core AMD EPYC). The elemental IR
-# emitter instead of XLA:CPU's MLIR fusion emitters: a tiny tokenizer and base run
-# (conftest.train_tiny_base, no compilation cache) compiled in 11.0 / 12.6 s against
-# 17.6 / 17.8 s, 30.3 / 32.5 s of CPU against 42.1 / 42.1 s (2026-12-06, the same machine);
+# emitter instead of XLA:CPU's MLIR fusion emitters: a tiny tokenizer and base run, no
+# compilation cache (`benchmarks/xla_flags.py`, 2 fresh processes a setting), compiled in 11.0
+# s against 20.2 s, its process 28.7 s of CPU against 44.8 s (2026-12-06, the same machine);
 # the suite 1310 -> 1095 s (with the host-drawn random Inception of that commit). Not for the
-# CLIs: at XLA's default level the emitter compiled the demo's base step 18 s slower and ran it
-# no faster (200 steps in 46.8 / 45.9 s against 48.4 / 42.8 s, ad hoc, same day).
+# CLIs: at XLA's default level the emitter compiled the demo's base step twice as slowly (34-37
+# s against 15-18 s) and ran it 11 % slower (0.236 s a step against 0.212;
+# `benchmarks/xla_flags.py --workload=demo_base --steps=20,220 --sets=default,elemental`).
 FAST_COMPILE = ("--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true "
                 "--xla_cpu_use_fusion_emitters=false")
 os.environ.setdefault("XLA_FLAGS", f"--xla_force_host_platform_device_count=8 {FAST_COMPILE}")

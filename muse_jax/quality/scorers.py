@@ -41,10 +41,10 @@ def inception_random(seed: int, mesh=None) -> ShardedApply:
     with He's variance 2 / fan-in, every BatchNorm the identity (scale and variance 1, shift
     and mean 0). He's variance keeps activations at their scale through the 94 convolutions
     and ReLUs: the module's own lecun_normal (variance 1 / fan-in) shrank the pool3 features to
-    ~1e-4, where any FID is ~0. Drawn with numpy: the module's initialisers, jitted, took 5.5 s
-    with a warm compilation cache and 12 s without of a CPU process that scores a few images (a
-    threefry hash for each of 22 M weights); this takes about a second (2026-12-06, 2-core
-    AMD EPYC)."""
+    ~1e-4, where any FID is ~0. Drawn with numpy: 1.4 s, where the module's initialisers,
+    jitted, took 11.2-11.7 s of a process that scores a few images (a threefry hash for each of
+    22 M weights; XLA's default flags, no compilation cache; 5.5 s with the tests' flags and a
+    warm cache). 2026-12-06, 2-core AMD EPYC."""
     abstract = nn.unbox(jax.eval_shape(_INCEPTION.init, jax.random.key(0),
                                        jnp.zeros((1, 75, 75, 3)))["params"])
     rng = np.random.default_rng(seed)
