@@ -38,10 +38,9 @@ from absl import app, flags
 SETS = {
     "default": "",
     "fast": "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true",
-    "fast_elemental": "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true "
-                      "--xla_cpu_use_fusion_emitters=false",
     "elemental": "--xla_cpu_use_fusion_emitters=false",
 }
+SETS["fast_elemental"] = f"{SETS['fast']} {SETS['elemental']}"
 _SETS = flags.DEFINE_list("sets", ["fast", "fast_elemental"], f"Flag sets: {', '.join(SETS)}.")
 _WORKLOAD = flags.DEFINE_enum("workload", "tiny", ["tiny", "demo_base"], "What each child trains.")
 _STEPS = flags.DEFINE_list("steps", ["2"], "Training steps of a run; two values also give the "
