@@ -1,9 +1,12 @@
-"""Compile, CPU and wall seconds of a short training run under sets of XLA:CPU flags, each set
-in fresh processes: the measurement behind tests/conftest.py's FAST_COMPILE.
+"""Compile, CPU and wall seconds of a short training run under sets of XLA:CPU settings, each
+set in fresh processes: the measurement behind tests/conftest.py's FAST_COMPILE and
+muse_jax/cpu_devices.py's one device a core.
 
     .venv/bin/python benchmarks/xla_flags.py                      # the tests' tiny runs
     .venv/bin/python benchmarks/xla_flags.py --workload=demo_base --steps=20,220 --rounds=2 \
         --sets=default,elemental                                  # after `make demo`
+    .venv/bin/python benchmarks/xla_flags.py --workload=demo_tokenizer --steps=20,220 \
+        --sets=default,per_core
 
 Workloads:
   tiny       conftest.train_tiny_base's work: configs/vqgan_shapes.py:tiny, then
@@ -11,9 +14,11 @@ Workloads:
              compiling is most of it).
   demo_base  configs/base_shapes.py:demo on the inputs `make demo` precomputed under
              --demo_workdir, no evaluation or checkpoints (the step rate of a long CPU run).
+  demo_tokenizer  configs/vqgan_shapes.py:demo, no evaluation or checkpoints.
 
-Flag sets (--sets, any of):
-  default    XLA's defaults (what the CLIs use)
+Flag sets (--sets, any of), each on one CPU device unless it says otherwise:
+  default    XLA's defaults
+  per_core   XLA's defaults on one device a core (`cpu_devices.count`): what the CLIs use
   fast       optimisation level 0, no expensive LLVM passes
   fast_elemental  fast, and the elemental IR emitter instead of the MLIR fusion emitters
              (conftest.FAST_COMPILE since 2026-12-06)
@@ -39,10 +44,12 @@ SETS = {
     "default": "",
     "fast": "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true",
     "elemental": "--xla_cpu_use_fusion_emitters=false",
+    "per_core": "",  # and JAX_NUM_CPU_DEVICES, in measure()
 }
 SETS["fast_elemental"] = f"{SETS['fast']} {SETS['elemental']}"
 _SETS = flags.DEFINE_list("sets", ["fast", "fast_elemental"], f"Flag sets: {', '.join(SETS)}.")
-_WORKLOAD = flags.DEFINE_enum("workload", "tiny", ["tiny", "demo_base"], "What each child trains.")
+_WORKLOAD = flags.DEFINE_enum("workload", "tiny", ["tiny", "demo_base", "demo_tokenizer"],
+                              "What each child trains.")
 _STEPS = flags.DEFINE_list("steps", ["2"], "Training steps of a run; two values also give the "
                            "seconds a step.")
 _ROUNDS = flags.DEFINE_integer("rounds", 2, "Child processes per flag set and step count.")
@@ -56,6 +63,12 @@ def _train(steps: int, root: str) -> None:
     from muse_jax import config as config_lib
     from muse_jax import demo, training
 
+    if _WORKLOAD.value == "demo_tokenizer":
+        vq = config_lib.load_file(config_lib.CONFIG_DIR / "vqgan_shapes.py", "demo")
+        vq.train.eval_every = vq.train.checkpoint_every = 10 ** 9
+        vq.train.num_steps = steps
+        training.train_and_evaluate(vq, os.path.join(root, "tokenizer"))
+        return
     if _WORKLOAD.value == "demo_base":
         _, base = demo.configs(_DEMO_WORKDIR.value)
         base.train.eval_every = base.train.checkpoint_every = 10 ** 9
@@ -97,8 +110,11 @@ def _child(steps: int) -> dict:
 
 
 def measure(name: str, steps: int) -> dict:
+    from muse_jax import cpu_devices
+
+    devices = cpu_devices.count(len(os.sched_getaffinity(0))) if name == "per_core" else 1
     env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": SETS[name],
-           "JAX_ENABLE_COMPILATION_CACHE": "false"}
+           "JAX_NUM_CPU_DEVICES": str(devices), "JAX_ENABLE_COMPILATION_CACHE": "false"}
     out = subprocess.run([sys.executable, __file__, "--child", f"--steps={steps}",
                           f"--workload={_WORKLOAD.value}", f"--demo_workdir={_DEMO_WORKDIR.value}"],
                          cwd=REPO, env=env, text=True, capture_output=True)

@@ -67,11 +67,13 @@ def configs(workdir: str, variant: str = "demo"):
 class Phase:
     name: str
     seconds: float = 0.0
+    cpu_seconds: float = 0.0  # this process's, every thread's, user and system
     reused: bool = False
 
 
 class Timer:
-    """Wall time of each phase of this run, for the report."""
+    """Wall and CPU time of each phase of this run, for the report: their ratio says how many
+    cores a phase kept busy."""
 
     def __init__(self):
         self.phases: list[Phase] = []
@@ -81,10 +83,12 @@ class Timer:
         entry = Phase(name)
         self.phases.append(entry)
         print(f"== {name}", flush=True)
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), time.process_time()
         yield entry
         entry.seconds = time.perf_counter() - start
-        print(f"== {name}: {entry.seconds:.0f} s{' (reused)' if entry.reused else ''}", flush=True)
+        entry.cpu_seconds = time.process_time() - cpu_start
+        print(f"== {name}: {entry.seconds:.0f} s, {entry.cpu_seconds:.0f} s of CPU"
+              f"{' (reused)' if entry.reused else ''}", flush=True)
 
 
 def trained(config, workdir: str) -> bool:

@@ -59,6 +59,17 @@ def plot_curves(curves: dict, oracle: dict[str, tuple[list[int], list[float]]], 
     plt.close(fig)
 
 
+def _devices() -> str:
+    """What ran the demo: "2 CPU devices, 2 cores" (muse_jax/cpu_devices.py splits a CPU host)."""
+    import os
+
+    import jax
+
+    devices = jax.devices()
+    kinds = f"{len(devices)} {devices[0].platform.upper()} device{'s' * (len(devices) > 1)}"
+    return f"{kinds}, {len(os.sched_getaffinity(0))} cores"
+
+
 def _yes(result: dict) -> str:
     return "yes" if result["match"] else "no"
 
@@ -66,9 +77,11 @@ def _yes(result: dict) -> str:
 def markdown(timer, options, edit_options, oracles: dict[str, dict], grid: list[dict],
              edited: dict, vq_config, base_config, workdir: str) -> str:
     """report.md's text: `oracles` maps a phrasing ("canonical", "held_out") to its scores."""
-    phases = "\n".join(f"| {p.name} | {p.seconds:.0f} s{' (reused)' if p.reused else ''} |"
-                       for p in timer.phases)
+    phases = "\n".join(
+        f"| {p.name} | {p.seconds:.0f} s{' (reused)' if p.reused else ''} | {p.cpu_seconds:.0f} s"
+        f" | {p.cpu_seconds / max(p.seconds, 1e-9):.2f} |" for p in timer.phases)
     total = sum(p.seconds for p in timer.phases)
+    total_cpu = sum(p.cpu_seconds for p in timer.phases)
     prompts = "\n".join(f"| {g['prompt']} | {_yes(g)} |" for g in grid)
     edit_rows = "\n".join(f"| {name} | {e['before']} | {e['prompt']} | {_yes(e)} |"
                           for name, e in edited.items())
@@ -137,10 +150,13 @@ otherwise: 1 for this small model, which over-sharpens at the paper's 4).
 
 ## Time
 
-| phase | wall time |
-|---|---|
+On {_devices()}. CPU time is this process's, every thread's; CPU over wall time is how
+many cores a phase kept busy.
+
+| phase | wall time | CPU time | cores busy |
+|---|---|---|---|
 {phases}
-| total | {total:.0f} s |
+| total | {total:.0f} s | {total_cpu:.0f} s | {total_cpu / max(total, 1e-9):.2f} |
 """
 
 

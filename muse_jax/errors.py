@@ -23,7 +23,7 @@ import sys
 
 from absl import app, flags
 
-from muse_jax import host_memory
+from muse_jax import cpu_devices, host_memory
 
 EXIT_USER_ERROR = 2
 EXIT_PREEMPTED = 143
@@ -146,7 +146,9 @@ def _quiet_libraries(main):
 
 def run(main) -> None:
     """`absl.app.run(main)` with bad flags and `UserError`s reported in one line, exit 2, and
-    library INFO logging kept out of the terminal (`OwnInfoOnly`), and glibc set to reuse the
-    memory of XLA's per-step buffers (`host_memory`), before anything starts JAX."""
+    library INFO logging kept out of the terminal (`OwnInfoOnly`), and, before anything starts
+    JAX, glibc set to reuse the memory of XLA's per-step buffers (`host_memory`) and a CPU host
+    split into one JAX device a core (`cpu_devices`)."""
     host_memory.keep_freed_memory()
+    cpu_devices.split_host()
     app.run(_quiet_libraries(cli_main(main)), flags_parser=parse_flags)

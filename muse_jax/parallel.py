@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from muse_jax import compile_options
+from muse_jax import compile_options, cpu_devices
 from muse_jax.errors import UserError
 
 MESH_AXES = ("data", "fsdp", "tensor")
@@ -169,8 +169,10 @@ def check_batch_size(global_batch: int, mesh: jax.sharding.Mesh, process_count: 
     """Returns the per-process batch, or raises naming the numbers that do not divide."""
     shards = mesh.shape["data"] * mesh.shape["fsdp"]
     if global_batch % shards:
+        on_cpu = mesh.devices.flat[0].platform == "cpu"
         raise ShardingError(
-            f"batch_size {global_batch} is not divisible by data x fsdp = {shards} mesh shards")
+            f"batch_size {global_batch} is not divisible by data x fsdp = {shards} mesh shards"
+            + (f"; {cpu_devices.HINT}" if on_cpu else ""))
     if global_batch % process_count:
         raise ShardingError(
             f"batch_size {global_batch} is not divisible by the process count {process_count}")

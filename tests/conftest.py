@@ -62,7 +62,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 # `run_module(..., env=ONE_FAST_DEVICE)`: one CPU device and FAST_COMPILE, for CLIs that need
 # not see the 8 simulated devices.
-ONE_FAST_DEVICE = {"XLA_FLAGS": FAST_COMPILE}
+ONE_FAST_DEVICE = {"XLA_FLAGS": f"--xla_force_host_platform_device_count=1 {FAST_COMPILE}"}
 
 
 def pytest_configure(config):

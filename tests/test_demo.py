@@ -2,6 +2,7 @@
 import json
 import os
 
+import jax
 import numpy as np
 import pytest
 from PIL import Image
@@ -45,6 +46,11 @@ def test_demo_runs_end_to_end_and_reuses_what_it_trained(tmp_path):
     text = (out / "report.md").read_text()
     assert f"{first['oracle']['match']:.1%}" in text and "train the base model" in text
     assert "phrasings training never used" in text
+    # Each phase's CPU time beside its wall time; their ratio is how many cores it kept busy.
+    wall, cpu = (sum(getattr(p, k) for p in first["phases"]) for k in ("seconds", "cpu_seconds"))
+    assert all(p.cpu_seconds > 0 for p in first["phases"])
+    assert f"| total | {wall:.0f} s | {cpu:.0f} s | {cpu / wall:.2f} |" in text
+    assert f"On {len(jax.devices())} CPU devices, " in text
     assert f"among its {demo.DEMO_EDIT_KEEP} most likely keeps its value" in text
     # Each edit picture: the input, the input as its tokens decode, the result.
     for name in ("inpaint.png", "outpaint.png", "edit.png"):

@@ -47,6 +47,7 @@ LAYERS = {
     "muse_jax.runs": FOUNDATION,  # opening a run's directory: config.json + checkpoint only
     "muse_jax.workdir_lock": FOUNDATION,  # one training run a workdir (fcntl.flock)
     "muse_jax.host_memory": FOUNDATION,  # glibc malloc settings for XLA:CPU
+    "muse_jax.cpu_devices": FOUNDATION,  # one JAX device a core on a CPU host
     "muse_jax.distributed": FOUNDATION,  # joining a multi-process run: its flags, the join
     "muse_jax.models": MODELS,
     "muse_jax.data": DATA,

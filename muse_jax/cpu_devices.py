@@ -1,0 +1,69 @@
+"""One JAX device per CPU core when JAX computes on the host's CPU: data parallel over cores.
+
+XLA:CPU gives each device one stream of programs and splits an op over the cores only where
+the op is big enough: the shapes tokenizer's train step (16-32 channel convolutions on 64 px
+images, batch 16) kept 1.28 of 2 cores busy on one device. Split into one device a core, the
+train loop's mesh gives each core its own share of the batch, and both stay busy. Measured on
+the 2-core AMD EPYC machine of this project, 2026-12-06 (`benchmarks/cpu_devices.py` reruns
+the step figures): the tokenizer's step 2.6 -> 4.1 steps/s; the demo's base step unchanged
+(4.2 steps/s: its matmuls already fill both cores); `make demo` 691 -> 635 s wall, the
+tokenizer phase 211 -> 155 s, the others within a few seconds. Programs that are not
+sharded (the sampler, the text encoder) run on the first device with every core, as before.
+
+The count is the cores this process may use rounded down to a power of two, at most 8, so that
+the CPU configs' batches (multiples of 8) divide over it; more than 2 is not measured here.
+`JAX_NUM_CPU_DEVICES=N`, or `--xla_force_host_platform_device_count=N` in `XLA_FLAGS`, chooses
+another count (1: no split), and a host with a TPU or GPU plugin is left as it is: its CPU
+devices only hold host arrays.
+"""
+from __future__ import annotations
+
+import importlib.util
+import os
+import sys
+
+MAX_DEVICES = 8
+# Accelerator plugins: libtpu (jax[tpu]) and the jax_plugins namespace (jax[cuda12], ROCm).
+_ACCELERATOR_MODULES = ("libtpu", "jax_plugins")
+HINT = "on a CPU, JAX_NUM_CPU_DEVICES=1 runs on one device (muse_jax/cpu_devices.py)"
+
+
+def count(cores: int) -> int:
+    """Devices for `cores` cores: the largest power of two <= cores, at most MAX_DEVICES."""
+    n = 1
+    while n * 2 <= min(cores, MAX_DEVICES):
+        n *= 2
+    return n
+
+
+def _chosen(environ) -> bool:
+    return ("JAX_NUM_CPU_DEVICES" in environ
+            or "xla_force_host_platform_device_count" in environ.get("XLA_FLAGS", ""))
+
+
+def _computes_on_cpu(environ) -> bool:
+    platforms = environ.get("JAX_PLATFORMS", "")
+    if platforms:
+        return platforms.split(",")[0].strip() == "cpu"
+    return not any(importlib.util.find_spec(m) for m in _ACCELERATOR_MODULES)
+
+
+def devices_for(environ, cores: int) -> int | None:
+    """The CPU device count to set for a process with `environ` and `cores` usable cores: None
+    where one is chosen already, JAX will compute on an accelerator, or one core gives one."""
+    if _chosen(environ) or not _computes_on_cpu(environ):
+        return None
+    return count(cores) if count(cores) > 1 else None
+
+
+def split_host() -> int | None:
+    """Sets this process's CPU device count (`devices_for`) and returns it, or None. Call it
+    before JAX starts its backends. JAX reads JAX_NUM_CPU_DEVICES when it is imported, so a JAX
+    imported already is told through its config; processes started later read the variable."""
+    devices = devices_for(os.environ, len(os.sched_getaffinity(0)))
+    if devices is None:
+        return None
+    os.environ["JAX_NUM_CPU_DEVICES"] = str(devices)
+    if "jax" in sys.modules:
+        sys.modules["jax"].config.update("jax_num_cpu_devices", devices)
+    return devices
