@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import FAST_COMPILE, REPO
+from conftest import ONE_FAST_DEVICE, REPO
 
 STEPS = 60  # of every run here: the same number keeps the compiled step (and cache) the same
 EVERY = 3  # checkpoint_every
@@ -145,7 +145,11 @@ if __name__ == "__main__" and sys.argv[1:] == ["--serve"]:
 # ---------------------------------------------------------------------------- the test side
 class Server:
     def __init__(self, cache_dir: Path):
-        env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": FAST_COMPILE,
+        # One CPU device, not the CLIs' one a core (muse_jax/cpu_devices.py): on two, a full
+        # disk's one-line error is followed, sometimes cut through, by TensorStore's "Event loop
+        # is closed" tracebacks (its write callbacks reach an event loop that orbax closed when
+        # the first write failed); 2 of 6 runs of the full-disk test, 2026-12-06. Not yet fixed.
+        env = {**os.environ, "JAX_PLATFORMS": "cpu", **ONE_FAST_DEVICE,
                "JAX_COMPILATION_CACHE_DIR": str(cache_dir),
                "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0"}
         self.proc = subprocess.Popen([sys.executable, __file__, "--serve"], cwd=REPO, env=env,
