@@ -4,11 +4,14 @@ XLA:CPU gives each device one stream of programs and splits an op over the cores
 the op is big enough: the shapes tokenizer's train step (16-32 channel convolutions on 64 px
 images, batch 16) kept 1.28 of 2 cores busy on one device. Split into one device a core, the
 train loop's mesh gives each core its own share of the batch, and both stay busy. Measured on
-the 2-core AMD EPYC machine of this project, 2026-12-06 (`benchmarks/cpu_devices.py` reruns
-the step figures): the tokenizer's step 2.6 -> 4.1 steps/s; the demo's base step unchanged
-(4.2 steps/s: its matmuls already fill both cores); `make demo` 691 -> 635 s wall, the
-tokenizer phase 211 -> 155 s, the others within a few seconds. Programs that are not
-sharded (the sampler, the text encoder) run on the first device with every core, as before.
+the 2-core AMD EPYC machine of this project, 2026-12-06 (`benchmarks/xla_flags.py
+--workload=demo_tokenizer --steps=20,220 --sets=default,per_core`, fresh processes): the
+tokenizer's step 0.429 -> 0.258 s; the demo's base step 0.237 -> 0.228 s (its matmuls already
+fill both cores); `make demo` 691 -> 635 s wall, the tokenizer phase 211 -> 155 s, the others
+within a few seconds (a fresh clone at 1939885: 616 s). More devices than cores lose: 4 on the
+2 cores took 107 s for 220 tokenizer steps (2: 81 s, 1: 120 s) and 92 s for 220 base steps (2:
+78 s). Programs that are not sharded (the sampler, the text encoder) run on the first device
+with every core, as before.
 
 The count is the cores this process may use rounded down to a power of two, at most 8, so that
 the CPU configs' batches (multiples of 8) divide over it; more than 2 is not measured here.
