@@ -2,8 +2,8 @@
 
 XLA:CPU gives each device one stream of programs and splits an op over the cores only where
 the op is big enough: the shapes tokenizer's train step (16-32 channel convolutions on 64 px
-images, batch 16) kept 1.28 of 2 cores busy on one device. Split into one device a core, the
-train loop's mesh gives each core its own share of the batch, and both stay busy. Measured on
+images, batch 16) kept 1.35 of 2 cores busy on one device. Split into one device a core, the
+train loop's mesh gives each core its own share of the batch: 1.77 cores busy. Measured on
 the 2-core AMD EPYC machine of this project, 2026-12-06 (`benchmarks/xla_flags.py
 --workload=demo_tokenizer --steps=20,220 --sets=default,per_core`, fresh processes): the
 tokenizer's step 0.429 -> 0.258 s; the demo's base step 0.237 -> 0.228 s (its matmuls already
@@ -56,7 +56,8 @@ def devices_for(environ, cores: int) -> int | None:
     where one is chosen already, JAX will compute on an accelerator, or one core gives one."""
     if _chosen(environ) or not _computes_on_cpu(environ):
         return None
-    return count(cores) if count(cores) > 1 else None
+    devices = count(cores)
+    return devices if devices > 1 else None
 
 
 def split_host() -> int | None:
