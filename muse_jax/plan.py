@@ -316,8 +316,9 @@ def _gib(n: float | None) -> str:
 
 
 def format_table(report: dict, title: str) -> str:
-    lines = [f"dry run: {title}, stage {report['stage']}, {report['num_devices']} devices, "
-             f"mesh {_mesh(report['mesh'])}", ""]
+    devices = f"{report['num_devices']} device{'s' * (report['num_devices'] != 1)}"
+    lines = [f"dry run: {title}, stage {report['stage']}, {devices}, mesh {_mesh(report['mesh'])}",
+             ""]
     lines.append(f"{'parameters':<46}{'count':>10}")
     for row in report["param_rows"]:
         label = row["name"] if row["modules"] == 1 else \
@@ -343,7 +344,7 @@ def format_table(report: dict, title: str) -> str:
     lines.append(f"  activations: {report['activations_how']}")
     lines.append("  not counted: the frozen models' activations (forward only, freed as they "
                  "go), XLA workspace")
-    lines += ["", f"meshes for {report['num_devices']} devices (GiB a device; fits = under "
+    lines += ["", f"meshes for {devices} (GiB a device; fits = under "
                   f"{HEADROOM:.0%} of {report['memory_gib']:g} GiB)"]
     for c in report["candidates"][:8]:
         mark = "  <- recommended" if c is report["candidates"][0] else ""

@@ -48,4 +48,4 @@ def test_a_cli_splits_the_host_unless_a_count_is_chosen(monkeypatch):
     assert f"{expected} devices, mesh data={expected} " in _dry_run_line(split)
     one = run_module("muse_jax.train", *args,
                      env={"XLA_FLAGS": FAST_COMPILE, "JAX_NUM_CPU_DEVICES": "1"})
-    assert "1 devices, mesh data=1 " in _dry_run_line(one)
+    assert "1 device, mesh data=1 " in _dry_run_line(one)
