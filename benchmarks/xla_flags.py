@@ -112,7 +112,7 @@ def _child(steps: int) -> dict:
 def measure(name: str, steps: int) -> dict:
     from muse_jax import cpu_devices
 
-    devices = cpu_devices.count(len(os.sched_getaffinity(0))) if name == "per_core" else 1
+    devices = cpu_devices.count(cpu_devices.usable_cores()) if name == "per_core" else 1
     env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": SETS[name],
            "JAX_NUM_CPU_DEVICES": str(devices), "JAX_ENABLE_COMPILATION_CACHE": "false"}
     out = subprocess.run([sys.executable, __file__, "--child", f"--steps={steps}",

@@ -31,6 +31,11 @@ _ACCELERATOR_MODULES = ("libtpu", "jax_plugins")
 HINT = "on a CPU, JAX_NUM_CPU_DEVICES=1 runs on one device (muse_jax/cpu_devices.py)"
 
 
+def usable_cores() -> int:
+    """The cores this process may use (its CPU affinity), which may be fewer than the host's."""
+    return len(os.sched_getaffinity(0))
+
+
 def count(cores: int) -> int:
     """Devices for `cores` cores: the largest power of two <= cores, at most MAX_DEVICES."""
     n = 1
@@ -64,7 +69,7 @@ def split_host() -> int | None:
     """Sets this process's CPU device count (`devices_for`) and returns it, or None. Call it
     before JAX starts its backends. JAX reads JAX_NUM_CPU_DEVICES when it is imported, so a JAX
     imported already is told through its config; processes started later read the variable."""
-    devices = devices_for(os.environ, len(os.sched_getaffinity(0)))
+    devices = devices_for(os.environ, usable_cores())
     if devices is None:
         return None
     os.environ["JAX_NUM_CPU_DEVICES"] = str(devices)

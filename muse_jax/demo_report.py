@@ -61,13 +61,13 @@ def plot_curves(curves: dict, oracle: dict[str, tuple[list[int], list[float]]], 
 
 def _devices() -> str:
     """What ran the demo: "2 CPU devices, 2 cores" (muse_jax/cpu_devices.py splits a CPU host)."""
-    import os
-
     import jax
+
+    from muse_jax import cpu_devices
 
     devices = jax.devices()
     kinds = f"{len(devices)} {devices[0].platform.upper()} device{'s' * (len(devices) > 1)}"
-    return f"{kinds}, {len(os.sched_getaffinity(0))} cores"
+    return f"{kinds}, {cpu_devices.usable_cores()} cores"
 
 
 def _yes(result: dict) -> str:

@@ -1,6 +1,4 @@
 """The CLIs split a CPU host into one JAX device a core (muse_jax/cpu_devices.py)."""
-import os
-
 import jax
 import pytest
 
@@ -44,7 +42,7 @@ def test_a_cli_splits_the_host_unless_a_count_is_chosen(monkeypatch):
     monkeypatch.delenv("JAX_NUM_CPU_DEVICES", raising=False)
     args = ("--config=configs/vqgan_shapes.py:tiny", "--workdir=unused", "--dry_run")
     split = run_module("muse_jax.train", *args, env={"XLA_FLAGS": FAST_COMPILE})
-    expected = cpu_devices.count(len(os.sched_getaffinity(0)))
+    expected = cpu_devices.count(cpu_devices.usable_cores())
     assert f"{expected} devices, mesh data={expected} " in _dry_run_line(split)
     one = run_module("muse_jax.train", *args,
                      env={"XLA_FLAGS": FAST_COMPILE, "JAX_NUM_CPU_DEVICES": "1"})
