@@ -40,6 +40,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.text.tokenizer_path = ""  # tokenizer directory when not in path (aMUSEd's tokenizer/)
     c.text.append_pooled = False  # clip: pooled projection as one more position (aMUSEd's U-ViT)
     c.text.num_layers = 0  # minilm: states of its layer N, the first N run (0: the last layer)
+    c.text.mean_with_embeddings = False  # minilm: those states averaged with layer 0's
     c.text.max_length = 64  # caption tokens; longer captions are truncated
     c.text.dtype = "bfloat16"  # encoder compute and weight dtype (frozen)
     c.text.batch_size = 256  # prompts per encoder call outside training (sampling, precompute)

@@ -104,6 +104,11 @@ def get_config(arg=None):
         # gets 93.5% of canonical captions exactly right from them, 44.3% from the last layer's
         # (layer 3: 74.6%, 4: 60.5%). Two layers are also a third of the encoder's cost.
         c.text.num_layers = 2
+        # Those states alone, not their mean with the embedding layer's
+        # (text.mean_with_embeddings): the text probe's readers of the mean followed held-out
+        # phrasings more often (75.8-87.9 % against 59.0-75.0 %, 3 of 4 seeds; the fourth had not
+        # learned to bind by step 1500), but the demo's model did not: 82.8 / 65.6 % canonical /
+        # held-out phrasings against 82.8 / 64.1 % (64 prompts, 2026-12-06), a prompt's worth.
         # No text blocks over them (model.text_depth=0). On MiniLM's last layer two blocks
         # helped unseen phrasings (2026-12-03, 128 prompts: 7.0% -> 18.0% exactly right); on
         # layer 2 (demo_recipe.py, 600 steps, 64 prompts, 2026-12-03) two blocks gave 20.3%

@@ -13,6 +13,15 @@ within a few seconds (a fresh clone at 1939885: 616 s). More devices than cores 
 78 s). Programs that are not sharded (the sampler, the text encoder) run on the first device
 with every core, as before.
 
+XLA:CPU's library flags stay at their defaults (YNNPACK for single dots). Measured 2026-12-06 on
+the same machine with the train loop's own step rate (`benchmarks/xla_flags.py
+--workload=demo_base --steps=180 --rounds=3 --sets=per_core,onednn`): oneDNN took the base
+step from 0.265 to 0.238 s in one run and from 0.235 to 0.233 s in the next, within the
+machine's noise (the loop's reported rate varies by +-15 % within a run). Single rounds of 20
+and 120 steps found nothing better either: YNNPACK fusions of dots, elementwise ops and
+reductions 0.37 s against 0.22 s, greedy XNNPACK subgraphs 0.30 s, Eigen dots 0.21 s, fast math
+0.25 s; on the tokenizer, YNNPACK convolutions 0.335 against 0.376 s (one round, not confirmed).
+
 The count is the cores this process may use rounded down to a power of two, at most 8, so that
 the CPU configs' batches (multiples of 8) divide over it; more than 2 is not measured here.
 `JAX_NUM_CPU_DEVICES=N`, or `--xla_force_host_platform_device_count=N` in `XLA_FLAGS`, chooses

@@ -74,3 +74,20 @@ def test_num_layers_returns_minilm_layer_2_states_as_transformers_hidden_states_
     layer2 = out.hidden_states[2].numpy() * mask[..., None]
     assert np.abs(emb - layer2).max() < 1e-4
     assert np.abs(emb - out.last_hidden_state.numpy() * mask[..., None]).max() > 0.1
+
+
+def test_mean_with_embeddings_is_the_mean_of_transformers_hidden_states_0_and_2():
+    """text.mean_with_embeddings (the demo's) averages layer 2's states with the embedding
+    layer's output, transformers' hidden_states[0]."""
+    config = default_config()
+    config.num_layers = 2
+    config.mean_with_embeddings = True
+    encoder = create_encoder(config)
+    model = transformers.BertModel.from_pretrained(str(bert.minilm_dir())).eval()
+    emb, mask = encoder.encode(SENTENCES)
+    with torch.no_grad():
+        out = model(input_ids=torch.from_numpy(encoder.tokenize(SENTENCES)[0]).long(),
+                    attention_mask=torch.from_numpy(mask).long(), output_hidden_states=True)
+    hidden = [h.numpy() * mask[..., None] for h in out.hidden_states]
+    assert np.abs(emb - (hidden[0] + hidden[2]) / 2).max() < 1e-4
+    assert np.abs(emb - hidden[2]).max() > 0.1

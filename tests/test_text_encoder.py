@@ -142,6 +142,13 @@ def test_bad_configs_fail_in_one_line(key, value, match):
         create_encoder(config)
 
 
+def test_mean_with_embeddings_is_minilm_only():
+    clip = default_config()
+    clip.encoder, clip.path, clip.mean_with_embeddings = "clip", "/nonexistent", True
+    with pytest.raises(ConfigError, match="mean_with_embeddings .* the clip encoder has no such"):
+        create_encoder(clip)
+
+
 def test_t5_needs_a_path():
     t5_without_path = default_config()
     t5_without_path.encoder = "t5"

@@ -23,6 +23,8 @@ The `config.text` block (an `ml_collections.ConfigDict`; `default_config()` retu
               (length max_length + 1), which is how aMUSEd's U-ViT (models/uvit.py) reads it.
   num_layers  minilm only: run the first that many layers and take the last of their states
               (0: all layers). The demo reads MiniLM's layer 2 (benchmarks/text_probe.py).
+  mean_with_embeddings  minilm only: the mean of those states and the embedding layer's output
+              (each token's word and position, before any context).
   max_length  tokens per prompt, special tokens included; longer prompts are truncated
               (logged as a warning), shorter ones padded. The embedding length L.
   dtype       "float32" | "bfloat16": compute and parameter dtype (the encoder is frozen, so
@@ -56,6 +58,7 @@ def default_config() -> ml_collections.ConfigDict:
         "tokenizer_path": "",
         "append_pooled": False,
         "num_layers": 0,
+        "mean_with_embeddings": False,
         "max_length": 32,
         "dtype": "float32",
         "batch_size": 64,

@@ -111,10 +111,14 @@ def _layer_norm(c: BertConfig, name: str, dtype, param_dtype) -> nn.LayerNorm:
 
 
 class BertEncoder(nn.Module):
-    """ids [B,L] int, mask [B,L] bool -> last hidden states [B,L,hidden] in `dtype`."""
+    """ids [B,L] int, mask [B,L] bool -> last hidden states [B,L,hidden] in `dtype`.
+
+    `mean_with_embeddings`: return the mean of those states and the embedding layer's output
+    (transformers' `hidden_states[0]`): each token's own word beside its context, see `load`."""
     config: BertConfig
     dtype: Any = jnp.float32
     param_dtype: Any = jnp.float32
+    mean_with_embeddings: bool = False
 
     @nn.compact
     def __call__(self, ids, mask):
@@ -127,11 +131,11 @@ class BertEncoder(nn.Module):
         token_type = self.param("type_embed", logical(init, (None, "embed")),
                                 (c.type_vocab_size, c.hidden_size), self.param_dtype)
         x = x + (positions[: ids.shape[1]] + token_type[0]).astype(self.dtype)[None]
-        x = _layer_norm(c, "embed_norm", **kw)(x)
+        x = embedded = _layer_norm(c, "embed_norm", **kw)(x)
         mask_bias = jnp.where(mask[:, None, None, :], 0.0, jnp.finfo(jnp.float32).min)
         for i in range(c.num_layers):
             x = BertLayer(c, name=f"layers_{i}", **kw)(x, mask_bias)
-        return x
+        return (x + embedded) / 2 if self.mean_with_embeddings else x
 
 
 def params_from_hf(weights: hf_import.Weights, config: BertConfig, dtype=np.float32) -> dict:
@@ -168,15 +172,17 @@ def params_from_hf(weights: hf_import.Weights, config: BertConfig, dtype=np.floa
     return params
 
 
-def load(path: str | Path | None, dtype=jnp.float32,
-         num_layers: int = 0) -> tuple[BertEncoder, dict]:
+def load(path: str | Path | None, dtype=jnp.float32, num_layers: int = 0,
+         mean_with_embeddings: bool = False) -> tuple[BertEncoder, dict]:
     """(module, params) from a local BERT directory; `None` or "" means the MiniLM package.
 
     `num_layers` > 0 keeps the first that many layers, so the module returns the states of
     layer `num_layers` (transformers' `hidden_states[num_layers]`; 0: every layer, the last
     states). Not all text-to-image models read the last layer (aMUSEd and Stable Diffusion 2
     read CLIP's penultimate): for the shapes captions, MiniLM's second layer keeps which word
-    is which far better than its last (benchmarks/text_probe.py)."""
+    is which far better than its last (benchmarks/text_probe.py). `mean_with_embeddings`
+    averages those states with the embedding layer's (`BertEncoder`): a reader of the mean
+    follows paraphrases it never saw more often (the same probe)."""
     path = hf_import.check_dir(path or minilm_dir(), "BERT", tokenizer=False)
     hf = hf_import.read_config(path)
     if hf.get("model_type", "bert") != "bert":
@@ -189,4 +195,5 @@ def load(path: str | Path | None, dtype=jnp.float32,
     if num_layers:
         config = dataclasses.replace(config, num_layers=num_layers)
     params = params_from_hf(hf_import.Weights(path), config, np.dtype(dtype))
-    return BertEncoder(config, dtype=dtype, param_dtype=dtype), params
+    return BertEncoder(config, dtype=dtype, param_dtype=dtype,
+                       mean_with_embeddings=mean_with_embeddings), params

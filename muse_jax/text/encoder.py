@@ -212,6 +212,9 @@ def _check_config(c) -> tuple[str, str, int, int, Any]:
     if int(c.get("num_layers", 0)) and c.encoder != "minilm":
         raise ConfigError(f"config.text.num_layers picks a BERT layer's states; the "
                           f"{c.encoder} encoder reads a fixed layer (set it to 0)")
+    if c.get("mean_with_embeddings", False) and c.encoder != "minilm":
+        raise ConfigError(f"config.text.mean_with_embeddings averages a BERT's states with its "
+                          f"embedding layer's; the {c.encoder} encoder has no such option")
     if c.get("append_pooled", False) and c.encoder != "clip":
         raise ConfigError(f"config.text.append_pooled needs config.text.encoder 'clip' (the "
                           f"one with a pooled projection), got {c.encoder!r}")
@@ -234,7 +237,8 @@ def create_encoder(text_config, mesh: jax.sharding.Mesh | None = None) -> TextEn
             raise ConfigError(f"config.text.max_length {max_length} exceeds this "
                               f"{'BERT' if name == 'minilm' else 'CLIP'}'s {positions} positions")
     if name == "minilm":
-        module, params = bert.load(path, dtype, int(text_config.get("num_layers", 0)))
+        module, params = bert.load(path, dtype, int(text_config.get("num_layers", 0)),
+                                   bool(text_config.get("mean_with_embeddings", False)))
     else:
         module, params = {"t5": t5.load, "clip": clip.load}[name](path, dtype)
     if tokenizer_path:
