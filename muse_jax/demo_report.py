@@ -70,6 +70,12 @@ def _devices() -> str:
     return f"{kinds}, {cpu_devices.usable_cores()} cores"
 
 
+def _time_row(name: str, seconds: float, cpu_seconds: float, reused: bool = False) -> str:
+    """A row of the Time table: wall, CPU and their ratio, the cores kept busy."""
+    return (f"| {name} | {seconds:.0f} s{' (reused)' if reused else ''} | {cpu_seconds:.0f} s"
+            f" | {cpu_seconds / max(seconds, 1e-9):.2f} |")
+
+
 def _yes(result: dict) -> str:
     return "yes" if result["match"] else "no"
 
@@ -77,11 +83,10 @@ def _yes(result: dict) -> str:
 def markdown(timer, options, edit_options, oracles: dict[str, dict], grid: list[dict],
              edited: dict, vq_config, base_config, workdir: str) -> str:
     """report.md's text: `oracles` maps a phrasing ("canonical", "held_out") to its scores."""
-    phases = "\n".join(
-        f"| {p.name} | {p.seconds:.0f} s{' (reused)' if p.reused else ''} | {p.cpu_seconds:.0f} s"
-        f" | {p.cpu_seconds / max(p.seconds, 1e-9):.2f} |" for p in timer.phases)
-    total = sum(p.seconds for p in timer.phases)
-    total_cpu = sum(p.cpu_seconds for p in timer.phases)
+    phases = "\n".join(_time_row(p.name, p.seconds, p.cpu_seconds, p.reused)
+                       for p in timer.phases)
+    total = _time_row("total", sum(p.seconds for p in timer.phases),
+                      sum(p.cpu_seconds for p in timer.phases))
     prompts = "\n".join(f"| {g['prompt']} | {_yes(g)} |" for g in grid)
     edit_rows = "\n".join(f"| {name} | {e['before']} | {e['prompt']} | {_yes(e)} |"
                           for name, e in edited.items())
@@ -156,7 +161,7 @@ many cores a phase kept busy.
 | phase | wall time | CPU time | cores busy |
 |---|---|---|---|
 {phases}
-| total | {total:.0f} s | {total_cpu:.0f} s | {total_cpu / max(total, 1e-9):.2f} |
+{total}
 """
 
 
