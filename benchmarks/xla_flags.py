@@ -87,8 +87,9 @@ def _train(steps: int, root: str) -> str:
         vq.train.eval_every = vq.train.checkpoint_every = 10 ** 9
         vq.train.progress_every_secs = 5.0
         vq.train.num_steps = steps
-        training.train_and_evaluate(vq, os.path.join(root, "tokenizer"))
-        return os.path.join(root, "tokenizer")
+        workdir = os.path.join(root, "tokenizer")
+        training.train_and_evaluate(vq, workdir)
+        return workdir
     if _WORKLOAD.value == "demo_base":
         _, base = demo.configs(_DEMO_WORKDIR.value)
         base.train.eval_every = base.train.checkpoint_every = 10 ** 9
@@ -101,8 +102,9 @@ def _train(steps: int, root: str) -> str:
         base = config_lib.load_file(config_lib.CONFIG_DIR / "base_shapes.py", "tiny")
         base.tokenizer.workdir = os.path.join(root, "tokenizer")
     base.train.num_steps = steps
-    training.train_and_evaluate(base, os.path.join(root, "base"))
-    return os.path.join(root, "base")
+    workdir = os.path.join(root, "base")
+    training.train_and_evaluate(base, workdir)
+    return workdir
 
 
 def _child(steps: int) -> dict:
@@ -168,8 +170,8 @@ def main(argv) -> None:
                 runs[name, n].append(measure(name, n))
                 print(f"  {name:15s} {n:5d} steps: {json.dumps(runs[name, n][-1])}", flush=True)
     print(f"{_WORKLOAD.value}, medians of {_ROUNDS.value} fresh processes, no compilation cache")
-    median = {k: {m: statistics.median(r[m] for r in v) for m in ("compile", "cpu", "wall", "step")}
-              for k, v in runs.items()}
+    median = {k: {m: statistics.median(r[m] for r in v)
+                  for m in ("compile", "cpu", "wall", "step")} for k, v in runs.items()}
     first = _SETS.value[0]
     for n in steps:
         for name in _SETS.value:

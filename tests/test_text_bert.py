@@ -77,8 +77,8 @@ def test_num_layers_returns_minilm_layer_2_states_as_transformers_hidden_states_
 
 
 def test_mean_with_embeddings_is_the_mean_of_transformers_hidden_states_0_and_2():
-    """text.mean_with_embeddings (the demo's) averages layer 2's states with the embedding
-    layer's output, transformers' hidden_states[0]."""
+    """text.mean_with_embeddings averages layer 2's states (the demo's layer) with the
+    embedding layer's output, transformers' hidden_states[0]."""
     config = default_config()
     config.num_layers = 2
     config.mean_with_embeddings = True
