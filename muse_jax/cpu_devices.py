@@ -20,7 +20,9 @@ step from 0.265 to 0.238 s in one run and from 0.235 to 0.233 s in the next, wit
 machine's noise (the loop's reported rate varies by +-15 % within a run). Single rounds of 20
 and 120 steps found nothing better either: YNNPACK fusions of dots, elementwise ops and
 reductions 0.37 s against 0.22 s, greedy XNNPACK subgraphs 0.30 s, Eigen dots 0.21 s, fast math
-0.25 s; on the tokenizer, YNNPACK convolutions 0.335 against 0.376 s (one round, not confirmed).
+0.25 s. On the tokenizer YNNPACK convolutions looked faster in one round (0.335 against 0.376 s)
+but not in three (`--workload=demo_tokenizer --steps=180 --rounds=3 --sets=per_core,ynn_conv`,
+the same day: 0.329 against 0.314 s, medians of the loop's own rate).
 
 The count is the cores this process may use rounded down to a power of two, at most 8, so that
 the CPU configs' batches (multiples of 8) divide over it; more than 2 is not measured here.

@@ -80,6 +80,11 @@ def _yes(result: dict) -> str:
     return "yes" if result["match"] else "no"
 
 
+def _by_objects(match_by_objects: dict[str, float]) -> str:
+    """"1: 95%, 2: 80%, 3: 23%": exactly right by the number of objects a scene has."""
+    return ", ".join(f"{n}: {match:.0%}" for n, match in match_by_objects.items())
+
+
 def markdown(timer, options, edit_options, oracles: dict[str, dict], grid: list[dict],
              edited: dict, vq_config, base_config, workdir: str) -> str:
     """report.md's text: `oracles` maps a phrasing ("canonical", "held_out") to its scores."""
@@ -94,8 +99,11 @@ def markdown(timer, options, edit_options, oracles: dict[str, dict], grid: list[
                  "held_out": "in phrasings training never used"}
     oracle_rows = "\n".join(
         f"| {described.get(name, name)} | {o['num_samples']} | **{o['match']:.1%}** | "
-        f"{o['color']:.1%} | {o['shape']:.1%} | {o['cell']:.1%} |" for name, o in oracles.items())
+        f"{_by_objects(o['match_by_objects'])} | {o['color']:.1%} | {o['shape']:.1%} | "
+        f"{o['cell']:.1%} |" for name, o in oracles.items())
     phrasing = base_config.data.get("shapes_phrasing", "canonical")
+    depth = base_config.model.get("text_depth", 0)
+    text_blocks = f" read by {depth} text blocks" if depth else ""
     patch = "{0}x{0}".format(base_config.model.get("patch_size", 1))
     look = ("jittered in size and place" if base_config.data.get("shapes_jitter", True)
             else "at their canonical size and place")
@@ -106,17 +114,18 @@ def markdown(timer, options, edit_options, oracles: dict[str, dict], grid: list[
 
 Shapes tokenizer ({vq_config.train.num_steps} steps) and base model ({base_config.train.num_steps}
 steps, {base_config.model.depth} layers of width {base_config.model.width}, {patch} tokens a
-position, MiniLM captions in {phrasing} wording), trained on this machine's CPU under
+position, MiniLM captions in {phrasing} wording{text_blocks}), trained on this machine's CPU under
 `{workdir}`; objects {look}.
 
 ## Held-out prompts: shapes-oracle accuracy
 
 Held-out scenes, one image each, {options.steps} decoding steps, guidance rising linearly to
 {options.guidance}; the oracle reads each image back and checks it shows exactly the scene's
-objects (per object: colour, shape, cell).
+objects, also split by how many objects a scene has (reading which colour and shape go where
+fails with more objects first); colour, shape and cell are scored per object.
 
-| captions | prompts | exactly right | colour | shape | cell |
-|---|---|---|---|---|---|
+| captions | prompts | exactly right | by objects in the scene | colour | shape | cell |
+|---|---|---|---|---|---|---|
 {oracle_rows}
 
 ![training curves](curves.png)

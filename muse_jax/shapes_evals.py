@@ -39,13 +39,16 @@ def shapes_oracle(pipe, options, num_samples: int, seed: int, batch_size: int,
                   phrasing: str = "canonical") -> dict:
     """Held-out scenes, their captions in `phrasing` (canonical, or the held-out phrasings that
     training never uses), sampled once each: "match" is the share of images showing exactly the
-    scene's objects, "color" / "shape" / "cell" the per-object accuracies."""
+    scene's objects, "color" / "shape" / "cell" the per-object accuracies, "match_by_objects"
+    the first by the scene's object count (`shapes.match_by_count`)."""
     source = eval_source(pipe, "shapes_oracle", phrasing=phrasing)
     captions = [source.get_caption(i) for i in range(num_samples)]
     tokens = inference.sample_tokens(pipe, captions, options, seed, batch_size=batch_size,
                                      progress=True)
     scenes = [source.objects(i) for i in range(num_samples)]
-    return {"phrasing": phrasing, **shapes.score_batch(to_uint8(pipe.decode(tokens)), scenes)}
+    images = to_uint8(pipe.decode(tokens))
+    return {"phrasing": phrasing, **shapes.score_batch(images, scenes),
+            "match_by_objects": shapes.match_by_count(images, scenes)}
 
 
 def shapes_inpaint(pipe, options, num_samples: int, seed: int, batch_size: int,

@@ -272,6 +272,23 @@ def test_score_batch_averages():
         shapes.score_batch([image], [right, wrong])
 
 
+def test_match_by_count_splits_exact_matches_by_the_scene_s_object_count():
+    image = shapes.render(IMAGE_OBJECTS, 64)  # two objects
+    one = _objects(("red", "circle", "top left"))
+    three = [*IMAGE_OBJECTS, *_objects(("green", "triangle", "center"))]
+    recoloured = _objects(("green", "circle", "top left"), ("blue", "square", "bottom right"))
+    pairs = [(image, IMAGE_OBJECTS), (image, shapes.caption(IMAGE_OBJECTS)),  # 2: right twice
+             (image, recoloured),  # 2: a colour wrong
+             (shapes.render(one, 64), one),  # 1: right
+             (image, one),  # 1: an object too many
+             (image, three)]  # 3: one missing
+    by_count = shapes.match_by_count(*zip(*pairs))
+    assert by_count == {"1": 0.5, "2": pytest.approx(2 / 3), "3": 0.0}
+    assert list(by_count) == ["1", "2", "3"]
+    with pytest.raises(ValueError, match="captions"):
+        shapes.match_by_count([image], [one, three])
+
+
 @pytest.mark.parametrize("size", [24, 64, 100])
 def test_cell_mask_covers_exactly_the_object_of_its_cell(size):
     masks = np.stack([shapes.cell_mask(cell, size) for cell in shapes.CELLS])
