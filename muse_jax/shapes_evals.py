@@ -46,9 +46,9 @@ def shapes_oracle(pipe, options, num_samples: int, seed: int, batch_size: int,
     tokens = inference.sample_tokens(pipe, captions, options, seed, batch_size=batch_size,
                                      progress=True)
     scenes = [source.objects(i) for i in range(num_samples)]
-    images = to_uint8(pipe.decode(tokens))
-    return {"phrasing": phrasing, **shapes.score_batch(images, scenes),
-            "match_by_objects": shapes.match_by_count(images, scenes)}
+    scores = shapes.score_each(to_uint8(pipe.decode(tokens)), scenes)
+    return {"phrasing": phrasing, **shapes.mean_scores(scores),
+            "match_by_objects": shapes.match_by_count(scores, scenes)}
 
 
 def shapes_inpaint(pipe, options, num_samples: int, seed: int, batch_size: int,

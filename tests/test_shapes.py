@@ -282,11 +282,14 @@ def test_match_by_count_splits_exact_matches_by_the_scene_s_object_count():
              (shapes.render(one, 64), one),  # 1: right
              (image, one),  # 1: an object too many
              (image, three)]  # 3: one missing
-    by_count = shapes.match_by_count(*zip(*pairs))
+    images, targets = zip(*pairs)
+    scores = shapes.score_each(images, targets)
+    by_count = shapes.match_by_count(scores, targets)
     assert by_count == {"1": 0.5, "2": pytest.approx(2 / 3), "3": 0.0}
     assert list(by_count) == ["1", "2", "3"]
+    assert shapes.mean_scores(scores) == shapes.score_batch(images, targets)
     with pytest.raises(ValueError, match="captions"):
-        shapes.match_by_count([image], [one, three])
+        shapes.match_by_count(scores[:1], [one, three])
 
 
 @pytest.mark.parametrize("size", [24, 64, 100])

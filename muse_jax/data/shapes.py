@@ -306,27 +306,37 @@ def score(image: np.ndarray, target: str | Sequence[ShapeObject]) -> dict[str, f
     }
 
 
-def score_batch(images: Sequence[np.ndarray] | np.ndarray,
-                targets: Sequence[str | Sequence[ShapeObject]]) -> dict[str, float]:
-    """Mean of `score` over a batch (images [B,H,W,3] or a sequence of images)."""
+def score_each(images: Sequence[np.ndarray] | np.ndarray,
+               targets: Sequence[str | Sequence[ShapeObject]]) -> list[dict[str, float]]:
+    """`score` of each image (images [B,H,W,3] or a sequence of images) against its target."""
     if len(images) != len(targets):
         raise ValueError(f"{len(images)} images but {len(targets)} captions")
-    scores = [score(im, t) for im, t in zip(images, targets)]
+    return [score(im, t) for im, t in zip(images, targets)]
+
+
+def mean_scores(scores: Sequence[dict[str, float]]) -> dict[str, float]:
+    """The mean of each of `score`'s figures over `scores`."""
     return {k: float(np.mean([s[k] for s in scores])) for k in ("match", "color", "shape", "cell")}
 
 
-def match_by_count(images: Sequence[np.ndarray] | np.ndarray,
+def score_batch(images: Sequence[np.ndarray] | np.ndarray,
+                targets: Sequence[str | Sequence[ShapeObject]]) -> dict[str, float]:
+    """Mean of `score` over a batch (images [B,H,W,3] or a sequence of images)."""
+    return mean_scores(score_each(images, targets))
+
+
+def match_by_count(scores: Sequence[dict[str, float]],
                    targets: Sequence[str | Sequence[ShapeObject]]) -> dict[str, float]:
-    """`score`'s "match" averaged by how many objects the target names ({"1": ..., "3": ...}):
-    a model's binding of colour, shape and place fails with more objects first, which one mean
-    hides (the demo's recipe without text blocks, 2026-12-06, 256 held-out phrasings: 89 / 65 /
-    49 % exactly right with 1 / 2 / 3 objects; with them, 95 / 94 / 89 %)."""
-    if len(images) != len(targets):
-        raise ValueError(f"{len(images)} images but {len(targets)} captions")
+    """`score_each`'s "match" averaged by how many objects the target names ({"1": ..., "3":
+    ...}): a model's binding of colour, shape and place fails with more objects first, which one
+    mean hides (the demo's recipe without text blocks, 2026-12-06, 256 held-out phrasings: 89 /
+    65 / 49 % exactly right with 1 / 2 / 3 objects; with them, 95 / 94 / 89 %)."""
+    if len(scores) != len(targets):
+        raise ValueError(f"{len(scores)} scores but {len(targets)} captions")
     by_count: dict[int, list[float]] = {}
-    for image, target in zip(images, targets):
+    for result, target in zip(scores, targets):
         count = len(parse_caption(target) if isinstance(target, str) else target)
-        by_count.setdefault(count, []).append(score(image, target)["match"])
+        by_count.setdefault(count, []).append(result["match"])
     return {str(n): float(np.mean(v)) for n, v in sorted(by_count.items())}
 
 
