@@ -8,7 +8,9 @@ Prints training wall time (compilation included), steps/s and images/s, then eva
 codebook usage and perplexity on the config's 256 held-out images, beside a peer that
 needs no training: each image shrunk to the token grid (16x16 for 64 px) with area
 averaging and enlarged back bilinearly. That peer keeps 16x16x3 floats an image; the
-tokenizer keeps 16x16 integers below the codebook size.
+tokenizer keeps 16x16 integers below the codebook size. Last, how often the shapes oracle
+reads a reconstruction as its scene: what a base model on these tokens can at best draw right
+(the originals: always).
 """
 from __future__ import annotations
 
@@ -40,6 +42,24 @@ def resize_baseline_psnr(config, grid: int) -> float:
             mse = np.mean(np.square(back - image))
             values.append(10 * np.log10(4.0 / max(mse, 1e-10)))
     return float(np.mean(values))
+
+
+def oracle_reads_reconstructions(config, workdir: str) -> float:
+    """The share of held-out images whose reconstruction the oracle reads as the caption's
+    scene (every object's colour, shape and cell, nothing else)."""
+    import jax
+
+    from muse_jax.data import pipeline, shapes
+    from muse_jax.images import to_uint8
+    from muse_jax.tasks import vqgan
+
+    model, params, _ = vqgan.load_tokenizer(workdir)
+    reconstruct = jax.jit(lambda p, x: model.apply({"params": p}, x)[0])
+    matches = []
+    for batch in pipeline.eval_batches(config, keep_caption=True):
+        for image, caption in zip(to_uint8(reconstruct(params, batch["image"])), batch["caption"]):
+            matches.append(shapes.score(image, str(caption))["match"])
+    return float(sum(matches) / len(matches))
 
 
 def config_flags_name() -> str | None:
@@ -76,6 +96,7 @@ def main(argv):
         "eval_perplexity": round(result["eval_perplexity"], 1),
         f"peer_resize_{grid}x{grid}_psnr_db": round(baseline, 2),
         "psnr_gain_over_peer_db": round(result["eval_psnr"] - baseline, 2),
+        "oracle_reads_reconstructions": round(oracle_reads_reconstructions(config, workdir), 3),
     }
     print(json.dumps(figures, indent=2))
 

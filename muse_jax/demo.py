@@ -287,7 +287,6 @@ def edits(pipe, source, options, edit_options, out: Path) -> dict:
 def run(workdir: str, out: str, num_eval: int, options, edit_options=None,
         variant: str = "demo") -> dict:
     from muse_jax import inference, sampling, shapes_evals
-    from muse_jax.data import shapes
 
     options.check()
     edit_options = edit_options or sampling.EditOptions(keep=DEMO_EDIT_KEEP)
@@ -311,8 +310,7 @@ def run(workdir: str, out: str, num_eval: int, options, edit_options=None,
         train_stage(base, base_dir, phase)
     with timer.phase("sample held-out prompts and score them") as phase:
         pipe = inference.load(base_dir)
-        source = shapes.ShapesSource(image_size=base.data.image_size, split="eval", seed=base.seed,
-                                     max_objects=base.data.shapes_max_objects)
+        source = shapes_evals.eval_source(pipe, "the demo")
         oracles = {phrasing: {"num_samples": num_eval, **shapes_evals.shapes_oracle(
             pipe, options, num_eval, 0, batch_size=64, phrasing=phrasing)}
             for phrasing in ("canonical", "held_out")}

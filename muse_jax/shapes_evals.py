@@ -19,12 +19,14 @@ from muse_jax.images import psnr, to_model, to_uint8
 def eval_source(pipe: inference.Pipeline, name: str, size: int | None = None,
                 phrasing: str = "canonical"):
     """The held-out shapes scenes `pipe` was trained beside, rendered at `size` (default: its),
-    captioned in `phrasing`."""
+    captioned in `phrasing`, and drawn as its training scenes were (jittered or not): an edit
+    starts from a scene of the world the model knows."""
     if pipe.config.data.source != "shapes":
         raise UserError(f"{name} needs a model trained on shapes, this one used "
                         f"data.source={pipe.config.data.source!r}")
     return shapes.ShapesSource(image_size=size or pipe.size, split="eval", seed=pipe.config.seed,
-                               max_objects=pipe.config.data.shapes_max_objects, phrasing=phrasing)
+                               max_objects=pipe.config.data.shapes_max_objects, phrasing=phrasing,
+                               jitter=pipe.config.data.get("shapes_jitter", True))
 
 
 def _other(rng, obj: shapes.ShapeObject, color: bool = True, shape: bool = True):

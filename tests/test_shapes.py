@@ -343,3 +343,22 @@ def test_the_data_config_turns_jitter_off():
     assert sources.create(c.data, "train", 0).jitter
     c.data.shapes_jitter = False
     assert not sources.create(c.data, "train", 0).jitter
+
+
+def test_held_out_scenes_for_edits_are_drawn_as_the_model_was_trained():
+    """An edit (the demo's, `evaluate --eval=shapes_edit|shapes_inpaint`) starts from a held-out
+    scene drawn as its model's training scenes were: canonical for the demo's model."""
+    import types
+
+    from muse_jax import config as config_lib
+    from muse_jax import shapes_evals
+
+    c = config_lib.load_file(config_lib.CONFIG_DIR / "base_shapes.py", "demo")
+    pipe = types.SimpleNamespace(config=c, size=c.data.image_size)
+    source = shapes_evals.eval_source(pipe, "an edit")
+    for i in (0, 9300):  # the oracle's scenes and the demo's edits'
+        np.testing.assert_array_equal(source[i]["image"], shapes.render(source.objects(i), 64))
+    c.data.shapes_jitter = True
+    jittered = shapes_evals.eval_source(pipe, "an edit")
+    assert jittered.objects(9300) == source.objects(9300)
+    assert not np.array_equal(jittered[9300]["image"], source[9300]["image"])
