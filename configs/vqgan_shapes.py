@@ -57,15 +57,16 @@ def get_config(arg=None):
     elif variant == "demo":  # `make demo`: a shorter run, so the whole demo fits 15 minutes
         c.train.num_steps = 500
         c.optim.warmup_steps = 50
-        # The full run's lr 1.5e-3. Twice that reconstructs better in 500 steps but draws the
-        # demo's samples worse. 512 held-out scenes as the demo's base model sees them (unjittered;
-        # the oracle read of benchmarks/vqgan_shapes.py, 2026-12-06), lr 1.5e-3 / 3e-3 / 5e-3:
-        # 28.7 / 29.0 / 28.9 dB, reconstructions read as their scene 96.9 / 98.0 / 99.0 % (the
+        # The full run's lr 1.5e-3. Twice that reconstructs better in 500 steps but draws the demo's
+        # samples worse. 512 held-out scenes as the demo's base model sees them (unjittered; an ad
+        # hoc script doing the oracle read benchmarks/vqgan_shapes.py prints for the eval scenes of
+        # its config, on tokenizers of the demo's two-device runs, 2026-12-06), lr 1.5e-3 / 3e-3 /
+        # 5e-3: 28.7 / 29.0 / 28.9 dB, reconstructions read as their scene 96.9 / 98.0 / 99.0 % (the
         # misses: circles drawn boxy); 400 steps of 3e-3: 27.9 dB, 94.7 %. But 3e-3 keeps 48 % of
         # the codes in use (1.5e-3: 67 %), and the base model trained on its tokens (`make demo`
-        # from a fresh clone) sprinkled visible coloured specks over the background of its
-        # samples, and scored 93.8 / 78.9 % canonical / held-out phrasings against 93.4 / 94.1 %
-        # on this tokenizer (256 prompts a wording).
+        # from a fresh clone) sprinkled visible coloured specks over the background of its samples,
+        # and scored 93.8 / 78.9 % canonical / held-out phrasings against 93.4 / 94.1 % on this
+        # tokenizer (256 prompts a wording).
         c.train.eval_every = 500
         c.train.checkpoint_every = 250
     elif variant == "lpips":  # the real perceptual loss, as in vqgan_256.py
