@@ -138,7 +138,8 @@ def _inputs_key(base, captions: dict[str, list[str]]) -> dict:
 
 def precompute(base, phase: Phase) -> None:
     """Caption embeddings and VQ tokens of both splits, made again whenever what they depend on
-    (`_inputs_key`) differs from what `inputs.json` beside them records."""
+    (`_inputs_key`) differs from what `inputs.json` beside them records, or one of them is
+    gone (`run` removes the tokens when it trains a new tokenizer)."""
     from muse_jax.data import sources, tokens
     from muse_jax.tasks import vqgan as vqgan_task
     from muse_jax.text import embeddings
@@ -147,7 +148,9 @@ def precompute(base, phase: Phase) -> None:
                 for split in ("train", "eval")}
     stamp = Path(base.data.train_tokens).parent / "inputs.json"
     key = _inputs_key(base, captions)
-    if stamp.is_file() and json.loads(stamp.read_text()) == key:
+    made = [Path(base.data[f"{split}_{kind}"]) for split in ("train", "eval")
+            for kind in ("text_embeddings", "tokens")]
+    if stamp.is_file() and json.loads(stamp.read_text()) == key and all(map(Path.is_dir, made)):
         phase.reused = True
         return
     stamp.unlink(missing_ok=True)

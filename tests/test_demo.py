@@ -1,6 +1,7 @@
 """`make demo`'s job (muse_jax/demo.py) end to end on the tiny configs, and its pictures."""
 import json
 import os
+import shutil
 
 import jax
 import numpy as np
@@ -76,6 +77,14 @@ def test_demo_runs_end_to_end_and_reuses_what_it_trained(tmp_path):
     inputs = demo.Phase("encode")
     demo.precompute(base, inputs)
     assert inputs.reused
+    # Tokens removed (as `run` removes them when it trains a new tokenizer, inputs.json left as
+    # it was) are made again, not taken as made.
+    tokens = work / "tokens_train"
+    kept = sorted(p.name for p in tokens.iterdir())
+    shutil.rmtree(tokens)
+    inputs = demo.Phase("encode")
+    demo.precompute(base, inputs)
+    assert not inputs.reused and sorted(p.name for p in tokens.iterdir()) == kept
 
     # Inputs made from other captions or another text config (inputs.json records what they
     # were made from) are made again, and the base model trained again on them: to the same
