@@ -22,7 +22,12 @@ and 120 steps found nothing better either: YNNPACK fusions of dots, elementwise 
 reductions 0.37 s against 0.22 s, greedy XNNPACK subgraphs 0.30 s, Eigen dots 0.21 s, fast math
 0.25 s. On the tokenizer YNNPACK convolutions looked faster in one round (0.335 against 0.376 s)
 but not in three (`--workload=demo_tokenizer --steps=180 --rounds=3 --sets=per_core,ynn_conv`,
-the same day: 0.329 against 0.314 s, medians of the loop's own rate).
+the same day: 0.329 against 0.314 s, medians of the loop's own rate). Eigen dots, over three
+rounds (`--workload=demo_base --steps=180 --rounds=3 --sets=per_core,eigen_dot`, 2026-12-06
+15:00): 0.317 against 0.261 s, 1.22x slower, though YNNPACK's fused dots allocate their
+intermediate buffers on every call (perf, the demo's base step on fixed batches: YNNPACK's dot
+kernel 47 % of the samples, glibc's `_int_malloc` 8.5 %, called for slinky's 128-256 KiB
+buffers among others, and the cores 15 % idle).
 
 The count is the cores this process may use rounded down to a power of two, at most 8, so that
 the CPU configs' batches (multiples of 8) divide over it; more than 2 is not measured here.

@@ -12,6 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
+from muse_jax.data import sources
+
 
 def read_metrics(path: Path) -> dict[str, tuple[list[int], list[float]]]:
     """metrics.jsonl -> {name: (steps, values)} for every scalar it logs."""
@@ -105,7 +107,7 @@ def markdown(timer, options, edit_options, oracles: dict[str, dict], grid: list[
     depth = base_config.model.get("text_depth", 0)
     text_blocks = f" read by {depth} text blocks" if depth else ""
     patch = "{0}x{0}".format(base_config.model.get("patch_size", 1))
-    look = ("jittered in size and place" if base_config.data.get("shapes_jitter", True)
+    look = ("jittered in size and place" if sources.shapes_jitter(base_config.data)
             else "at their canonical size and place")
     keep = (f"; a re-masked token the model still ranks among its {edit_options.keep} most "
             "likely keeps its value (not in Muse), so what the prompt does not change stays"

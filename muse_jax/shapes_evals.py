@@ -11,7 +11,7 @@ import time
 import numpy as np
 
 from muse_jax import inference
-from muse_jax.data import shapes
+from muse_jax.data import shapes, sources
 from muse_jax.errors import UserError
 from muse_jax.images import psnr, to_model, to_uint8
 
@@ -26,7 +26,7 @@ def eval_source(pipe: inference.Pipeline, name: str, size: int | None = None,
                         f"data.source={pipe.config.data.source!r}")
     return shapes.ShapesSource(image_size=size or pipe.size, split="eval", seed=pipe.config.seed,
                                max_objects=pipe.config.data.shapes_max_objects, phrasing=phrasing,
-                               jitter=pipe.config.data.get("shapes_jitter", True))
+                               jitter=sources.shapes_jitter(pipe.config.data))
 
 
 def _other(rng, obj: shapes.ShapeObject, color: bool = True, shape: bool = True):

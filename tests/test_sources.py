@@ -2,6 +2,7 @@
 import io
 
 import grain
+import ml_collections
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
@@ -174,3 +175,19 @@ def test_tfds_source_reads_a_prepared_dataset_and_explains_unprepared_ones(tmp_p
     config.data.tfds_name = "no_such_dataset_xyz"
     with pytest.raises(UserError, match="no_such_dataset_xyz is neither a TFDS catalog dataset"):
         pipeline.train_iterator(config)
+
+
+def test_shapes_are_jittered_unless_the_config_says_otherwise():
+    """A run saved before `data.shapes_jitter` existed drew jittered scenes; evaluations and
+    the demo's report read its config the same way (`sources.shapes_jitter`)."""
+    data = config_lib.load_file(config_lib.CONFIG_DIR / "base_shapes.py", "tiny").data
+    assert sources.shapes_jitter(data) and sources.create(data, "eval", 0).jitter
+    data.shapes_jitter = False
+    canonical = sources.create(data, "eval", 0)
+    assert not sources.shapes_jitter(data) and not canonical.jitter
+    saved = ml_collections.ConfigDict({k: v for k, v in data.to_dict().items()
+                                       if k != "shapes_jitter"})
+    jittered = sources.create(saved, "eval", 0)
+    assert sources.shapes_jitter(saved) and jittered.jitter
+    assert jittered.objects(0) == canonical.objects(0)
+    assert not np.array_equal(jittered[0]["image"], canonical[0]["image"])

@@ -65,6 +65,12 @@ class ImageFolderSource:
         return self.captions(index)[0]
 
 
+def shapes_jitter(data) -> bool:
+    """Whether `data` (a config's data block) draws shapes jittered in size and place: the
+    shapes world's default, and what runs saved before `data.shapes_jitter` existed drew."""
+    return data.get("shapes_jitter", True)
+
+
 def create(data, split: str, seed: int):
     """The source named by `data.source` for `split` ("train" or "eval")."""
     if data.source == "shapes":
@@ -75,7 +81,7 @@ def create(data, split: str, seed: int):
                             phrasing=data.shapes_phrasing if split == "train" else "canonical",
                             exclude_colors=tuple(data.get("shapes_exclude_colors", ())),
                             exclude_shapes=tuple(data.get("shapes_exclude_shapes", ())),
-                            jitter=data.get("shapes_jitter", True))
+                            jitter=shapes_jitter(data))
     # Decoding JPEGs at a reduced scale stops at the training size (or the minimum-size filter).
     min_side = max(data.image_size, data.get("min_size", 0))
     if data.source == "image_folder":
