@@ -10,8 +10,8 @@ settings below, which serve every thread from the main heap, never by `mmap`, an
 freed memory for reuse instead of returning it to the kernel. The cost: the process keeps its
 peak heap. Variants of them were no faster (2026-12-06, the demo's base step on fixed batches,
 three rounds of 50 steps, nothing else running): two arenas 0.30-0.33 s against 0.24-0.27 s
-(a thread's own arena cannot hold the step's buffer and falls back to the main heap), no fast
-bins 0.25-0.27 s.
+(not looked into; perhaps a thread's own arena, at most 64 MiB, cannot hold the step's buffer
+and glibc retries in the main one), no fast bins 0.25-0.27 s.
 
 On a TPU or GPU host the step's buffers live on the accelerator; these settings then touch
 only host-side allocations (not measured there). `MUSE_JAX_MALLOC=default` leaves glibc as is.
