@@ -140,7 +140,7 @@ def get_config(arg=None):
         # FLOPs (0.209-0.216 against 0.235-0.254 s, the jitted step on fixed batches,
         # 2026-12-06): 256 prompts a wording, two heads scored 91.4 / 87.5 % (base seed 0) and
         # 82.8 / 80.5 % (seed 1) canonical / held-out phrasings, against 93.4 / 94.1 % and
-        # 93.8 / 78.1 % for four.
+        # 93.8 / 78.1 % for four (all with the four trunk blocks of before).
         # Three blocks of the trunk, not four: 18 % fewer FLOPs a step (6.1 against 7.5 GFLOP a
         # device; 0.21-0.24 against 0.235-0.254 s, the jitted step on fixed batches), and on 256
         # prompts a wording (2026-12-06) every seed above 90 / 80 %: canonical / held-out
