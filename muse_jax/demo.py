@@ -215,8 +215,8 @@ def _first(source, want, start: int = 0) -> int:
 
 def samples(held_out: list, out: Path) -> list[dict]:
     """samples.png: the first NUM_PROMPTS / 2 images the oracle scored in each wording
-    (`shapes_evals.HeldOutSamples`), so the grid shows phrasings training never used and is
-    not picked from the scored images; drawing it from them costs no sampler of its own."""
+    (`shapes_evals.HeldOutSamples`): the grid shows phrasings training never used, its
+    images are the first ones rather than chosen ones, and it costs no sampling of its own."""
     from muse_jax.data import shapes
 
     first = [(s.captions[i], s.scenes[i], s.images[i]) for s in held_out
