@@ -85,11 +85,12 @@ class DistinctImages:
 
     Datasets repeat images: the demo's 10,000 shapes scenes hold 6,599 distinct ones, and
     COCO-style sets give each image several captions. Images are told apart by a digest of
-    their pixels; the tokens of the latest `remember` distinct images are kept for repeats.
+    their pixels; the tokens of the latest `remember` distinct images are kept for repeats
+    (16,384 of 64x64 uint16 grids, 512 px images, hold 128 MiB).
     """
 
     def __init__(self, encode: Callable[[np.ndarray], np.ndarray], batch_size: int,
-                 remember: int = 65536):
+                 remember: int = 16384):
         self._encode, self._batch_size, self._remember = encode, batch_size, remember
         self._known: collections.OrderedDict[bytes, np.ndarray] = collections.OrderedDict()
         self._waiting: dict[bytes, np.ndarray] = {}  # digest -> image, to encode next
@@ -116,7 +117,8 @@ class DistinctImages:
         images = np.stack(list(self._waiting.values()))
         n = len(images)
         padded = np.pad(images, ((0, self._batch_size - n),) + ((0, 0),) * (images.ndim - 1))
-        self._known.update(zip(self._waiting, self._encode(padded)[:n]))
+        # Copies: a view would keep its whole batch alive for as long as the row is known.
+        self._known.update(zip(self._waiting, (row.copy() for row in self._encode(padded)[:n])))
         self._waiting = {}
         return self._ready()
 
