@@ -71,8 +71,8 @@ def _sums_compiled():
     demo's base state has 331 arrays of 13 shapes, and its first checksum took 2.0 s against
     4.9 s as one function over all the arrays (2-core CPU, 2026-12-05); later calls take the
     same either way. They run once a checkpoint, so they compile as programs that run once
-    (`compile_options.run_once`): 14 compiles 3.1 -> 2.0 s on the
-    demo's base state (2026-12-06)."""
+    (`compile_options.run_once`): 14 compiles 3.1 -> 2.0 s on the demo's base state
+    (2026-12-06)."""
     return jax.jit(_sums, compiler_options=compile_options.run_once())
 
 

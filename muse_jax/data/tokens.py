@@ -98,8 +98,9 @@ class DistinctImages:
 
     def add(self, caption: str, image: np.ndarray) -> list[tuple[str, np.ndarray]]:
         """The records that are ready now (all of them once a batch was encoded)."""
-        digest = hashlib.blake2b(image.tobytes() + str(image.shape).encode(),
-                                 digest_size=16).digest()
+        hasher = hashlib.blake2b(str(image.shape).encode(), digest_size=16)
+        hasher.update(np.ascontiguousarray(image))  # the pixels, read in place
+        digest = hasher.digest()
         self._order.append((caption, digest))
         if digest in self._known:
             self._known.move_to_end(digest)
