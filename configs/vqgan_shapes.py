@@ -73,6 +73,16 @@ def get_config(arg=None):
         # held-out phrasings against 93.4 / 94.1 % (base seed 0, 256 prompts a wording);
         # unjittered scenes only, 300 steps, 115 s: 26.9 dB, 79.5 %; the same at batch 8 for 500
         # steps: 92.6 %. Its steps buy readability, not its batch.
+        # Batch 12 reads back as well (28.4 dB, 98.2 %; 2026-12-06, the same script and scenes),
+        # but the two-block base model of base_shapes.py:demo on its tokens scored 91.0 / 80.5 %
+        # canonical / held-out phrasings (base seed 0; seed 1: 94.5 / 88.7 %; 256 prompts a
+        # wording) against 92.6 / 88.3 % and 91.8 / 91.4 % on this recipe's: too close to 80 %
+        # for the ~25 s it would save. A cheaper network does not pay either: 2x2 pixels folded
+        # into channels first and levels at 32 and 16 px only (an ad hoc space-to-depth stem,
+        # channel_mult (2, 2)) takes the jitted step from 0.28-0.30 to 0.11 s, but needs 1000
+        # steps to read back (500: 26.4 dB, 79.3 %; 1000: 28.2 dB, 100 %), which took 163 s in
+        # `make demo` against 171-179 s for this recipe, and its base model's samples came out
+        # blockier, with more specks (93.8 / 81.2 % on 64 prompts).
         c.train.eval_every = 500
         c.train.checkpoint_every = 250
     elif variant == "lpips":  # the real perceptual loss, as in vqgan_256.py

@@ -169,7 +169,9 @@ otherwise: 1 for this small model, which over-sharpens at the paper's 4).
 ## Time
 
 On {_devices()}. CPU time is this process's, every thread's; CPU over wall time is how
-many cores a phase kept busy.
+many cores a phase kept busy. The captions are encoded by a second process, at the lowest CPU
+priority while the tokenizer trains (its CPU time is not counted here); the encoding phase
+waits for it if it is not done.
 
 | phase | wall time | CPU time | cores busy |
 |---|---|---|---|

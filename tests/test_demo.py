@@ -82,7 +82,7 @@ def test_demo_runs_end_to_end_and_reuses_what_it_trained(tmp_path):
     inputs = demo.Phase("encode")
     demo.precompute(base, inputs)
     assert inputs.reused
-    # Tokens removed (as `run` removes them when it trains a new tokenizer, inputs.json left as
+    # Tokens removed (as `run` removes them when it trains a new tokenizer, tokens.json left as
     # it was) are made again, not taken as made.
     tokens = work / "tokens_train"
     kept = sorted(p.name for p in tokens.iterdir())
@@ -91,10 +91,10 @@ def test_demo_runs_end_to_end_and_reuses_what_it_trained(tmp_path):
     demo.precompute(base, inputs)
     assert not inputs.reused and sorted(p.name for p in tokens.iterdir()) == kept
 
-    # Inputs made from other captions or another text config (inputs.json records what they
-    # were made from) are made again, and the base model trained again on them: to the same
-    # weights, as the captions are the same (same weights, same seeds, same oracle).
-    stamp = work / "inputs.json"
+    # Caption embeddings made from other captions or another text config (captions.json records
+    # what they were made from) are made again, and the base model trained again on them: to the
+    # same weights, as the captions are the same (same weights, same seeds, same oracle).
+    stamp = work / "captions.json"
     record = json.loads(stamp.read_text())
     assert record["text"]["num_layers"] == 0 and len(record["captions_sha256"]) == 64
     record["captions_sha256"] = "0" * 64
