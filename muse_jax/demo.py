@@ -209,9 +209,11 @@ def captions_encoded_aside(workdir: str, variant: str):
     """Encodes the captions (`encode_captions`) in a process of its own at the lowest CPU
     priority, while the caller trains the tokenizer: they need no tokenizer, and the
     tokenizer's training leaves ~0.3 of 2 cores idle, in its compiles and between its steps.
-    Yields a future; its result is what `encode_captions` returned. Measured on the demo's
-    inputs (2 cores, 2026-12-06, ad hoc runs): the tokenizer's run took 194 s beside the
-    encoding against 184 s alone, and the 21 s of encoding then left the next phase."""
+    Yields a future; its result is what `encode_captions` returned. Measured with `python -m
+    muse_jax.demo` in new workdirs, stopped when the base model starts, alternately before
+    this (0c6b73a) and with it (2 cores, 2026-12-06 22:19-22:35): the tokenizer phase 188 / 193
+    against 178 / 199 s, the encoding phase 62 / 66 against 30 / 31 s, both 250 / 259 against
+    208 / 230 s."""
     import concurrent.futures
     import multiprocessing
 
