@@ -130,13 +130,20 @@ def _digest(captions: dict[str, list[str]]) -> str:
     return digest.hexdigest()
 
 
-def _fresh(stamp: Path, key: dict, made: list[Path]) -> bool:
-    return (stamp.is_file() and json.loads(stamp.read_text()) == json.loads(json.dumps(key))
-            and all(map(Path.is_dir, made)))  # JSON reads tuples back as lists
-
-
-def _made(base, kind: str) -> list[Path]:
-    return [Path(base.data[f"{split}_{kind}"]) for split in ("train", "eval")]
+def _made_unless_fresh(base, kind: str, stamp_name: str, key: dict, make) -> bool:
+    """Calls `make(split, out)` for the train and eval directories of `base.data`'s `{split}_
+    {kind}` unless the stamp file beside them records `key` and both exist; writes the stamp
+    after them. Returns whether they were fresh (reused)."""
+    made = [Path(base.data[f"{split}_{kind}"]) for split in ("train", "eval")]
+    stamp = made[0].parent / stamp_name
+    key = json.loads(json.dumps(key))  # as JSON reads it back: tuples as lists
+    if stamp.is_file() and json.loads(stamp.read_text()) == key and all(map(Path.is_dir, made)):
+        return True
+    stamp.unlink(missing_ok=True)
+    for split, out in zip(("train", "eval"), made):
+        make(split, out)
+    stamp.write_text(json.dumps(key, indent=1))
+    return False
 
 
 def _data_key(base) -> dict:
@@ -154,16 +161,10 @@ def encode_captions(base) -> bool:
 
     captions = {split: sources.captions(sources.create_finite(base.data, split, base.seed))
                 for split in ("train", "eval")}
-    made = _made(base, "text_embeddings")
-    stamp = made[0].parent / "captions.json"
     key = {**_data_key(base), "text": base.text.to_dict(), "captions_sha256": _digest(captions)}
-    if _fresh(stamp, key, made):
-        return True
-    stamp.unlink(missing_ok=True)
-    for split, out in zip(("train", "eval"), made):
-        embeddings.precompute(base.text, captions[split], out, overwrite=True)
-    stamp.write_text(json.dumps(key, indent=1))
-    return False
+    return _made_unless_fresh(
+        base, "text_embeddings", "captions.json", key,
+        lambda split, out: embeddings.precompute(base.text, captions[split], out, overwrite=True))
 
 
 def encode_images(base) -> bool:
@@ -174,19 +175,12 @@ def encode_images(base) -> bool:
     from muse_jax.data import tokens
     from muse_jax.tasks import vqgan as vqgan_task
 
-    made = _made(base, "tokens")
-    stamp = made[0].parent / "tokens.json"
-    key = {**_data_key(base), "tokenizer": base.tokenizer.workdir}
-    if _fresh(stamp, key, made):
-        return True
-    stamp.unlink(missing_ok=True)
-    for split, out in zip(("train", "eval"), made):
-        # Batches of 32, not 256: the small tokenizer's activations then stay in a CPU's cache,
-        # 449 against 375 images/s on 2 cores (2026-12-05).
-        tokens.precompute_tokens(base, split, out, vqgan_task.load_tokenizer, batch_size=32,
-                                 overwrite=True)
-    stamp.write_text(json.dumps(key, indent=1))
-    return False
+    # Batches of 32, not 256: the small tokenizer's activations then stay in a CPU's cache, 449
+    # against 375 images/s on 2 cores (2026-12-05).
+    return _made_unless_fresh(
+        base, "tokens", "tokens.json", {**_data_key(base), "tokenizer": base.tokenizer.workdir},
+        lambda split, out: tokens.precompute_tokens(base, split, out, vqgan_task.load_tokenizer,
+                                                    batch_size=32, overwrite=True))
 
 
 def precompute(base, phase: Phase) -> None:
