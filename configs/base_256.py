@@ -88,6 +88,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # Final guidance scale of those samples, rising linearly from 0 (Muse's schedule); also a
     # base run's default --guidance in `sample` and `evaluate`.
     c.eval.guidance = 4.0
+    # Softmax temperature of the tokens those samples draw (0: the most likely token; MaskGIT and
+    # Muse sample at 1); also a base run's default --temperature in `sample` and `evaluate`.
+    c.eval.temperature = 1.0
     # Decoding defaults of `sample` and `evaluate` for this run when no --preset is given: muse
     # (the paper's, with eval.guidance) or amused (AmusedPipeline's; imported aMUSEd runs).
     c.eval.preset = "muse"

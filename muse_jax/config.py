@@ -96,6 +96,7 @@ VALUE_RULES = (
     ("optim.b2", lambda v: 0 <= v <= 1, "in [0, 1]"),
     ("gan.lr", _finite_nonnegative, "finite and >= 0"),
     ("eval.preset", lambda v: v in ("muse", "amused"), "'muse' or 'amused'"),
+    ("eval.temperature", _finite_nonnegative, "finite and >= 0 (0: the most likely token)"),
 )
 
 

@@ -351,6 +351,8 @@ def run(workdir: str, out: str, num_eval: int, options, edit_options=None,
     out_dir = Path(out)
     out_dir.mkdir(parents=True, exist_ok=True)
     vq, base = configs(workdir, variant)
+    # The stamp of both kinds of inputs before captions.json and tokens.json took its place.
+    Path(workdir, "inputs.json").unlink(missing_ok=True)
     timer = Timer()
     base_dir = os.path.join(workdir, "base_shapes")
     with captions_encoded_aside(workdir, variant) as captions:
@@ -389,8 +391,9 @@ def main(argv) -> None:
     if len(argv) > 1:
         raise UserError(f"unexpected arguments: {' '.join(argv[1:])}")
     logging.set_verbosity(logging.WARNING)
-    guidance = configs(FLAGS.workdir)[1].eval.guidance  # the base run's own (base_shapes.py)
-    run(FLAGS.workdir, FLAGS.out, FLAGS.num_eval, sampling_flags.options(guidance),
+    own = configs(FLAGS.workdir)[1].eval  # the base run's own (base_shapes.py)
+    run(FLAGS.workdir, FLAGS.out, FLAGS.num_eval,
+        sampling_flags.options(guidance=own.guidance, temperature=own.temperature),
         sampling_flags.edit_options())
 
 

@@ -122,9 +122,10 @@ position, MiniLM captions in {phrasing} wording{text_blocks}), trained on this m
 ## Held-out prompts: shapes-oracle accuracy
 
 Held-out scenes, one image each, {options.steps} decoding steps, guidance rising linearly to
-{options.guidance}; the oracle reads each image back and checks it shows exactly the scene's
-objects, also split by how many objects a scene has (reading which colour and shape go where
-fails with more objects first); colour, shape and cell are scored per object.
+{options.guidance}, tokens drawn at temperature {options.temperature}; the oracle reads each image
+back and checks it shows exactly the scene's objects, also split by how many objects a scene has
+(reading which colour and shape go where fails with more objects first); colour, shape and cell
+are scored per object.
 
 | captions | prompts | exactly right | by objects in the scene | colour | shape | cell |
 |---|---|---|---|---|---|---|
@@ -159,12 +160,13 @@ what an edit keeps can be no sharper) and the result.
 The model samples as above with
 ```
 .venv/bin/python -m muse_jax.sample --workdir={workdir}/base_shapes \\
-    --guidance={options.guidance} --steps={options.steps} --out=mine.png \\
-    --prompt="two purple discs in the upper left corner and on the right edge"
+    --guidance={options.guidance} --temperature={options.temperature} --steps={options.steps} \\
+    --out=mine.png --prompt="two purple discs in the upper left corner and on the right edge"
 ... --image=in.png --edit --edit_keep={edit_options.keep} --prompt=...  # a mask-free edit
 ```
-(`sample` and `evaluate` guide a run as its config's `eval.guidance` says unless told
-otherwise: 1 for this small model, which over-sharpens at the paper's 4).
+(`sample` and `evaluate` guide a run and draw its tokens as its config's `eval.guidance` and
+`eval.temperature` say unless told otherwise: this small model over-sharpens at the paper's
+guidance 4, and at temperature 1 draws unlikely tokens into its shapes).
 
 ## Time
 

@@ -2,9 +2,9 @@
 
 Defaults are the paper's: 24 base and 8 SR decoding steps, guidance rising to 4, MaskGIT's
 choice temperature 4.5; mask-free editing resamples 8% of the tokens for 100 rounds at
-top-k 3 (`sampling.EditOptions`). The guidance is the exception: a base run is guided as its
-config's `eval.guidance` says (`run_defaults`; 4 in the reference configs), since a small
-model can want far less. So is the preset: a run imported from aMUSEd (`eval.preset = "amused"`)
+top-k 3 (`sampling.EditOptions`). The guidance and the token temperature are the exceptions:
+a base run samples as its config's `eval.guidance` and `eval.temperature` say (`run_defaults`;
+4 and 1 in the reference configs), since a small model can want far less. So is the preset: a run imported from aMUSEd (`eval.preset = "amused"`)
 samples as AmusedPipeline does unless --preset says otherwise (`run_defaults`).
 """
 from __future__ import annotations
@@ -68,31 +68,36 @@ _OPTION_FLAGS = ("steps", "guidance", "guidance_schedule", "temperature", "top_k
                  "choice_temperature", "choice_schedule", "rows_per_pass")
 
 
-def options(guidance: float = _DEFAULT.guidance, preset: str = "muse") -> sampling.SamplingOptions:
+def options(guidance: float = _DEFAULT.guidance, preset: str = "muse",
+            temperature: float = _DEFAULT.temperature) -> sampling.SamplingOptions:
     """The options of --preset (unset: `preset`), with every decoding flag given on the command
-    line applied. Under the muse preset, --guidance left unset is `guidance`. `run_defaults`
-    gives a run's own `guidance` and `preset`."""
+    line applied. Under the muse preset, --guidance and --temperature left unset are `guidance`
+    and `temperature`. `run_defaults` gives a run's own `guidance`, `preset` and
+    `temperature`."""
     import dataclasses
     preset = FLAGS.preset or preset
     base = sampling.AMUSED if preset == "amused" else _DEFAULT
     given = {name: FLAGS[name].value for name in _OPTION_FLAGS
              if FLAGS[name].present or preset == "muse"}
-    if preset == "muse" and not FLAGS["guidance"].present:
-        given["guidance"] = guidance
+    if preset == "muse":
+        for name, own in (("guidance", guidance), ("temperature", temperature)):
+            if not FLAGS[name].present:
+                given[name] = own
     out = dataclasses.replace(base, **given)
     out.check()
     return out
 
 
 def run_defaults(workdir: str) -> dict:
-    """`options`' defaults for the base run in `workdir`: its config's `eval.guidance`, which its
-    evaluations' samples used (Muse's 4 for runs saved before the key existed), and
-    `eval.preset` (muse for runs saved before it)."""
+    """`options`' defaults for the base run in `workdir`: its config's `eval.guidance` and
+    `eval.temperature`, which its evaluations' samples used (Muse's 4 and 1 for runs saved before
+    those keys existed), and `eval.preset` (muse for runs saved before it)."""
     from muse_jax import runs
 
     eval_config = runs.open_run(workdir, "base").config.eval
     return {"guidance": eval_config.get("guidance", _DEFAULT.guidance),
-            "preset": eval_config.get("preset", "muse")}
+            "preset": eval_config.get("preset", "muse"),
+            "temperature": eval_config.get("temperature", _DEFAULT.temperature)}
 
 
 def sr_options() -> sampling.SamplingOptions:

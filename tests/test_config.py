@@ -130,3 +130,13 @@ def test_an_unknown_sampling_preset_is_named():
     with pytest.raises(config_lib.ConfigError,
                        match="config key eval.preset must be 'muse' or 'amused', got 'amusd'"):
         config_lib.validate(config)
+
+
+@pytest.mark.parametrize("temperature", [-0.5, float("nan"), float("inf")])
+def test_a_bad_sampling_temperature_is_named(temperature):
+    config = config_lib.load_file(config_lib.CONFIG_DIR / "base_shapes.py", "demo")
+    config_lib.validate(config)  # 0.5, the demo's
+    config.eval.temperature = temperature
+    with pytest.raises(config_lib.ConfigError, match=f"config key eval.temperature must be finite "
+                       f"and >= 0 \\(0: the most likely token\\), got {temperature}"):
+        config_lib.validate(config)

@@ -68,7 +68,8 @@ def test_demo_runs_end_to_end_and_reuses_what_it_trained(tmp_path):
         assert Image.open(out / name).width == 3 * 64 * demo.SCALE + 4 * 6, name
     assert "as its tokens decode" in text
     # How to sample the model as the demo did.
-    assert f"base_shapes \\\n    --guidance={options.guidance} --steps={options.steps} " in text
+    assert (f"base_shapes \\\n    --guidance={options.guidance} --temperature="
+            f"{options.temperature} --steps={options.steps} \\\n") in text
     # One page: every picture of report.md inlined, none left as a file reference.
     page = (out / "report.html").read_text()
     assert page.count("data:image/png;base64,") == text.count("](") == 5
@@ -101,7 +102,9 @@ def test_demo_runs_end_to_end_and_reuses_what_it_trained(tmp_path):
     stamp.write_text(json.dumps(record))
     embeddings = work / "minilm_train" / "metadata.json"
     embeddings.write_text(embeddings.read_text().replace('"num_layers": 0', '"num_layers": 3'))
+    (work / "inputs.json").write_text("{}")  # the older stamp of both inputs, gone when it runs
     again = demo.run(str(work), str(out), num_eval=4, options=options, variant="tiny")
+    assert not (work / "inputs.json").exists()
     reused = {p.name: p.reused for p in again["phases"]}
     assert reused == {name: name == "train the shapes tokenizer" for name in reused}
     assert json.loads(stamp.read_text())["captions_sha256"] != "0" * 64

@@ -77,38 +77,40 @@ for workdir, *args in json.loads(sys.argv[1]):  # one case a line: flags parsed 
     flags.FLAGS.unparse_flags()
     flags.FLAGS(["sample", *args])
     options = sampling_flags.options(**sampling_flags.run_defaults(workdir))
-    print(options.guidance, options.steps)
+    print(options.guidance, options.steps, options.temperature)
 """
 
 
-def test_a_run_samples_at_its_own_guidance_and_preset_unless_a_flag_says_otherwise(base_dir,
-                                                                                    tmp_path):
+def test_a_run_samples_at_its_own_guidance_temperature_and_preset_unless_flags_differ(base_dir,
+                                                                                      tmp_path):
     """`sample` and `evaluate` read their defaults this way: a small model's config says
-    guidance 1, say; an imported aMUSEd run says preset amused."""
+    guidance 1 and temperature 0.5, say; an imported aMUSEd run says preset amused."""
     config = json.loads((base_dir / "config.json").read_text())
     muse, amused = sampling.SamplingOptions(), sampling.AMUSED
-    for name, key, value in (("own", "guidance", 1.5), ("older", None, None),
-                             ("imported", "preset", "amused")):
+    for name, own in (("own", {"guidance": 1.5, "temperature": 0.5}), ("older", {}),
+                      ("imported", {"preset": "amused", "temperature": 0.5})):
         (tmp_path / name).mkdir()
-        config["eval"].pop("guidance", None)  # older: saved before eval.guidance and preset
-        config["eval"].pop("preset", None)
-        if key:
-            config["eval"][key] = value
+        for key in ("guidance", "preset", "temperature"):  # older: saved before these keys
+            config["eval"].pop(key, None)
+        config["eval"].update(own)
         (tmp_path / name / "config.json").write_text(json.dumps(config))
-    cases = (("own", [], (1.5, muse.steps)),
-             ("own", ["--guidance=3"], (3.0, muse.steps)),
-             ("own", ["--preset=amused"], (amused.guidance, amused.steps)),
-             ("older", [], (muse.guidance, muse.steps)),
-             ("imported", [], (amused.guidance, amused.steps)),
-             ("imported", ["--steps=5"], (amused.guidance, 5)),
-             ("imported", ["--preset=muse"], (muse.guidance, muse.steps)))
+    t = muse.temperature
+    cases = (("own", [], (1.5, muse.steps, 0.5)),
+             ("own", ["--guidance=3"], (3.0, muse.steps, 0.5)),
+             ("own", ["--temperature=0"], (1.5, muse.steps, 0.0)),
+             ("own", ["--preset=amused"], (amused.guidance, amused.steps, amused.temperature)),
+             ("older", [], (muse.guidance, muse.steps, t)),
+             # The aMUSEd preset decodes as AmusedPipeline does, its run's temperature aside.
+             ("imported", [], (amused.guidance, amused.steps, amused.temperature)),
+             ("imported", ["--steps=5"], (amused.guidance, 5, amused.temperature)),
+             ("imported", ["--preset=muse"], (muse.guidance, muse.steps, 0.5)))
     runs = json.dumps([[str(tmp_path / run), *args] for run, args, _ in cases])
     out = subprocess.run([sys.executable, "-c", _OPTIONS_OF, runs], capture_output=True,
                          text=True, check=True)
     lines = out.stdout.split("\n")[:len(cases)]
     for (run, args, want), line in zip(cases, lines, strict=True):
-        guidance, steps = line.split()
-        assert (float(guidance), int(steps)) == want, (run, args)
+        guidance, steps, temperature = line.split()
+        assert (float(guidance), int(steps), float(temperature)) == want, (run, args)
 
 
 @pytest.mark.slow

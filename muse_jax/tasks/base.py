@@ -397,7 +397,8 @@ class MaskedTokenSteps:
         self._num_samples = min(c.eval.num_samples, c.data.eval_batch_size)
         self._generate = sampling.make_generate(
             training.model, sampling.SamplingOptions(steps=c.eval.sample_steps,
-                                                     guidance=c.eval.guidance))
+                                                     guidance=c.eval.guidance,
+                                                     temperature=c.eval.temperature))
         # Replicated, so that every process can read the grid in a multi-host run.
         self._sample_grid = jax.jit(self._sample_rows, out_shardings=parallel.replicated(mesh))
 
