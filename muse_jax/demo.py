@@ -378,7 +378,8 @@ def run(workdir: str, out: str, num_eval: int, options, edit_options=None,
     with timer.phase("inpaint, outpaint, edit"):
         edited = edits(pipe, shapes_evals.eval_source(pipe, "the demo"), options, edit_options,
                        out_dir)
-    curves = {f"{p} captions": ([base.train.num_steps], [o["match"]]) for p, o in oracles.items()}
+    labels = {"canonical": "canonical wording", "held_out": "held-out phrasings"}
+    curves = {labels[p]: ([base.train.num_steps], [o["match"]]) for p, o in oracles.items()}
     demo_report.write(out_dir, timer, options, edit_options, oracles, curves, grid, edited, vq,
                       base, workdir, Path(base_dir) / "metrics.jsonl")
     print(f"oracle accuracy {oracles['canonical']['match']:.1%} on {num_eval} held-out prompts, "

@@ -30,7 +30,9 @@ def read_metrics(path: Path) -> dict[str, tuple[list[int], list[float]]]:
 
 def plot_curves(curves: dict, oracle: dict[str, tuple[list[int], list[float]]], out: Path) -> None:
     """Three panels: training loss; masked-token accuracy (train, and held-out at mask rate 0.5);
-    the shapes oracle on held-out prompts at each scored checkpoint, one line per phrasing."""
+    the shapes oracle on held-out prompts at each scored checkpoint, one line per phrasing, each
+    point labelled with its value. The panels share their step axis: the demo scores the last
+    checkpoint only, and that point alone would get an axis of its own around it."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -50,10 +52,15 @@ def plot_curves(curves: dict, oracle: dict[str, tuple[list[int], list[float]]], 
         ax.legend(fontsize=8)
     ax = axes[2]
     for label, (steps, values) in oracle.items():
-        ax.plot(steps, [100 * v for v in values], marker="o", label=label)
+        percent = [100 * v for v in values]
+        line, = ax.plot(steps, percent, marker="o", label=label)
+        for step, value in zip(steps, percent):
+            ax.annotate(f"{value:.1f}", (step, value), textcoords="offset points", xytext=(-6, 5),
+                        ha="right", fontsize=8, color=line.get_color())
     ax.set_title("shapes oracle: images exactly right (%)")
     ax.set_xlabel("step")
-    ax.set_ylim(0, 100)
+    ax.set_xlim(axes[0].get_xlim())
+    ax.set_ylim(0, 105)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
