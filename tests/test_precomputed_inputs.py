@@ -100,6 +100,33 @@ def test_records_hold_the_split_in_source_order(tokenizer_dir, dirs):
         assert tokens[i]["caption"] == embeddings[i]["caption"] == source[i]["caption"]
 
 
+@pytest.mark.parametrize("keep_caption", [True, False])
+def test_batches_read_a_batch_at_a_time_are_the_example_chains(tokenizer_dir, dirs, keep_caption):
+    """`train_iterator` reads a precomputed split with PrecomputedBatches: the same rows, in the
+    same order, epochs after the first too, for each process of one and of two."""
+    config = _base(tokenizer_dir, dirs)
+    data = config.data
+    source = pipeline.create_source(data, "train", config.seed)
+    assert isinstance(source, pipeline.Precomputed) and len(source) == TRAIN_SIZE
+    for count in (1, 2):
+        for index in range(count):
+            fast = pipeline.PrecomputedBatches(source, config.seed, data.batch_size, index, count,
+                                               keep_caption)
+            chain = pipeline.example_batches(source, data, config.seed, index, count,
+                                             keep_caption)
+            for step in range(5):  # 2 global batches an epoch
+                got, want = fast[step], chain[step]
+                assert sorted(got) == sorted(want), (count, index, step)
+                assert ("caption" in got) == keep_caption
+                for key in want:
+                    assert got[key].dtype == want[key].dtype, key
+                    np.testing.assert_array_equal(got[key], want[key], err_msg=f"{key} {step}")
+    # And the training iterator gives those batches.
+    first = next(pipeline.train_iterator(config, keep_caption=True))
+    fast = pipeline.PrecomputedBatches(source, config.seed, data.batch_size, 0, 1, True)[0]
+    assert list(first["caption"]) == list(fast["caption"])
+
+
 def test_mismatched_directories_give_one_line_errors(tokenizer_dir, dirs, tmp_path):
     def raises(error, match, fn):
         with pytest.raises(error, match=match) as info:

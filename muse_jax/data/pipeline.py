@@ -55,6 +55,16 @@ class Precomputed:
             out.update(text_emb=record["embedding"], text_mask=record["mask"])
         return out
 
+    def __getitems__(self, indices) -> list[dict]:
+        """Examples `indices` of a split whose tokens are precomputed, each record set read in
+        one call."""
+        out = [{"caption": r["caption"], "tokens": r["tokens"]}
+               for r in self.tokens.__getitems__(indices)]
+        if self.embeddings is not None:
+            for example, record in zip(out, self.embeddings.__getitems__(indices)):
+                example.update(text_emb=record["embedding"], text_mask=record["mask"])
+        return out
+
 
 def check_aligned(records, source, split: str) -> None:
     """One-line UserError unless record i belongs to example i: same count, same captions."""
@@ -141,6 +151,38 @@ class ProcessRows(grain.MapDataset):
         return self._parent[step * self._global + self._index * self._local + row]
 
 
+class PrecomputedBatches(grain.MapDataset):
+    """Process-local batch i of a split whose tokens are precomputed (no image is read): row for
+    row the batch of the per-example chain (`example_batches`: the same shuffle, no unusable
+    example, the same rows of each global batch), each record set read in one call a batch.
+    The per-example chain spent ~13 ms of CPU on a batch of 32 of the demo's records, in a read
+    call and grain's bookkeeping per example, and on a CPU host that time is taken from the
+    cores the train step runs on."""
+
+    def __init__(self, source: Precomputed, seed: int, global_batch: int, index: int, count: int,
+                 keep_caption: bool):
+        super().__init__(grain.MapDataset.range(len(source)).seed(seed).shuffle().repeat())
+        self._source, self._keep_caption = source, keep_caption
+        self._global, self._local = global_batch, global_batch // count
+        self._first = index * self._local
+
+    def __len__(self) -> int:
+        return len(self._parent) // self._global
+
+    def __str__(self) -> str:
+        return f"PrecomputedBatches(batch={self._global}, rows={self._first}+{self._local})"
+
+    def __getitem__(self, index):
+        if isinstance(index, slice):
+            return self.slice(index)
+        start = index * self._global + self._first
+        examples = self._source.__getitems__(
+            [self._parent[p] for p in range(start, start + self._local)])
+        batch = {k: np.stack([e[k] for e in examples]) for k in examples[0]
+                 if k != "caption" or self._keep_caption}
+        return {**batch, **{k: np.zeros(self._local, np.int32) for k in COUNTERS}}
+
+
 class CountSkips:
     """Removes the per-example counters from batches, totals them, and logs the totals."""
 
@@ -170,17 +212,27 @@ def _process(process_index, process_count):
     return index, count
 
 
+def example_batches(source, data, seed: int, index: int, count: int,
+                    keep_caption: bool) -> grain.MapDataset:
+    """Process-local training batches of `source` made an example at a time: shuffled and
+    repeated, unusable examples replaced, preprocessed, these rows of each global batch."""
+    ds = Checked(grain.MapDataset.source(source).seed(seed).shuffle().repeat(), _filter(data))
+    ds = ds.random_map(Preprocess(data.image_size, random_crop=True, keep_caption=keep_caption,
+                                  random_flip=data.get("random_flip", False)))
+    ds = ProcessRows(ds, data.batch_size, index, count)
+    return ds.batch(data.batch_size // count, drop_remainder=True)
+
+
 def train_iterator(config, process_index: int | None = None, process_count: int | None = None,
                    keep_caption: bool = False) -> grain.DatasetIterator:
     """Infinite iterator of process-local batches (global batch / process count each)."""
     index, count = _process(process_index, process_count)
     data = config.data
-    ds = grain.MapDataset.source(create_source(data, "train", config.seed))
-    ds = Checked(ds.seed(config.seed).shuffle().repeat(), _filter(data))
-    ds = ds.random_map(Preprocess(data.image_size, random_crop=True, keep_caption=keep_caption,
-                                  random_flip=data.get("random_flip", False)))
-    ds = ProcessRows(ds, data.batch_size, index, count)
-    ds = ds.batch(data.batch_size // count, drop_remainder=True)
+    source = create_source(data, "train", config.seed)
+    if isinstance(source, Precomputed) and source.tokens is not None:
+        ds = PrecomputedBatches(source, config.seed, data.batch_size, index, count, keep_caption)
+    else:
+        ds = example_batches(source, data, config.seed, index, count, keep_caption)
     it = ds.to_iter_dataset(READ_OPTIONS)
     if data.num_workers > 0:
         it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=data.num_workers))

@@ -150,10 +150,18 @@ class ShardReader:
             index += len(self)
         if not 0 <= index < len(self):
             raise IndexError(f"record {index} out of range for {len(self)} records")
+        return self._opened()[index]
+
+    def read_many(self, indices) -> list[bytes]:
+        """The records at `indices` (each in range), in one call: a training batch's records
+        without a Python call each."""
+        return self._opened().__getitems__([int(i) for i in indices])
+
+    def _opened(self):
         if self._source is None:
             from array_record.python.array_record_data_source import ArrayRecordDataSource
             self._source = ArrayRecordDataSource(self._paths, {"max_parallelism": "0"})
-        return self._source[index]
+        return self._source
 
     def close(self) -> None:
         if self._source is not None:
@@ -206,6 +214,9 @@ class EmbeddingRecords(ShardReader):
     def __getitem__(self, index: int) -> dict:
         return deserialize_embedding(self.read(index), self.max_length)
 
+    def __getitems__(self, indices) -> list[dict]:
+        return [deserialize_embedding(r, self.max_length) for r in self.read_many(indices)]
+
     def empty_caption(self) -> tuple[np.ndarray, np.ndarray]:
         """The "" embedding [max_length, dim] float32 and its mask, for unconditional guidance."""
         with np.load(self.directory / EMPTY_CAPTION) as f:
@@ -229,7 +240,14 @@ class TokenRecords(ShardReader):
         self.codebook_size = int(self.metadata["codebook_size"])
 
     def __getitem__(self, index: int) -> dict:
+        return self._restored(self.read(index))
+
+    def __getitems__(self, indices) -> list[dict]:
+        return [self._restored(r) for r in self.read_many(indices)]
+
+    @staticmethod
+    def _restored(record: bytes) -> dict:
         from flax import serialization
 
-        item = serialization.msgpack_restore(self.read(index))
+        item = serialization.msgpack_restore(record)
         return {"caption": item["caption"], "tokens": np.asarray(item["tokens"])}
