@@ -7,7 +7,9 @@ crops, caption choice) is a function of an example's position in the global stre
 process reads its own contiguous rows of every global batch: the same seed gives the same
 global batches on any number of processes that divides the batch.
 Precomputed inputs (base stage: `data.{train,eval}_text_embeddings`, `data.{train,eval}_tokens`)
-are joined to the source by index before shuffling, so they follow the same order.
+are joined to the source by index before shuffling, so they follow the same order; with the
+tokens precomputed no image is read, and training reads a batch's records in one call
+(`PrecomputedBatches`: the per-example chain's batches, for half its CPU).
 """
 from __future__ import annotations
 
