@@ -51,7 +51,8 @@ def main(argv) -> None:
     median = {name: statistics.median(s) for name, s in seconds.items()}
     for name, value in median.items():
         print(f"  {name:20s} {value * 1e3:6.2f} ms of CPU a batch")
-    print(f"  ratio: the example chain costs {median['example chain'] / median['PrecomputedBatches']:.2f}x")
+    ratio = median["example chain"] / median["PrecomputedBatches"]
+    print(f"  ratio: the example chain costs {ratio:.2f}x")
 
 
 if __name__ == "__main__":

@@ -378,8 +378,8 @@ def run(workdir: str, out: str, num_eval: int, options, edit_options=None,
     with timer.phase("inpaint, outpaint, edit"):
         edited = edits(pipe, shapes_evals.eval_source(pipe, "the demo"), options, edit_options,
                        out_dir)
-    labels = {"canonical": "canonical wording", "held_out": "held-out phrasings"}
-    curves = {labels[p]: ([base.train.num_steps], [o["match"]]) for p, o in oracles.items()}
+    curves = {demo_report.WORDINGS[p]: ([base.train.num_steps], [o["match"]])
+              for p, o in oracles.items()}
     demo_report.write(out_dir, timer, options, edit_options, oracles, curves, grid, edited, vq,
                       base, workdir, Path(base_dir) / "metrics.jsonl")
     print(f"oracle accuracy {oracles['canonical']['match']:.1%} on {num_eval} held-out prompts, "
@@ -392,9 +392,8 @@ def main(argv) -> None:
     if len(argv) > 1:
         raise UserError(f"unexpected arguments: {' '.join(argv[1:])}")
     logging.set_verbosity(logging.WARNING)
-    own = configs(FLAGS.workdir)[1].eval  # the base run's own (base_shapes.py)
-    run(FLAGS.workdir, FLAGS.out, FLAGS.num_eval,
-        sampling_flags.options(guidance=own.guidance, temperature=own.temperature),
+    own = sampling_flags.eval_defaults(configs(FLAGS.workdir)[1].eval)  # base_shapes.py's
+    run(FLAGS.workdir, FLAGS.out, FLAGS.num_eval, sampling_flags.options(**own),
         sampling_flags.edit_options())
 
 

@@ -94,6 +94,11 @@ def _by_objects(match_by_objects: dict[str, float]) -> str:
     return ", ".join(f"{n}: {match:.0%}" for n, match in match_by_objects.items())
 
 
+# The wordings the demo's oracle scores (`shapes_evals.sample_held_out`'s phrasing), as named
+# in the report's table and the legend of curves.png.
+WORDINGS = {"canonical": "the canonical wording", "held_out": "phrasings training never used"}
+
+
 def markdown(timer, options, edit_options, oracles: dict[str, dict], grid: list[dict],
              edited: dict, vq_config, base_config, workdir: str) -> str:
     """report.md's text: `oracles` maps a phrasing ("canonical", "held_out") to its scores."""
@@ -104,10 +109,8 @@ def markdown(timer, options, edit_options, oracles: dict[str, dict], grid: list[
     prompts = "\n".join(f"| {g['prompt']} | {_yes(g)} |" for g in grid)
     edit_rows = "\n".join(f"| {name} | {e['before']} | {e['prompt']} | {_yes(e)} |"
                           for name, e in edited.items())
-    described = {"canonical": "in the canonical wording",
-                 "held_out": "in phrasings training never used"}
     oracle_rows = "\n".join(
-        f"| {described.get(name, name)} | {o['num_samples']} | **{o['match']:.1%}** | "
+        f"| in {WORDINGS.get(name, name)} | {o['num_samples']} | **{o['match']:.1%}** | "
         f"{_by_objects(o['match_by_objects'])} | {o['color']:.1%} | {o['shape']:.1%} | "
         f"{o['cell']:.1%} |" for name, o in oracles.items())
     phrasing = base_config.data.get("shapes_phrasing", "canonical")

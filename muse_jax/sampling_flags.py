@@ -4,8 +4,9 @@ Defaults are the paper's: 24 base and 8 SR decoding steps, guidance rising to 4,
 choice temperature 4.5; mask-free editing resamples 8% of the tokens for 100 rounds at
 top-k 3 (`sampling.EditOptions`). The guidance and the token temperature are the exceptions:
 a base run samples as its config's `eval.guidance` and `eval.temperature` say (`run_defaults`;
-4 and 1 in the reference configs), since a small model can want far less. So is the preset: a run imported from aMUSEd (`eval.preset = "amused"`)
-samples as AmusedPipeline does unless --preset says otherwise (`run_defaults`).
+4 and 1 in the reference configs), since a small model can want far less. So is the preset: a
+run imported from aMUSEd (`eval.preset = "amused"`) samples as AmusedPipeline does unless
+--preset says otherwise (`run_defaults`).
 """
 from __future__ import annotations
 
@@ -89,12 +90,16 @@ def options(guidance: float = _DEFAULT.guidance, preset: str = "muse",
 
 
 def run_defaults(workdir: str) -> dict:
-    """`options`' defaults for the base run in `workdir`: its config's `eval.guidance` and
-    `eval.temperature`, which its evaluations' samples used (Muse's 4 and 1 for runs saved before
-    those keys existed), and `eval.preset` (muse for runs saved before it)."""
+    """`options`' defaults for the base run in `workdir` (`eval_defaults` of its config)."""
     from muse_jax import runs
 
-    eval_config = runs.open_run(workdir, "base").config.eval
+    return eval_defaults(runs.open_run(workdir, "base").config.eval)
+
+
+def eval_defaults(eval_config) -> dict:
+    """`options`' defaults from a base config's `eval` block: `eval.guidance` and
+    `eval.temperature`, which its evaluations' samples used (Muse's 4 and 1 for runs saved before
+    those keys existed), and `eval.preset` (muse for runs saved before it)."""
     return {"guidance": eval_config.get("guidance", _DEFAULT.guidance),
             "preset": eval_config.get("preset", "muse"),
             "temperature": eval_config.get("temperature", _DEFAULT.temperature)}

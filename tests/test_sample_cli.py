@@ -94,12 +94,11 @@ def test_a_run_samples_at_its_own_guidance_temperature_and_preset_unless_flags_d
             config["eval"].pop(key, None)
         config["eval"].update(own)
         (tmp_path / name / "config.json").write_text(json.dumps(config))
-    t = muse.temperature
     cases = (("own", [], (1.5, muse.steps, 0.5)),
              ("own", ["--guidance=3"], (3.0, muse.steps, 0.5)),
              ("own", ["--temperature=0"], (1.5, muse.steps, 0.0)),
              ("own", ["--preset=amused"], (amused.guidance, amused.steps, amused.temperature)),
-             ("older", [], (muse.guidance, muse.steps, t)),
+             ("older", [], (muse.guidance, muse.steps, muse.temperature)),
              # The aMUSEd preset decodes as AmusedPipeline does, its run's temperature aside.
              ("imported", [], (amused.guidance, amused.steps, amused.temperature)),
              ("imported", ["--steps=5"], (amused.guidance, 5, amused.temperature)),

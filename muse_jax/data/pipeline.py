@@ -53,19 +53,23 @@ class Precomputed:
             record = self.tokens[index]
             out = {"caption": record["caption"], "tokens": record["tokens"]}
         if self.embeddings is not None:
-            record = self.embeddings[index]
-            out.update(text_emb=record["embedding"], text_mask=record["mask"])
+            _add_embedding(out, self.embeddings[index])
         return out
 
     def __getitems__(self, indices) -> list[dict]:
         """Examples `indices` of a split whose tokens are precomputed, each record set read in
-        one call."""
+        one call (for one example `[i]` is cheaper: array_record's batch read has a thread
+        pool's overhead)."""
         out = [{"caption": r["caption"], "tokens": r["tokens"]}
                for r in self.tokens.__getitems__(indices)]
         if self.embeddings is not None:
             for example, record in zip(out, self.embeddings.__getitems__(indices)):
-                example.update(text_emb=record["embedding"], text_mask=record["mask"])
+                _add_embedding(example, record)
         return out
+
+
+def _add_embedding(example: dict, record: dict) -> None:
+    example.update(text_emb=record["embedding"], text_mask=record["mask"])
 
 
 def check_aligned(records, source, split: str) -> None:
