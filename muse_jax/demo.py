@@ -203,18 +203,29 @@ def captions_encoded_aside(workdir: str, variant: str):
     """Encodes the captions (`encode_captions`) in a process of its own at the lowest CPU
     priority, while the caller trains the tokenizer: they need no tokenizer, and the
     tokenizer's training leaves ~0.3 of 2 cores idle, in its compiles and between its steps.
-    Yields a future; its result is what `encode_captions` returned. Measured with `python -m
-    muse_jax.demo` in new workdirs, stopped when the base model starts, alternately before
-    this (0c6b73a) and with it (2 cores, 2026-12-06 22:19-22:35): the tokenizer phase 188 / 193
+    Yields a future; its result is what `encode_captions` returned. An error in the block
+    stops the process, so that it is reported at once, not after the encoding (which writes its
+    stamp last: the next run makes the captions again). Measured with `python -m
+    muse_jax.demo` in new workdirs, stopped when the base model starts, alternately before this
+    (0c6b73a) and with it (2 cores, 2026-12-06 22:19-22:35): the tokenizer phase 188 / 193
     against 178 / 199 s, the encoding phase 62 / 66 against 30 / 31 s, both 250 / 259 against
     208 / 230 s."""
     import concurrent.futures
     import multiprocessing
 
-    with concurrent.futures.ProcessPoolExecutor(
-            1, mp_context=multiprocessing.get_context("spawn"),
-            initializer=_lowest_priority_without_bars) as pool:
+    # A process pool, not multiprocessing.Pool, whose result would never come if its process
+    # died (it starts another); this one's future raises BrokenProcessPool then.
+    pool = concurrent.futures.ProcessPoolExecutor(1, mp_context=multiprocessing.get_context(
+        "spawn"), initializer=_lowest_priority_without_bars)
+    try:
         yield pool.submit(_encode_captions_of, workdir, variant)
+    except BaseException:
+        # No public way to stop a pool's processes before Python 3.14 (terminate_workers).
+        for process in list((pool._processes or {}).values()):
+            process.terminate()
+        raise
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 # ---------------------------------------------------------------------- pictures

@@ -1,5 +1,6 @@
 """`make demo`'s job (muse_jax/demo.py) end to end on the tiny configs, and its pictures."""
 import json
+import multiprocessing
 import os
 import shutil
 
@@ -118,6 +119,16 @@ def test_demo_runs_end_to_end_and_reuses_what_it_trained(tmp_path):
     record["optim"]["lr"] *= 2
     run_config.write_text(json.dumps(record))
     assert not demo.trained(base, base_dir) and not os.path.exists(base_dir)
+
+
+def test_a_failed_tokenizer_phase_stops_the_caption_encoding_beside_it(tmp_path):
+    """An error while the captions encode aside ends their process with the block: the error
+    is not held back until the encoding is done, and nothing half-made counts as made."""
+    with pytest.raises(RuntimeError, match="the tokenizer failed"):
+        with demo.captions_encoded_aside(str(tmp_path), "tiny"):
+            raise RuntimeError("the tokenizer failed")
+    assert multiprocessing.active_children() == []
+    assert not (tmp_path / "captions.json").exists()  # the stamp the encoding writes last
 
 
 def test_demo_rejects_bad_settings(tmp_path):
