@@ -73,20 +73,24 @@ def get_config(arg=None):
         # held-out phrasings against 93.4 / 94.1 % (base seed 0, 256 prompts a wording);
         # unjittered scenes only, 300 steps, 115 s: 26.9 dB, 79.5 %; the same at batch 8 for 500
         # steps: 92.6 %. Its steps buy readability, not its batch.
-        # Batch 12 (below) reads back as well as 16 did (28.4 dB, 98.2 %; 2026-12-06, the same
-        # script and scenes). The two-block base model of base_shapes.py:demo on its tokens, 256
-        # prompts a wording, canonical / held-out phrasings exactly right: at temperature 1
-        # 91.0 / 80.5 % (base seed 0; seed 1: 94.5 / 88.7 %) against 92.6 / 88.3 % and 91.8 /
-        # 91.4 % on batch 16's, too close to 80 %; at the demo's temperature 0.5 (`evaluate
-        # --temperature=0.5`, 2026-12-07) 96.9 / 85.5 % (seed 1: 96.9 / 91.4 %) against 95.7 /
-        # 92.2 % and 93.8 / 92.2 %, so batch 12, for the quarter of the steps' time it saves.
-        c.data.batch_size = 12
-        # A cheaper network does not pay: 2x2 pixels folded into channels first and levels at 32
-        # and 16 px only (an ad hoc space-to-depth stem, channel_mult (2, 2)) takes the jitted
-        # step from 0.28-0.30 to 0.11 s, but needs 1000 steps to read back (500: 26.4 dB, 79.3 %;
-        # 1000: 28.2 dB, 100 %), which took 163 s in `make demo` against 171-179 s for batch 16,
-        # and its base model's samples came out blockier, with more specks (93.8 / 81.2 % on 64
-        # prompts).
+        # Batch 12 reads back as well (28.4 dB, 98.2 %; 2026-12-06, the same script and scenes),
+        # and its base models score as well at the demo's temperature 0.5, but it does not make
+        # the demo faster. The two-block base model of base_shapes.py:demo on its tokens, 256
+        # prompts a wording, canonical / held-out phrasings exactly right: at temperature 1 91.0
+        # / 80.5 % (base seed 0; seed 1: 94.5 / 88.7 %) against 92.6 / 88.3 % and 91.8 / 91.4 %
+        # on batch 16's; at 0.5 (`evaluate --temperature=0.5`, 2026-12-07) 96.9 / 85.5 % (seed
+        # 1: 96.9 / 91.4 %) against 95.7 / 92.2 % and 93.8 / 92.2 %. `make demo` with it from a
+        # fresh clone (2026-12-07 04:14, an hour whose base phase took 506 s of CPU): 559 s,
+        # tokenizer 170 s (275 s of CPU) and encoding 36 s, against 179 and 31 s (298 s of CPU)
+        # for batch 16 at 2026-12-06 22:39 (base phase 516 s of CPU): the captions, encoded
+        # aside in the tokenizer's idle time (demo.captions_encoded_aside), had less of it and
+        # were waited for. ~5 s for 7 points of held-out phrasings: not taken.
+        # A cheaper network does not pay either: 2x2 pixels folded into channels first and
+        # levels at 32 and 16 px only (an ad hoc space-to-depth stem, channel_mult (2, 2)) takes
+        # the jitted step from 0.28-0.30 to 0.11 s, but needs 1000 steps to read back (500: 26.4
+        # dB, 79.3 %; 1000: 28.2 dB, 100 %), which took 163 s in `make demo` against 171-179 s
+        # for this recipe, and its base model's samples came out blockier, with more specks
+        # (93.8 / 81.2 % on 64 prompts).
         c.train.eval_every = 500
         c.train.checkpoint_every = 250
     elif variant == "lpips":  # the real perceptual loss, as in vqgan_256.py
