@@ -79,12 +79,12 @@ def get_config(arg=None):
         # prompts a wording, canonical / held-out phrasings exactly right: at temperature 1 91.0
         # / 80.5 % (base seed 0; seed 1: 94.5 / 88.7 %) against 92.6 / 88.3 % and 91.8 / 91.4 %
         # on batch 16's; at 0.5 (`evaluate --temperature=0.5`, 2026-12-07) 96.9 / 85.5 % (seed
-        # 1: 96.9 / 91.4 %) against 95.7 / 92.2 % and 93.8 / 92.2 %. `make demo` with it from a
-        # fresh clone (2026-12-07 04:14, an hour whose base phase took 506 s of CPU): 559 s,
-        # tokenizer 170 s (275 s of CPU) and encoding 36 s, against 179 and 31 s (298 s of CPU)
-        # for batch 16 at 2026-12-06 22:39 (base phase 516 s of CPU): the captions, encoded
-        # aside in the tokenizer's idle time (demo.captions_encoded_aside), had less of it and
-        # were waited for. ~5 s for 7 points of held-out phrasings: not taken.
+        # 1: 96.9 / 91.4 %) against 95.7 / 92.2 % and 93.8 / 92.2 %. `make demo` from fresh
+        # clones, one after the other (2026-12-07 04:14 and 04:27, base phases 506 s of CPU
+        # both): 559 s with it against 568 s, the tokenizer phase 170 against 181 s (275 against
+        # 301 s of CPU) but the encoding 36 against 30 s: the captions, encoded aside in the
+        # tokenizer's idle time (demo.captions_encoded_aside), had less of it and were waited
+        # for; its squares came out notched. 9 s for 7 points of held-out phrasings: not taken.
         # A cheaper network does not pay either: 2x2 pixels folded into channels first and
         # levels at 32 and 16 px only (an ad hoc space-to-depth stem, channel_mult (2, 2)) takes
         # the jitted step from 0.28-0.30 to 0.11 s, but needs 1000 steps to read back (500: 26.4
