@@ -182,3 +182,54 @@ def test_channel_norm_makes_tokens_local(norm):
 def test_unknown_norm_is_a_config_error():
     with pytest.raises(ConfigError, match="model.norm must be one of group, channel, got 'batch'"):
         tasks.create(_tiny(**{"model.norm": "batch"})).check_config()
+
+
+@pytest.mark.parametrize("shape,groups", [((2, 8, 8, 16), 4), ((3, 5, 7, 12), 3), ((2, 6, 8), 2)])
+def test_group_norm_matches_flax_and_torch(shape, groups):
+    """norms.GroupNorm, written for XLA:CPU's speed, against flax's nn.GroupNorm (same
+    parameter tree, outputs and gradients) and torch's GroupNorm (outputs), in float32."""
+    import torch
+
+    from muse_jax.models.norms import GroupNorm
+
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(rng.normal(1.5, 2.0, shape), jnp.float32)  # off-centre: variance matters
+    ours, theirs = GroupNorm(groups), nn.GroupNorm(num_groups=groups)
+    params = theirs.init(jax.random.key(0), x)
+    assert jax.tree.map(jnp.shape, ours.init(jax.random.key(0), x)) == \
+        jax.tree.map(jnp.shape, params)
+    params = jax.tree.map(lambda p: jnp.asarray(rng.normal(1, 0.5, p.shape), jnp.float32), params)
+    np.testing.assert_allclose(ours.apply(params, x), theirs.apply(params, x), atol=1e-5)
+
+    weight = jnp.asarray(rng.normal(size=shape), jnp.float32)
+    grads = [jax.grad(lambda p, x, m=m: jnp.sum(weight * m.apply(p, x)), argnums=(0, 1))(params, x)
+             for m in (ours, theirs)]
+    for a, b in zip(jax.tree.leaves(grads[0]), jax.tree.leaves(grads[1])):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
+
+    ref = torch.nn.GroupNorm(groups, shape[-1], eps=1e-6)
+    with torch.no_grad():
+        ref.weight.copy_(torch.from_numpy(np.array(params["params"]["scale"])))
+        ref.bias.copy_(torch.from_numpy(np.array(params["params"]["bias"])))
+        channels_first = torch.from_numpy(np.moveaxis(np.asarray(x), -1, 1).copy())
+        expected = np.moveaxis(ref(channels_first).numpy(), 1, -1)
+    np.testing.assert_allclose(ours.apply(params, x), expected, atol=1e-5)
+
+
+def test_group_norm_rejects_groups_that_do_not_divide_the_channels():
+    from muse_jax.models.norms import GroupNorm
+
+    with pytest.raises(ValueError, match="3 groups do not divide 8 channels"):
+        GroupNorm(3).init(jax.random.key(0), jnp.ones((1, 4, 4, 8)))
+
+
+def test_upsample_nearest_is_the_nearest_resize_and_its_gradient_sums_each_2x2():
+    from muse_jax.models.vqgan import upsample_nearest
+
+    x = jnp.asarray(np.random.default_rng(0).normal(size=(2, 3, 5, 4)), jnp.float32)
+    np.testing.assert_array_equal(upsample_nearest(x),
+                                  jax.image.resize(x, (2, 6, 10, 4), "nearest"))
+    weight = jnp.arange(2 * 6 * 10 * 4, dtype=jnp.float32).reshape(2, 6, 10, 4)
+    grad = jax.grad(lambda x: jnp.sum(weight * upsample_nearest(x)))(x)
+    expected = weight.reshape(2, 3, 2, 5, 2, 4).sum(axis=(2, 4))
+    np.testing.assert_array_equal(grad, expected)
