@@ -22,10 +22,11 @@ import dataclasses
 from typing import Any, Callable, Sequence
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 import numpy as np
 
-from muse_jax.models.vqgan import AttnBlock, ResBlock, conv, group_norm, upsample_nearest
+from muse_jax.models.vqgan import AttnBlock, ResBlock, conv, group_norm
 
 ENCODER_BLOCKS = ("DownEncoderBlock2D",)
 DECODER_BLOCKS = ("UpDecoderBlock2D",)
@@ -114,7 +115,8 @@ class VQDecoder(nn.Module):
             for j in range(c.layers_per_block + 1):
                 x = ResBlock(width, c.norm_num_groups, dtype=dt, name=f"up_{i}_res_{j}")(x)
             if i < len(widths) - 1:
-                x = upsample_nearest(x)
+                b, h, w, ch = x.shape
+                x = jax.image.resize(x, (b, 2 * h, 2 * w, ch), "nearest")
                 x = conv(width, dtype=dt, name=f"up_{i}_upsample")(x)
         x = nn.swish(group_norm(c.norm_num_groups, dt, name="norm_out")(x))
         return conv(c.out_channels, dtype=dt, name="conv_out")(x)

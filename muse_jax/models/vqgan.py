@@ -15,8 +15,6 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from muse_jax.models.norms import GroupNorm
-
 _CONV_AXES = (None, None, "conv_in", "conv_out")
 
 
@@ -35,15 +33,8 @@ def _norm_params() -> dict:
                 bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("conv_out",)))
 
 
-def group_norm(groups: int, dtype=jnp.float32, name: str | None = None) -> GroupNorm:
-    return GroupNorm(num_groups=groups, dtype=dtype, name=name, **_norm_params())
-
-
-def upsample_nearest(x):
-    """x [B,H,W,C] -> [B,2H,2W,C], each pixel repeated 2x2: `jax.image.resize(..., "nearest")`
-    by a broadcast, not the gather resize lowers to, whose gradient XLA:CPU scatters slowly."""
-    b, h, w, c = x.shape
-    return jnp.broadcast_to(x[:, :, None, :, None], (b, h, 2, w, 2, c)).reshape(b, 2 * h, 2 * w, c)
+def group_norm(groups: int, dtype=jnp.float32, name: str | None = None) -> nn.GroupNorm:
+    return nn.GroupNorm(num_groups=groups, dtype=dtype, name=name, **_norm_params())
 
 
 # The tokenizer's `norm`. "group" (taming's VQGAN, Muse): GroupNorm, whose statistics span the
@@ -161,7 +152,8 @@ class Decoder(nn.Module):
                 x = ResBlock(features, self.groups, zero_init=True, dtype=self.dtype,
                              norm=self.norm, name=f"extra_{level}_{i}")(x)
             if level > 0:
-                x = upsample_nearest(x)
+                b, h, w, c = x.shape
+                x = jax.image.resize(x, (b, 2 * h, 2 * w, c), "nearest")
                 x = conv(features, dtype=self.dtype)(x)
         x = nn.swish(norm_layer(self.norm, self.groups, self.dtype)(x))
         return conv(3, dtype=self.dtype)(x)
