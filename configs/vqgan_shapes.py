@@ -91,13 +91,14 @@ def get_config(arg=None):
         # dB, 79.3 %; 1000: 28.2 dB, 100 %), which took 163 s in `make demo` against 171-179 s
         # for this recipe, and its base model's samples came out blockier, with more specks
         # (93.8 / 81.2 % on 64 prompts).
-        # Nor does a faster step, and the recipe is brittle to the tokenizer's float rounding: a
-        # GroupNorm reduced over the image before the groups plus upsampling by a broadcast
-        # (05a7236, reverted; flax's outputs and gradients to ~1e-5) made the jitted step on a
-        # fixed batch 1.28x as fast (0.420 against 0.535 s after 20 warm-up steps, 2026-12-07),
-        # yet `make demo` from a fresh clone ran the tokenizer at the same ~0.44 s a step in its
-        # loop (254 against 258 s for the phase that morning) and its base model, on the
-        # slightly different codes, scored 71.9 / 67.2 % on 64 prompts against 93.8 / 89.1 %.
+        # The recipe is brittle to the tokenizer's float rounding, and a step faster on one
+        # fixed batch need not be faster in training: a GroupNorm reduced over the image before
+        # the groups plus upsampling by a broadcast (05a7236, reverted; flax's outputs and
+        # gradients to ~1e-5) ran the jitted step on a fixed batch 1.17x as fast (0.356 against
+        # 0.418 s, 20 warm-up steps, the CLIs' malloc settings, 2026-12-07), but training's loop
+        # on real batches no faster (0.389 against 0.396 s a step, from runs of 20 and 120
+        # steps; `make demo`'s tokenizer phase 254 against 258 s), and the base model on its
+        # slightly different codes scored 71.9 / 67.2 % on 64 prompts against 93.8 / 89.1 %.
         c.train.eval_every = 500
         c.train.checkpoint_every = 250
     elif variant == "lpips":  # the real perceptual loss, as in vqgan_256.py
