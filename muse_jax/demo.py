@@ -47,6 +47,9 @@ def define_flags() -> None:
     # The demo's mask-free edit keeps a re-masked token its model still ranks among the 24 most
     # likely (not in Muse; sampling.EditOptions.keep has the measurement that chose 24).
     FLAGS.set_default("edit_keep", DEMO_EDIT_KEEP)
+    # Its edits keep the input's own pixels where they kept its tokens (not in Muse:
+    # inference.paste_unchanged), so what an edit leaves is as sharp as it was.
+    FLAGS.set_default("paste_unchanged", True)
 
 
 def configs(workdir: str, variant: str = "demo"):
@@ -288,10 +291,12 @@ def samples(held_out: list, out: Path) -> list[dict]:
     return [{"prompt": p, **shapes.score(im, scene)} for p, scene, im in first]
 
 
-def edits(pipe, source, options, edit_options, out: Path) -> dict:
-    """One inpainting, one outpainting and one mask-free edit of held-out images (Muse 3.3)."""
+def edits(pipe, source, options, edit_options, out: Path, paste: bool) -> dict:
+    """One inpainting, one outpainting and one mask-free edit of held-out images (Muse 3.3);
+    `paste`: each result with its input's own pixels wherever it kept the tokens."""
     from muse_jax.data import shapes
-    from muse_jax.inference import edit, sample_tokens, shift_canvas, token_mask_from_pixels
+    from muse_jax.inference import (edit, paste_unchanged, sample_tokens, shift, shift_canvas,
+                                    token_mask_from_pixels)
 
     size, grid, mask_id = pipe.config.data.image_size, pipe.grid, pipe.model.mask_id
     rng = np.random.default_rng(0)
@@ -306,10 +311,16 @@ def edits(pipe, source, options, edit_options, out: Path) -> dict:
         return image, pipe.tokens_of(to_model(image[None]))
 
     def panel(name: str, before, before_tokens, before_caption: str, after_tokens,
-              prompt: str) -> dict:
-        """Before, before as its tokens decode (what the model starts from: the edit can keep
-        the rest no sharper than this), after."""
-        through, after = (to_uint8(pipe.decode(t))[0] for t in (before_tokens, after_tokens))
+              prompt: str, given=None, aligned=None) -> dict:
+        """Before, before as its tokens decode (what the model starts from), after. The result
+        keeps the pixels of `aligned` (default: before) where it kept the tokens of `given`
+        (default: before's) if `paste`, else it is the decoder's drawing of every token."""
+        through, after = (pipe.decode(t) for t in (before_tokens, after_tokens))
+        if paste:
+            aligned = to_model(before[None]) if aligned is None else aligned
+            given = before_tokens if given is None else given
+            after = paste_unchanged(after, aligned, after_tokens, given)
+        through, after = to_uint8(through)[0], to_uint8(after)[0]
         _save(out / f"{name}.png", tile([captioned(before, "before: " + before_caption),
                                          captioned(through, "before, as its tokens decode"),
                                          captioned(after, "after: " + prompt)], 3))
@@ -325,20 +336,23 @@ def edits(pipe, source, options, edit_options, out: Path) -> dict:
     canvas = np.where(mask[None], mask_id, tokens).astype(np.int32)
     prompt = shapes.caption(new)
     results["inpaint"] = panel("inpaint", image, tokens, shapes.caption(objects),
-                               sample_tokens(pipe, [prompt], options, 0, canvas=canvas), prompt)
+                               sample_tokens(pipe, [prompt], options, 0, canvas=canvas), prompt,
+                               given=canvas)
 
     # Outpainting: the picture moves one cell (5 of 16 token columns) right; the freed left
     # column is generated, here with a new object in its middle cell.
-    shift = {"top left": "top center", "middle left": "center", "bottom left": "bottom center",
+    right_of = {"top left": "top center", "middle left": "center", "bottom left": "bottom center",
              "top center": "top right", "center": "middle right", "bottom center": "bottom right"}
-    i = _first(source, lambda objs: all(o.cell in shift for o in objs), 9200)
+    i = _first(source, lambda objs: all(o.cell in right_of for o in objs), 9200)
     objects = source.objects(i)
     image, tokens = start(i)
-    moved = [shapes.ShapeObject(o.color, o.shape, shift[o.cell]) for o in objects]
+    moved = [shapes.ShapeObject(o.color, o.shape, right_of[o.cell]) for o in objects]
     prompt = shapes.caption([other(objects[0], "middle left"), *moved])
     canvas = shift_canvas(tokens, grid, "left", round(grid / 3), mask_id)
+    moved_image = shift(to_model(image[None]), "left", round(grid / 3) * size // grid, -1.0)
     results["outpaint"] = panel("outpaint", image, tokens, shapes.caption(objects),
-                                sample_tokens(pipe, [prompt], options, 0, canvas=canvas), prompt)
+                                sample_tokens(pipe, [prompt], options, 0, canvas=canvas), prompt,
+                                given=canvas, aligned=moved_image)
 
     # Mask-free editing: the prompt recolours one object; no mask is given.
     i = _first(source, lambda objs: len(objs) >= 2, 9300)
@@ -352,7 +366,7 @@ def edits(pipe, source, options, edit_options, out: Path) -> dict:
 
 
 def run(workdir: str, out: str, num_eval: int, options, edit_options=None,
-        variant: str = "demo") -> dict:
+        variant: str = "demo", paste: bool = True) -> dict:
     from muse_jax import inference, sampling, shapes_evals
 
     options.check()
@@ -388,11 +402,11 @@ def run(workdir: str, out: str, num_eval: int, options, edit_options=None,
         grid = samples(held_out, out_dir)
     with timer.phase("inpaint, outpaint, edit"):
         edited = edits(pipe, shapes_evals.eval_source(pipe, "the demo"), options, edit_options,
-                       out_dir)
+                       out_dir, paste)
     curves = {demo_report.WORDINGS[p]: ([base.train.num_steps], [o["match"]])
               for p, o in oracles.items()}
     demo_report.write(out_dir, timer, options, edit_options, oracles, curves, grid, edited, vq,
-                      base, workdir, Path(base_dir) / "metrics.jsonl")
+                      base, workdir, Path(base_dir) / "metrics.jsonl", paste)
     print(f"oracle accuracy {oracles['canonical']['match']:.1%} on {num_eval} held-out prompts, "
           f"{oracles['held_out']['match']:.1%} in held-out phrasings; "
           f"report: {out_dir / 'report.html'}")
@@ -405,7 +419,7 @@ def main(argv) -> None:
     logging.set_verbosity(logging.WARNING)
     own = sampling_flags.eval_defaults(configs(FLAGS.workdir)[1].eval)  # base_shapes.py's
     run(FLAGS.workdir, FLAGS.out, FLAGS.num_eval, sampling_flags.options(**own),
-        sampling_flags.edit_options())
+        sampling_flags.edit_options(), paste=FLAGS.paste_unchanged)
 
 
 if __name__ == "__main__":

@@ -100,7 +100,7 @@ WORDINGS = {"canonical": "the canonical wording", "held_out": "phrasings trainin
 
 
 def markdown(timer, options, edit_options, oracles: dict[str, dict], grid: list[dict],
-             edited: dict, vq_config, base_config, workdir: str) -> str:
+             edited: dict, vq_config, base_config, workdir: str, paste: bool) -> str:
     """report.md's text: `oracles` maps a phrasing ("canonical", "held_out") to its scores."""
     phases = "\n".join(_time_row(p.name, p.seconds, p.cpu_seconds, p.reused)
                        for p in timer.phases)
@@ -122,6 +122,10 @@ def markdown(timer, options, edit_options, oracles: dict[str, dict], grid: list[
     keep = (f"; a re-masked token the model still ranks among its {edit_options.keep} most "
             "likely keeps its value (not in Muse), so what the prompt does not change stays"
             if edit_options.keep else "")
+    result = ("the result, which keeps the input's own pixels wherever it kept the input's "
+              "tokens (`--paste_unchanged`, not in Muse), and decodes the rest" if paste else
+              "the result (what an edit keeps can be no sharper than the middle picture)")
+    paste_flag = " --paste_unchanged" if paste else ""
     return f"""# muse_jax demo
 
 Shapes tokenizer ({vq_config.train.num_steps} steps) and base model ({base_config.train.num_steps}
@@ -156,8 +160,8 @@ The first of the images scored above in each wording:
 Inpainting and outpainting fill the masked tokens in {options.steps} steps; mask-free editing
 re-masks {edit_options.mask_rate:.0%} of the tokens {edit_options.iterations} times, each round
 filled in {edit_options.steps} steps with top-k {edit_options.top_k}{keep}. Each picture shows
-the input, the input as its tokens decode (the tokenizer's drawing, where every edit starts:
-what an edit keeps can be no sharper) and the result.
+the input, the input as its tokens decode (the tokenizer's drawing, where every edit starts) and
+{result}.
 
 | edit | before | prompt | oracle says the result matches |
 |---|---|---|---|
@@ -172,7 +176,7 @@ The model samples as above with
 .venv/bin/python -m muse_jax.sample --workdir={workdir}/base_shapes \\
     --guidance={options.guidance} --temperature={options.temperature} --steps={options.steps} \\
     --out=mine.png --prompt="two purple discs in the upper left corner and on the right edge"
-... --image=in.png --edit --edit_keep={edit_options.keep} --prompt=...  # a mask-free edit
+... --image=in.png --edit --edit_keep={edit_options.keep}{paste_flag} --prompt=...  # a mask-free edit
 ```
 (`sample` and `evaluate` guide a run and draw its tokens as its config's `eval.guidance` and
 `eval.temperature` say unless told otherwise: this small model over-sharpens at the paper's
@@ -216,16 +220,16 @@ img{{max-width:100%;vertical-align:top;margin:4px}}</style></head>
 
 def write(out: Path, timer, options, edit_options, oracles: dict, oracle_curves: dict,
           grid: list[dict], edited: dict, vq_config, base_config, workdir: str,
-          metrics_path: Path) -> None:
+          metrics_path: Path, paste: bool) -> None:
     """curves.png, report.md, report.html and report.json (every figure, for scripts)."""
     plot_curves(read_metrics(metrics_path), oracle_curves, out / "curves.png")
     text = markdown(timer, options, edit_options, oracles, grid, edited, vq_config, base_config,
-                    workdir)
+                    workdir, paste)
     (out / "report.md").write_text(text)
     (out / "report.html").write_text(html(text, out))
     with open(out / "report.json", "w") as f:
         json.dump({"oracle": oracles, "oracle_curves": oracle_curves, "samples": grid,
                    "edits": edited, "sampling": dataclasses.asdict(options),
-                   "editing": dataclasses.asdict(edit_options),
+                   "editing": {**dataclasses.asdict(edit_options), "paste_unchanged": paste},
                    "phases": [dataclasses.asdict(p) for p in timer.phases]}, f, indent=2,
                   default=lambda x: x.item() if isinstance(x, np.generic) else str(x))

@@ -73,7 +73,7 @@ def define_flags() -> None:
 
 def evaluate(workdir: str, eval_name: str, num_samples: int, options, seed: int = 0,
              batch_size: int = 64, sr_workdir: str | None = None, sr_options=None,
-             edit_options=None, lora_scale: float = 1.0) -> dict:
+             edit_options=None, lora_scale: float = 1.0, paste_unchanged: bool = False) -> dict:
     """Runs `eval_name` on the base run of `workdir` (and the SR run of `sr_workdir`)."""
     from muse_jax import inference, sampling, shapes_evals
 
@@ -86,11 +86,16 @@ def evaluate(workdir: str, eval_name: str, num_samples: int, options, seed: int 
         raise UserError("--eval=shapes_sr needs --sr_workdir (a super-resolution run)")
     if sr_workdir and eval_name not in ("shapes_sr", "shapes_inpaint"):
         raise UserError(f"--sr_workdir is for --eval=shapes_sr or shapes_inpaint, not {eval_name}")
+    if paste_unchanged and eval_name not in ("shapes_inpaint", "shapes_edit"):
+        raise UserError(f"--paste_unchanged is for --eval=shapes_inpaint or shapes_edit, not "
+                        f"{eval_name}")
     pipe = inference.load(workdir, lora_scale=lora_scale)
     settings = {"eval": eval_name, "workdir": workdir, "num_samples": num_samples, "seed": seed,
                 **dataclasses.asdict(options)}
     if lora_scale != 1.0:
         settings["lora_scale"] = lora_scale
+    if paste_unchanged:
+        settings["paste_unchanged"] = True
     if sr_workdir:
         sr_options = sr_options or dataclasses.replace(options, steps=8)
         sr_options.check()
@@ -102,12 +107,13 @@ def evaluate(workdir: str, eval_name: str, num_samples: int, options, seed: int 
                                         batch_size)
     elif eval_name == "shapes_inpaint":
         scores = shapes_evals.shapes_inpaint(pipe, options, num_samples, seed, batch_size,
-                                             *((sr_pipe, sr_options) if sr_workdir else ()))
+                                             *((sr_pipe, sr_options) if sr_workdir else ()),
+                                             paste=paste_unchanged)
     elif eval_name == "shapes_edit":
         edit_options = edit_options or sampling.EditOptions()
         settings.update({f"edit_{k}": v for k, v in dataclasses.asdict(edit_options).items()})
         scores = shapes_evals.shapes_edit(pipe, options, edit_options, num_samples, seed,
-                                          batch_size)
+                                          batch_size, paste_unchanged)
     else:
         phrasing = "held_out" if eval_name == "shapes_phrasings" else "canonical"
         scores = shapes_evals.shapes_oracle(pipe, options, num_samples, seed, batch_size, phrasing)
@@ -149,7 +155,7 @@ def main(argv) -> None:
     options = sampling_flags.options(**sampling_flags.run_defaults(FLAGS.workdir))
     result = evaluate(FLAGS.workdir, FLAGS.eval, FLAGS.num_samples, options,
                       FLAGS.seed, FLAGS.batch_size, FLAGS.sr_workdir, sampling_flags.sr_options(),
-                      sampling_flags.edit_options(), FLAGS.lora_scale)
+                      sampling_flags.edit_options(), FLAGS.lora_scale, FLAGS.paste_unchanged)
     print(json.dumps(result, indent=2))
 
 

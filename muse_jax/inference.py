@@ -262,22 +262,63 @@ def token_mask_from_pixels(pixel_mask: np.ndarray, grid: int) -> np.ndarray:
     return patches.any(axis=(1, 3)).reshape(-1)
 
 
+def paste_unchanged(result: np.ndarray, image: np.ndarray, result_tokens: np.ndarray,
+                    image_tokens: np.ndarray, margin: int = 2) -> np.ndarray:
+    """`result` [B,H,W,3] with `image`'s own pixels wherever the edit left its tokens as they were.
+
+    Not in Muse, whose edits return the decoder's drawing of every token, so what an edit keeps
+    is no sharper than the tokenizer draws it. Here a token counts as unchanged when it and every
+    token within `margin` of it (the decoder mixes neighbours) equal `image_tokens`
+    ([B, grid*grid], of `image`; a [MASK] never does); the output takes `image` there and
+    `result` elsewhere, blended over one token's width at the seam. Either image may be larger
+    than the grid by any whole factor (the SR stage's), and `image` is aligned with `result`
+    (an outpainting's input shifted as its tokens were).
+
+    The margin of 2 tokens: mask-free edits of the demo's model (96 held-out scenes, 2026-12-07,
+    `--edit_keep=24`, guidance 1, temperature 0.5) showed the asked change in 67.7 % of results
+    unpasted and in 44.8 / 64.6 / 66.7 / 67.7 % pasted at margins 0 / 1 / 2 / 3, at 29.2 dB
+    unpasted and 53.2 / 42.8 / 38.2 / 35.2 dB pasted outside the changed cell (every other object
+    kept in all): where an edit leaves a token of the old object beside new ones, the input's
+    sharp pixels show it and the oracle reads a mix.
+    """
+    from scipy import ndimage
+
+    batch, height, width, _ = result.shape
+    grid = round(np.sqrt(result_tokens.shape[-1]))
+    if height % grid or width % grid or image.shape != result.shape:
+        raise UserError(f"cannot paste {image.shape[1:3]} px inputs into {height}x{width} px "
+                        f"results of a {grid}x{grid} token grid")
+    same = (result_tokens == image_tokens).reshape(batch, grid, grid)
+    if margin:
+        same = ndimage.binary_erosion(same, np.ones((1, 3, 3), bool), iterations=margin,
+                                      border_value=1)
+    patch = (height // grid, width // grid)
+    weight = same.astype(np.float32).repeat(patch[0], axis=1).repeat(patch[1], axis=2)
+    weight = ndimage.uniform_filter(weight, size=(1, *patch), mode="nearest")[..., None]
+    return weight * image + (1.0 - weight) * result
+
+
 def shift_canvas(tokens: np.ndarray, grid: int, direction: str, amount: int, mask_id: int):
     """Outpainting: the image's tokens moved away from `direction` by `amount`; the gap masked."""
     if direction not in ("left", "right", "up", "down") or not 0 < amount < grid:
         raise UserError(f"--outpaint must be left|right|up|down:N with 0 < N < {grid}, "
                         f"got {direction}:{amount}")
-    ids = tokens.reshape(-1, grid, grid)
-    out = np.full_like(ids, mask_id)
+    ids = shift(tokens.reshape(-1, grid, grid), direction, amount, mask_id)
+    return ids.reshape(len(tokens), -1)
+
+
+def shift(images: np.ndarray, direction: str, amount: int, fill) -> np.ndarray:
+    """[B,H,W,...] moved away from `direction` by `amount` rows or columns, the gap `fill`ed."""
+    out = np.full_like(images, fill)
     if direction == "left":
-        out[:, :, amount:] = ids[:, :, :-amount]
+        out[:, :, amount:] = images[:, :, :-amount]
     elif direction == "right":
-        out[:, :, :-amount] = ids[:, :, amount:]
+        out[:, :, :-amount] = images[:, :, amount:]
     elif direction == "up":
-        out[:, amount:] = ids[:, :-amount]
+        out[:, amount:] = images[:, :-amount]
     else:
-        out[:, :-amount] = ids[:, amount:]
-    return out.reshape(len(tokens), -1)
+        out[:, :-amount] = images[:, amount:]
+    return out
 
 
 def decimate(images: np.ndarray, size: int) -> np.ndarray:

@@ -6,6 +6,7 @@
   ... --image=in.png --mask=mask.png --prompt=...      # inpaint where the mask is white
   ... --image=in.png --outpaint=left:4 --prompt=...    # shift 4 token columns right, fill the left
   ... --image=in.png --edit --prompt=...               # mask-free editing (Muse's settings)
+  ... --image=in.png --edit --paste_unchanged ...      # the input's own pixels where kept
   ... --sr_workdir=workdirs/sr_shapes --sr_steps=8       # then super-resolution (Muse 2.4)
 
 Writes the PNG grid (one row a prompt, --num_images columns) and, beside it, a JSON file of the
@@ -152,19 +153,28 @@ def starting_point(pipe, sr_pipe, mode: str | None) -> dict:
     image = load_image(FLAGS.image, size)[None]
     if mode == "edit":
         low = image if sr_pipe is None else inference.decimate(image, pipe.size)
-        return {"tokens": pipe.tokens_of(low)}
+        return {"tokens": pipe.tokens_of(low), "image": image}
     if sr_pipe is None:
         tokens = pipe.tokens_of(image)
         if mode == "mask":
             hole = inference.token_mask_from_pixels(load_mask(FLAGS.mask, size), pipe.grid)
-            return {"canvas": np.where(hole[None], pipe.mask_id, tokens)}
-        return {"canvas": inference.shift_canvas(tokens, pipe.grid, *_outpaint(), pipe.mask_id)}
+            return {"canvas": np.where(hole[None], pipe.mask_id, tokens), "image": image}
+        canvas = inference.shift_canvas(tokens, pipe.grid, *_outpaint(), pipe.mask_id)
+        return {"canvas": canvas, "image": _shifted(image, pipe.grid)}
     if mode == "mask":
         canvas, sr_canvas = inference.inpaint_canvases(pipe, sr_pipe, image,
                                                        load_mask(FLAGS.mask, size)[None])
-    else:
-        canvas, sr_canvas = inference.outpaint_canvases(pipe, sr_pipe, image, *_outpaint())
-    return {"canvas": canvas, "sr_canvas": sr_canvas}
+        return {"canvas": canvas, "sr_canvas": sr_canvas, "image": image}
+    canvas, sr_canvas = inference.outpaint_canvases(pipe, sr_pipe, image, *_outpaint())
+    return {"canvas": canvas, "sr_canvas": sr_canvas, "image": _shifted(image, pipe.grid)}
+
+
+def _shifted(image: np.ndarray, grid: int) -> np.ndarray:
+    """--image moved as --outpaint moves its tokens (what --paste_unchanged pastes)."""
+    from muse_jax import inference
+
+    direction, amount = _outpaint()
+    return inference.shift(image, direction, amount * (image.shape[1] // grid), -1.0)
 
 
 def generate(pipe, sr_pipe, rows: list[str], first_row: int, mode: str | None, start: dict,
@@ -177,18 +187,22 @@ def generate(pipe, sr_pipe, rows: list[str], first_row: int, mode: str | None, s
     common = dict(batch_size=n, first_row=first_row)
     each = {k: np.repeat(v, n, axis=0) for k, v in start.items()}
     if mode == "edit":
-        result = inference.edit(pipe, each["tokens"], rows, options, edit_options, seed,
+        tokens = inference.edit(pipe, each["tokens"], rows, options, edit_options, seed,
                                 negative, **common)
-        if sr_pipe is None:
-            return pipe.decode(result)
-        return sr_pipe.decode(inference.super_resolve(sr_pipe, result, rows, sr_options, seed,
-                                                      negative, **common))
-    if sr_pipe is None:
-        return pipe.decode(inference.sample_tokens(pipe, rows, options, seed, negative,
-                                                   each.get("canvas"), **common))
-    return inference.sample_two_stage(pipe, sr_pipe, rows, options, sr_options, seed, negative,
-                                      each.get("canvas"), each.get("sr_canvas"),
-                                      **common)["images"]
+        images = pipe.decode(tokens) if sr_pipe is None else sr_pipe.decode(
+            inference.super_resolve(sr_pipe, tokens, rows, sr_options, seed, negative, **common))
+    elif sr_pipe is None:
+        tokens = inference.sample_tokens(pipe, rows, options, seed, negative,
+                                         each.get("canvas"), **common)
+        images = pipe.decode(tokens)
+    else:
+        out = inference.sample_two_stage(pipe, sr_pipe, rows, options, sr_options, seed, negative,
+                                         each.get("canvas"), each.get("sr_canvas"), **common)
+        tokens, images = out["low_res"], out["images"]
+    if FLAGS.paste_unchanged:
+        given = each["tokens"] if mode == "edit" else each["canvas"]
+        images = inference.paste_unchanged(images, each["image"], tokens, given)
+    return images
 
 
 def main(argv) -> None:
@@ -205,6 +219,8 @@ def main(argv) -> None:
     settings_file = _check_out(FLAGS.out)
     num_prompts = _count_prompts()
     mode = _editing()
+    if FLAGS.paste_unchanged and not mode:
+        raise UserError("--paste_unchanged needs --edit, --mask or --outpaint")
     if mode == "outpaint":
         _outpaint()
     options = sampling_flags.options(**sampling_flags.run_defaults(FLAGS.workdir))
@@ -223,7 +239,8 @@ def main(argv) -> None:
                 "negative_prompt": FLAGS.negative_prompt,
                 "num_images": FLAGS.num_images, "seed": FLAGS.seed, **dataclasses.asdict(options),
                 "image": FLAGS.image, "mask": FLAGS.mask, "outpaint": FLAGS.outpaint,
-                "edit": FLAGS.edit, "sr_workdir": FLAGS.sr_workdir}
+                "edit": FLAGS.edit, "paste_unchanged": FLAGS.paste_unchanged,
+                "sr_workdir": FLAGS.sr_workdir}
     if FLAGS.edit:
         settings["edit_options"] = dataclasses.asdict(edit_options)
     if sr_pipe is not None:

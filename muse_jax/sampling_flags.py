@@ -63,6 +63,10 @@ def define(sr: bool = True, edit: bool = True) -> None:
         flags.DEFINE_integer("edit_keep", _EDIT.keep,
                              "Mask-free editing: a re-masked token the model ranks among its k "
                              "most likely keeps its value (0: resample all, as Muse).")
+        flags.DEFINE_bool("paste_unchanged", False,
+                          "Editing, inpainting, outpainting: the input's own pixels wherever "
+                          "the result kept its tokens (inference.paste_unchanged; not in Muse, "
+                          "which shows the tokenizer's drawing of them).")
 
 
 _OPTION_FLAGS = ("steps", "guidance", "guidance_schedule", "temperature", "top_k",

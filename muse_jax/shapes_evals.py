@@ -74,7 +74,7 @@ def shapes_oracle(pipe, options, num_samples: int, seed: int, batch_size: int,
 
 
 def shapes_inpaint(pipe, options, num_samples: int, seed: int, batch_size: int,
-                   sr_pipe=None, sr_options=None) -> dict:
+                   sr_pipe=None, sr_options=None, paste: bool = False) -> dict:
     """Muse's text-guided inpainting: in each held-out image the cell of its first object is
     masked and regenerated from a caption that puts another colour and shape there.
 
@@ -82,7 +82,8 @@ def shapes_inpaint(pipe, options, num_samples: int, seed: int, batch_size: int,
     "kept_tokens" the share of tokens outside the mask left untouched (1.0 by construction).
     With `sr_pipe` the scene is given at the SR resolution, inpainted at both (base tokens of
     the decimated input, then SR tokens conditioned on them) and scored at the high resolution;
-    "kept_tokens_low_res" is then the base grid's share.
+    "kept_tokens_low_res" is then the base grid's share. `paste`: the input's own pixels
+    wherever the result kept its tokens (`inference.paste_unchanged`).
     """
     top = sr_pipe or pipe
     source = eval_source(top, "shapes_inpaint")
@@ -102,16 +103,20 @@ def shapes_inpaint(pipe, options, num_samples: int, seed: int, batch_size: int,
         canvas = np.where(hole, pipe.mask_id, tokens).astype(np.int32)
         out = inference.sample_tokens(pipe, captions, options, seed, canvas=canvas,
                                       batch_size=batch_size, progress=True)
-        results = to_uint8(pipe.decode(out))
+        results = pipe.decode(out)
+        low_res, given = out, canvas
         kept = {"kept_tokens": float(np.mean((out == tokens)[~hole]))}
     else:
         canvas, sr_canvas = inference.inpaint_canvases(pipe, sr_pipe, images, pixel_masks)
         out = inference.sample_two_stage(pipe, sr_pipe, captions, options, sr_options, seed,
                                          canvas=canvas, sr_canvas=sr_canvas,
                                          batch_size=batch_size, progress=True)
-        results = to_uint8(out["images"])
+        results, low_res, given = out["images"], out["low_res"], canvas
         kept = {"kept_tokens": _kept(out["tokens"], sr_canvas, sr_pipe.mask_id),
                 "kept_tokens_low_res": _kept(out["low_res"], canvas, pipe.mask_id)}
+    if paste:
+        results = inference.paste_unchanged(results, images, low_res, given)
+    results = to_uint8(results)
     region = [new in shapes.parse_image(im) for im, new in zip(results, wanted)]
     return {**shapes.score_batch(results, captions), "region": float(np.mean(region)), **kept}
 
@@ -122,7 +127,7 @@ def _kept(out: np.ndarray, canvas: np.ndarray, mask_id: int) -> float:
 
 
 def shapes_edit(pipe, options, edit_options, num_samples: int, seed: int,
-                batch_size: int) -> dict:
+                batch_size: int, paste: bool = False) -> dict:
     """Mask-free editing (Muse 3.3): each held-out scene with two or more objects gets a prompt
     that changes its first object's colour (even scenes) or shape (odd ones), and no mask.
 
@@ -131,7 +136,8 @@ def shapes_edit(pipe, options, edit_options, num_samples: int, seed: int,
     exactly the new caption's scene; "kept_psnr": PSNR (dB) of the result against the input
     image outside the changed object's cell (how sharp what the edit should not touch stays);
     "seconds_per_edit": wall time over all scenes (the
-    compilation included) divided by their number.
+    compilation included) divided by their number. `paste`: the input's own pixels wherever the
+    edit kept its tokens (`inference.paste_unchanged`).
     """
     source = eval_source(pipe, "shapes_edit")
     rng = np.random.default_rng(seed)
@@ -151,7 +157,10 @@ def shapes_edit(pipe, options, edit_options, num_samples: int, seed: int,
     tokens = pipe.tokens_of(np.stack(images))
     out = inference.edit(pipe, tokens, captions, options, edit_options, seed,
                          batch_size=batch_size, progress=True)
-    results = to_uint8(pipe.decode(out))
+    results = pipe.decode(out)
+    if paste:
+        results = inference.paste_unchanged(results, np.stack(images), out, tokens)
+    results = to_uint8(results)
     seconds = time.perf_counter() - start
     size = pipe.config.data.image_size
     outside = np.stack([~shapes.cell_mask(new.cell, size) for new in changed])

@@ -9,6 +9,7 @@ from PIL import Image
 
 from conftest import ONE_FAST_DEVICE, run_module, train_tiny_base
 from muse_jax import sampling
+from muse_jax.errors import UserError
 from muse_jax.inference import load, sample_tokens, shift_canvas, token_mask_from_pixels
 
 
@@ -51,6 +52,80 @@ def test_outpaint_canvas_shifts_and_masks():
     tokens = np.arange(16).reshape(1, 16)
     canvas = shift_canvas(tokens, 4, "left", 1, 99).reshape(4, 4)
     assert (canvas[:, 0] == 99).all() and (canvas[:, 1:] == np.arange(16).reshape(4, 4)[:, :3]).all()
+
+
+def test_paste_unchanged_takes_the_input_where_the_tokens_and_their_neighbours_stayed():
+    from muse_jax.inference import paste_unchanged
+
+    rng = np.random.default_rng(0)
+    image, result = rng.uniform(-1, 1, (2, 64, 64, 3)).astype(np.float32)
+    before = np.zeros((1, 256), np.int32)
+    after = before.copy()
+    after[0, 8 * 16 + 8] = 5  # token (8, 8): pixels 32..35 of 4-pixel patches
+    np.testing.assert_array_equal(paste_unchanged(result[None], image[None], before, before),
+                                  image[None])
+    np.testing.assert_array_equal(paste_unchanged(result[None], image[None], before + 1, before),
+                                  result[None])
+    out = paste_unchanged(result[None], image[None], after, before, margin=1)[0]
+    # Tokens 7..9 (pixels 28..39) are the result's; a box of one token's width (4 px: pixel i
+    # averages i-2..i+1) blends the seam, so pixels 30..38 are the result's alone and pixels
+    # up to 26 and from 42 the input's alone.
+    np.testing.assert_array_equal(out[30:39, 30:39], result[30:39, 30:39])
+    far = np.ones((64, 64), bool)
+    far[27:42, 27:42] = False
+    np.testing.assert_array_equal(out[far], image[far])
+    seam = out[29, 33] - result[29, 33]
+    np.testing.assert_allclose(seam, 0.25 * (image[29, 33] - result[29, 33]), atol=1e-6)
+    # margin 0: only the changed token's pixels (and the half-token seam) come from the result.
+    out0 = paste_unchanged(result[None], image[None], after, before, margin=0)[0]
+    np.testing.assert_array_equal(out0[34, 34], result[34, 34])
+    np.testing.assert_array_equal(out0[29, 29], image[29, 29])
+    # A larger image than the grid (the SR stage's): 8-pixel patches, token (8, 8) at 64..71.
+    big = paste_unchanged(np.repeat(np.repeat(result[None], 2, 1), 2, 2),
+                          np.repeat(np.repeat(image[None], 2, 1), 2, 2), after, before, margin=0)
+    assert big.shape == (1, 128, 128, 3)
+    np.testing.assert_array_equal(big[0, 68, 68], result[34, 34])
+    with pytest.raises(UserError, match="cannot paste"):
+        paste_unchanged(result[None], image[None, :32], after, before)
+
+
+def test_an_image_shifts_as_its_outpainting_canvas_does():
+    from muse_jax.inference import shift
+
+    tokens = np.arange(16).reshape(1, 16)
+    pixels = np.repeat(np.repeat(tokens.reshape(1, 4, 4), 3, 1), 3, 2)  # 3 px a token
+    for direction in ("left", "right", "up", "down"):
+        canvas = shift_canvas(tokens, 4, direction, 1, -1).reshape(1, 4, 4)
+        np.testing.assert_array_equal(shift(pixels, direction, 3, -1),
+                                      np.repeat(np.repeat(canvas, 3, 1), 3, 2))
+
+
+@pytest.mark.slow
+def test_sample_cli_inpaints_and_outpaints_keeping_the_inputs_own_pixels(base_dir, tmp_path):
+    """--paste_unchanged: outside the mask (and 2.5 tokens around it) the output is the input
+    itself, not the tiny tokenizer's drawing of it, which is far from the input's noise; an
+    outpainting keeps the input where its tokens moved to."""
+    noise = np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)
+    Image.fromarray(noise).save(tmp_path / "in.png")
+    mask = np.zeros((64, 64), np.uint8)
+    mask[24:40, 24:40] = 255  # tokens 6..9
+    Image.fromarray(mask).save(tmp_path / "mask.png")
+    outside = np.ones((64, 64), bool)
+    outside[14:50, 14:50] = False  # tokens 4..11 blended over 2 px either side
+
+    def sample(name, *args):
+        out = tmp_path / f"{name}.png"
+        run_module("muse_jax.sample", f"--workdir={base_dir}", "--prompt=a red circle",
+                   f"--image={tmp_path / 'in.png'}", "--steps=2", "--num_images=1", *args,
+                   f"--out={out}", env=ONE_FAST_DEVICE, check=True)
+        return np.asarray(Image.open(out).convert("RGB"))
+
+    mask_flag = f"--mask={tmp_path / 'mask.png'}"
+    assert (sample("pasted", mask_flag, "--paste_unchanged")[outside] == noise[outside]).all()
+    assert (sample("decoded", mask_flag)[outside] == noise[outside]).mean() < 0.1
+    # left:4 moves the tokens 4 columns (16 px) right; tokens 0..5 are new or within 2 of them.
+    moved = sample("outpainted", "--outpaint=left:4", "--paste_unchanged")
+    np.testing.assert_array_equal(moved[:, 26:], noise[:, 10:48])
 
 
 @pytest.mark.slow
@@ -123,7 +198,7 @@ def test_evaluate_cli_prints_oracle_scores(base_dir):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("case", ["mask size", "empty prompts file", "zero steps", "no checkpoint",
-                                  "non-UTF-8 prompts file"])
+                                  "non-UTF-8 prompts file", "paste without an edit"])
 def test_bad_input_is_one_line(case, base_dir, tmp_path):
     args = [f"--workdir={base_dir}", "--prompt=a red circle at the center", f"--out={tmp_path}/x.png"]
     if case == "mask size":
@@ -139,6 +214,9 @@ def test_bad_input_is_one_line(case, base_dir, tmp_path):
         (tmp_path / "p.txt").write_bytes(b"a red circle\n\xff\xfe at the top\n")
         args = [f"--workdir={base_dir}", f"--prompts_file={tmp_path}/p.txt", f"--out={tmp_path}/x.png"]
         message = "p.txt is not UTF-8 text (line 2, byte 1: invalid start byte)"
+    elif case == "paste without an edit":
+        args.append("--paste_unchanged")
+        message = "--paste_unchanged needs --edit, --mask or --outpaint"
     elif case == "zero steps":
         args.append("--steps=0")
         message = "steps must be >= 1"
@@ -173,6 +251,16 @@ def test_edit_eval_scores_the_changed_object_and_the_rest(base_dir):
     assert 0.0 < result["changed_tokens"] < 0.3 and result["seconds_per_edit"] > 0
     # A dB figure (the tiny 6-step tokenizer reconstructs at ~8 dB), not a share.
     assert 3.0 < result["kept_psnr"] < 60.0
+    # Every token kept (keep: all 64 codes rank among the 64 most likely), pasted: the input.
+    keep_all = sampling.EditOptions(iterations=3, steps=2, keep=64)
+    pasted = evaluate.evaluate(str(base_dir), "shapes_edit", 4, sampling.SamplingOptions(),
+                               seed=0, batch_size=4, edit_options=keep_all, paste_unchanged=True)
+    assert pasted["paste_unchanged"] and pasted["changed_tokens"] == 0.0
+    assert pasted["kept_psnr"] > 100.0 and pasted["changed"] == 0.0  # ~8 dB decoded
+    with pytest.raises(UserError, match="--paste_unchanged is for --eval=shapes_inpaint or "
+                                        "shapes_edit, not shapes_oracle"):
+        evaluate.evaluate(str(base_dir), "shapes_oracle", 4, sampling.SamplingOptions(),
+                          paste_unchanged=True)
 
 
 @pytest.mark.slow
