@@ -96,17 +96,35 @@ def choice_scale(options: SamplingOptions, step) -> jax.Array:
     return options.choice_temperature * (1.0 - (step + 1) / options.steps)
 
 
+def kth_largest(x, k: int):
+    """The k-th largest value along the last axis, ties counted: `jax.lax.top_k(x, k)[0][..., -1]`.
+
+    On a CPU by k - 1 passes that each drop one maximum: XLA:CPU's TopK sorts every row, a
+    comparator call per comparison, and took 7.7 ms for k = 3 over [1, 256, 256] logits (one
+    edit step of the demo's model) against 0.15 ms this way, 7.2 against 1.5 ms for k = 24
+    (jitted, in a loop of 100, 2026-12-07, 2-core AMD EPYC). Other backends keep TopK.
+    """
+    if jax.default_backend() != "cpu":
+        return jax.lax.top_k(x, k)[0][..., -1]
+    columns = jnp.arange(x.shape[-1])
+
+    def drop_max(_, y):
+        return jnp.where(columns == jnp.argmax(y, axis=-1)[..., None], -jnp.inf, y)
+
+    return jnp.max(jax.lax.fori_loop(0, k - 1, drop_max, x), axis=-1)
+
+
 def _top_k(logits, k: int):
     if k <= 0 or k >= logits.shape[-1]:
         return logits
-    kth = jax.lax.top_k(logits, k)[0][..., -1:]
+    kth = kth_largest(logits, k)[..., None]
     return jnp.where(logits < kth, -_INF, logits)
 
 
 def _keep_likely(logits, sampled, previous, k: int):
     """`previous` where its logit is among the k largest (k >= the codebook: always), else
     `sampled`."""
-    kth = jax.lax.top_k(logits, min(k, logits.shape[-1]))[0][..., -1]
+    kth = kth_largest(logits, min(k, logits.shape[-1]))
     mine = jnp.take_along_axis(logits, previous[..., None].astype(jnp.int32), axis=-1)[..., 0]
     return jnp.where(mine >= kth, previous.astype(jnp.int32), sampled)
 

@@ -293,3 +293,16 @@ def test_edit_keeps_what_the_new_prompt_still_finds_likely(keep):
                jax.random.key(0), tokens)
     expected = np.where(np.arange(N) % 2, 5, 2) if keep else np.full(N, 2)
     np.testing.assert_array_equal(out, np.broadcast_to(expected, (8, N)))
+
+
+@pytest.mark.parametrize("k", [1, 3, 24, 64])
+def test_kth_largest_is_top_ks_last_value_ties_and_infinities_included(k):
+    """The CPU's argmax passes give exactly what XLA's TopK gives: repeated values count once
+    each, and -inf (logits `_top_k` already cut) may be the answer."""
+    rng = np.random.default_rng(k)
+    x = rng.integers(-4, 5, (3, 7, 64)).astype(np.float32)  # many ties
+    x[0, 0, :60] = -np.inf
+    want = jax.lax.top_k(jnp.asarray(x), k)[0][..., -1]
+    got = jax.jit(sampling.kth_largest, static_argnums=1)(jnp.asarray(x), k)
+    np.testing.assert_array_equal(got, want)
+    assert got[0, 0] == (-np.inf if k > 4 else np.sort(x[0, 0])[-k])
