@@ -295,8 +295,8 @@ def edits(pipe, source, options, edit_options, out: Path, paste: bool) -> dict:
     """One inpainting, one outpainting and one mask-free edit of held-out images (Muse 3.3);
     `paste`: each result with its input's own pixels wherever it kept the tokens."""
     from muse_jax.data import shapes
-    from muse_jax.inference import (edit, paste_unchanged, sample_tokens, shift, shift_canvas,
-                                    token_mask_from_pixels)
+    from muse_jax.inference import (edit, paste_unchanged, sample_tokens, shift_canvas,
+                                    shift_image, token_mask_from_pixels)
 
     size, grid, mask_id = pipe.config.data.image_size, pipe.grid, pipe.model.mask_id
     rng = np.random.default_rng(0)
@@ -311,14 +311,12 @@ def edits(pipe, source, options, edit_options, out: Path, paste: bool) -> dict:
         return image, pipe.tokens_of(to_model(image[None]))
 
     def panel(name: str, before, before_tokens, before_caption: str, after_tokens,
-              prompt: str, given=None, aligned=None) -> dict:
+              prompt: str, given, aligned) -> dict:
         """Before, before as its tokens decode (what the model starts from), after. The result
-        keeps the pixels of `aligned` (default: before) where it kept the tokens of `given`
-        (default: before's) if `paste`, else it is the decoder's drawing of every token."""
+        keeps the pixels of `aligned` ([1,H,W,3] in [-1,1]) where it kept the tokens of `given`
+        if `paste`, else it is the decoder's drawing of every token."""
         through, after = (pipe.decode(t) for t in (before_tokens, after_tokens))
         if paste:
-            aligned = to_model(before[None]) if aligned is None else aligned
-            given = before_tokens if given is None else given
             after = paste_unchanged(after, aligned, after_tokens, given)
         through, after = to_uint8(through)[0], to_uint8(after)[0]
         _save(out / f"{name}.png", tile([captioned(before, "before: " + before_caption),
@@ -337,7 +335,7 @@ def edits(pipe, source, options, edit_options, out: Path, paste: bool) -> dict:
     prompt = shapes.caption(new)
     results["inpaint"] = panel("inpaint", image, tokens, shapes.caption(objects),
                                sample_tokens(pipe, [prompt], options, 0, canvas=canvas), prompt,
-                               given=canvas)
+                               given=canvas, aligned=to_model(image[None]))
 
     # Outpainting: the picture moves one cell (5 of 16 token columns) right; the freed left
     # column is generated, here with a new object in its middle cell.
@@ -349,7 +347,7 @@ def edits(pipe, source, options, edit_options, out: Path, paste: bool) -> dict:
     moved = [shapes.ShapeObject(o.color, o.shape, right_of[o.cell]) for o in objects]
     prompt = shapes.caption([other(objects[0], "middle left"), *moved])
     canvas = shift_canvas(tokens, grid, "left", round(grid / 3), mask_id)
-    moved_image = shift(to_model(image[None]), "left", round(grid / 3) * size // grid, -1.0)
+    moved_image = shift_image(to_model(image[None]), grid, "left", round(grid / 3))
     results["outpaint"] = panel("outpaint", image, tokens, shapes.caption(objects),
                                 sample_tokens(pipe, [prompt], options, 0, canvas=canvas), prompt,
                                 given=canvas, aligned=moved_image)
@@ -361,7 +359,8 @@ def edits(pipe, source, options, edit_options, out: Path, paste: bool) -> dict:
     recoloured = shapes.ShapeObject(other(objects[0]).color, objects[0].shape, objects[0].cell)
     prompt = shapes.caption([recoloured, *objects[1:]])
     edited = edit(pipe, tokens, [prompt], options, edit_options, seed=0)
-    results["edit"] = panel("edit", image, tokens, shapes.caption(objects), edited, prompt)
+    results["edit"] = panel("edit", image, tokens, shapes.caption(objects), edited, prompt,
+                            given=tokens, aligned=to_model(image[None]))
     return results
 
 

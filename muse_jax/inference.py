@@ -307,6 +307,13 @@ def shift_canvas(tokens: np.ndarray, grid: int, direction: str, amount: int, mas
     return ids.reshape(len(tokens), -1)
 
 
+def shift_image(images: np.ndarray, grid: int, direction: str, amount: int) -> np.ndarray:
+    """Images [B,H,W,3] in [-1,1] moved as `shift_canvas` moves their tokens (`amount` of
+    `grid` tokens a side), the gap black: what `paste_unchanged` pastes into an outpainting."""
+    pixels = images.shape[2 if direction in ("left", "right") else 1] // grid
+    return shift(images, direction, amount * pixels, -1.0)
+
+
 def shift(images: np.ndarray, direction: str, amount: int, fill) -> np.ndarray:
     """[B,H,W,...] moved away from `direction` by `amount` rows or columns, the gap `fill`ed."""
     out = np.full_like(images, fill)

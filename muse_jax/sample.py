@@ -160,21 +160,14 @@ def starting_point(pipe, sr_pipe, mode: str | None) -> dict:
             hole = inference.token_mask_from_pixels(load_mask(FLAGS.mask, size), pipe.grid)
             return {"canvas": np.where(hole[None], pipe.mask_id, tokens), "image": image}
         canvas = inference.shift_canvas(tokens, pipe.grid, *_outpaint(), pipe.mask_id)
-        return {"canvas": canvas, "image": _shifted(image, pipe.grid)}
+        return {"canvas": canvas, "image": inference.shift_image(image, pipe.grid, *_outpaint())}
     if mode == "mask":
         canvas, sr_canvas = inference.inpaint_canvases(pipe, sr_pipe, image,
                                                        load_mask(FLAGS.mask, size)[None])
         return {"canvas": canvas, "sr_canvas": sr_canvas, "image": image}
     canvas, sr_canvas = inference.outpaint_canvases(pipe, sr_pipe, image, *_outpaint())
-    return {"canvas": canvas, "sr_canvas": sr_canvas, "image": _shifted(image, pipe.grid)}
-
-
-def _shifted(image: np.ndarray, grid: int) -> np.ndarray:
-    """--image moved as --outpaint moves its tokens (what --paste_unchanged pastes)."""
-    from muse_jax import inference
-
-    direction, amount = _outpaint()
-    return inference.shift(image, direction, amount * (image.shape[1] // grid), -1.0)
+    return {"canvas": canvas, "sr_canvas": sr_canvas,
+            "image": inference.shift_image(image, pipe.grid, *_outpaint())}
 
 
 def generate(pipe, sr_pipe, rows: list[str], first_row: int, mode: str | None, start: dict,

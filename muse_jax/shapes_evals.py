@@ -103,19 +103,18 @@ def shapes_inpaint(pipe, options, num_samples: int, seed: int, batch_size: int,
         canvas = np.where(hole, pipe.mask_id, tokens).astype(np.int32)
         out = inference.sample_tokens(pipe, captions, options, seed, canvas=canvas,
                                       batch_size=batch_size, progress=True)
-        results = pipe.decode(out)
-        low_res, given = out, canvas
+        results, result_tokens = pipe.decode(out), out
         kept = {"kept_tokens": float(np.mean((out == tokens)[~hole]))}
     else:
         canvas, sr_canvas = inference.inpaint_canvases(pipe, sr_pipe, images, pixel_masks)
         out = inference.sample_two_stage(pipe, sr_pipe, captions, options, sr_options, seed,
                                          canvas=canvas, sr_canvas=sr_canvas,
                                          batch_size=batch_size, progress=True)
-        results, low_res, given = out["images"], out["low_res"], canvas
+        results, result_tokens = out["images"], out["low_res"]
         kept = {"kept_tokens": _kept(out["tokens"], sr_canvas, sr_pipe.mask_id),
                 "kept_tokens_low_res": _kept(out["low_res"], canvas, pipe.mask_id)}
     if paste:
-        results = inference.paste_unchanged(results, images, low_res, given)
+        results = inference.paste_unchanged(results, images, result_tokens, canvas)
     results = to_uint8(results)
     region = [new in shapes.parse_image(im) for im, new in zip(results, wanted)]
     return {**shapes.score_batch(results, captions), "region": float(np.mean(region)), **kept}
@@ -154,17 +153,18 @@ def shapes_edit(pipe, options, edit_options, num_samples: int, seed: int,
         changed.append(new)
         rest.append(objects[1:])
     start = time.perf_counter()
-    tokens = pipe.tokens_of(np.stack(images))
+    images = np.stack(images)
+    tokens = pipe.tokens_of(images)
     out = inference.edit(pipe, tokens, captions, options, edit_options, seed,
                          batch_size=batch_size, progress=True)
     results = pipe.decode(out)
     if paste:
-        results = inference.paste_unchanged(results, np.stack(images), out, tokens)
+        results = inference.paste_unchanged(results, images, out, tokens)
     results = to_uint8(results)
     seconds = time.perf_counter() - start
     size = pipe.config.data.image_size
     outside = np.stack([~shapes.cell_mask(new.cell, size) for new in changed])
-    kept = psnr(results[outside][None], to_uint8(np.stack(images))[outside][None])
+    kept = psnr(results[outside][None], to_uint8(images)[outside][None])
     parsed = [shapes.parse_image(im) for im in results]
     return {**shapes.score_batch(results, captions),
             "changed": float(np.mean([new in p for new, p in zip(changed, parsed)])),

@@ -90,13 +90,13 @@ def test_paste_unchanged_takes_the_input_where_the_tokens_and_their_neighbours_s
 
 
 def test_an_image_shifts_as_its_outpainting_canvas_does():
-    from muse_jax.inference import shift
+    from muse_jax.inference import shift_image
 
     tokens = np.arange(16).reshape(1, 16)
     pixels = np.repeat(np.repeat(tokens.reshape(1, 4, 4), 3, 1), 3, 2)  # 3 px a token
     for direction in ("left", "right", "up", "down"):
         canvas = shift_canvas(tokens, 4, direction, 1, -1).reshape(1, 4, 4)
-        np.testing.assert_array_equal(shift(pixels, direction, 3, -1),
+        np.testing.assert_array_equal(shift_image(pixels.astype(np.float32), 4, direction, 1),
                                       np.repeat(np.repeat(canvas, 3, 1), 3, 2))
 
 
