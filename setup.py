@@ -63,6 +63,8 @@ setuptools.setup(
     version="0.1.0",
     description=__doc__,
     packages=setuptools.find_packages(include=["muse_jax", "muse_jax.*"]),
+    # The shapes tokenizer `make demo` installs (muse_jax/shipped_tokenizer.py).
+    package_data={"muse_jax": ["assets/vqgan_shapes_demo/*"]},
     python_requires=">=3.11",
     install_requires=INSTALL_REQUIRES,
     extras_require=EXTRAS_REQUIRE,

@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/new_concept.py --workdir=/tmp/new_concept
     .venv/bin/python benchmarks/new_concept.py --workdir=/tmp/new_concept \\
-        --tokenizer=workdirs/demo/vqgan_shapes --base_steps=1000 --images=24
+        --tokenizer=workdirs/demo/vqgan_shapes_shipped --base_steps=1000 --images=24
 
 1. The base model (configs/base_shapes.py:demo's recipe, canonical captions) is trained on a
    shapes world without the colour orange and without triangles (`data.shapes_exclude_*`):
@@ -110,7 +110,7 @@ def main(argv):
 
     logging.set_verbosity(logging.WARNING)
     root = Path(FLAGS.workdir)
-    vq, base = demo.configs(str(root), "demo")
+    vq, base = demo.configs(str(root), "demo", train_tokenizer=True)
     if FLAGS.tokenizer:
         base.tokenizer.workdir = FLAGS.tokenizer
     else:

@@ -2,9 +2,10 @@
 
     python -m muse_jax.demo --workdir=workdirs/demo --out=demo
 
-Trains the shapes tokenizer (configs/vqgan_shapes.py:demo), encodes the captions with MiniLM
-and the images with that tokenizer once (muse_jax.text.precompute, muse_jax.data.precompute_tokens),
-trains the base model from them (configs/base_shapes.py:demo), then writes to --out:
+Installs the shapes tokenizer muse_jax ships (muse_jax/shipped_tokenizer.py; --train_tokenizer
+trains it here, configs/vqgan_shapes.py:demo), encodes the captions with MiniLM and the images
+with that tokenizer once (muse_jax.text.precompute, muse_jax.data.precompute_tokens), trains the
+base model from them (configs/base_shapes.py:demo), then writes to --out:
   samples.png   the first 4 images the oracle scored in each wording, each prompt under its
                 image;
   inpaint.png, outpaint.png, edit.png   before, before as its tokens decode, after, with the
@@ -43,6 +44,10 @@ def define_flags() -> None:
     flags.DEFINE_string("workdir", "workdirs/demo", "Where the trained stages live.")
     flags.DEFINE_string("out", "demo", "Where the images and the report go.")
     flags.DEFINE_integer("num_eval", 64, "Held-out prompts scored by the shapes oracle.")
+    flags.DEFINE_bool("train_tokenizer", False,
+                      "Train the shapes tokenizer here (configs/vqgan_shapes.py:demo, 3-4 minutes "
+                      "on 2 cores) instead of installing the one muse_jax ships, trained by the "
+                      "same recipe (muse_jax/shipped_tokenizer.py).")
     sampling_flags.define(sr=False)
     # The demo's mask-free edit keeps a re-masked token its model still ranks among the 24 most
     # likely (not in Muse; sampling.EditOptions.keep has the measurement that chose 24).
@@ -52,15 +57,18 @@ def define_flags() -> None:
     FLAGS.set_default("paste_unchanged", True)
 
 
-def configs(workdir: str, variant: str = "demo"):
+def configs(workdir: str, variant: str = "demo", train_tokenizer: bool = False):
     """The tokenizer and base configs, the base one reading the precomputed inputs.
 
-    `variant` names the variant of both config files: "demo", or "tiny" for the tests."""
+    `variant` names the variant of both config files: "demo", or "tiny" for the tests (which
+    has no shipped tokenizer). A trained tokenizer and the shipped one live in directories of
+    their own, so that changing between them makes the tokens, and the base model, again."""
     from muse_jax import config as config_lib
 
     vq = config_lib.load_file(config_lib.CONFIG_DIR / "vqgan_shapes.py", variant)
     base = config_lib.load_file(config_lib.CONFIG_DIR / "base_shapes.py", variant)
-    base.tokenizer.workdir = os.path.join(workdir, "vqgan_shapes")
+    base.tokenizer.workdir = os.path.join(
+        workdir, "vqgan_shapes" if train_tokenizer else "vqgan_shapes_shipped")
     for split in ("train", "eval"):
         base.data[f"{split}_text_embeddings"] = os.path.join(workdir, f"minilm_{split}")
         base.data[f"{split}_tokens"] = os.path.join(workdir, f"tokens_{split}")
@@ -204,8 +212,9 @@ def _encode_captions_of(workdir: str, variant: str) -> bool:
 @contextlib.contextmanager
 def captions_encoded_aside(workdir: str, variant: str):
     """Encodes the captions (`encode_captions`) in a process of its own at the lowest CPU
-    priority, while the caller trains the tokenizer: they need no tokenizer, and the
-    tokenizer's training leaves ~0.3 of 2 cores idle, in its compiles and between its steps.
+    priority, while the caller trains (or installs) the tokenizer and encodes the images: they
+    need no tokenizer, and the tokenizer's training leaves ~0.3 of 2 cores idle, in its compiles
+    and between its steps.
     Yields a future; its result is what `encode_captions` returned. An error in the block
     stops the process, so that it is reported at once, not after the encoding (which writes its
     stamp last: the next run makes the captions again). Measured with `python -m
@@ -365,8 +374,8 @@ def edits(pipe, source, options, edit_options, out: Path, paste: bool) -> dict:
 
 
 def run(workdir: str, out: str, num_eval: int, options, edit_options=None,
-        variant: str = "demo", paste: bool = True) -> dict:
-    from muse_jax import inference, sampling, shapes_evals
+        variant: str = "demo", paste: bool = True, train_tokenizer: bool = False) -> dict:
+    from muse_jax import inference, sampling, shapes_evals, shipped_tokenizer
 
     options.check()
     edit_options = edit_options or sampling.EditOptions(keep=DEMO_EDIT_KEEP)
@@ -374,14 +383,18 @@ def run(workdir: str, out: str, num_eval: int, options, edit_options=None,
         raise UserError(f"--num_eval must be >= 1, got {num_eval}")
     out_dir = Path(out)
     out_dir.mkdir(parents=True, exist_ok=True)
-    vq, base = configs(workdir, variant)
+    vq, base = configs(workdir, variant, train_tokenizer)
     # The stamp of both kinds of inputs before captions.json and tokens.json took its place.
     Path(workdir, "inputs.json").unlink(missing_ok=True)
     timer = Timer()
     base_dir = os.path.join(workdir, "base_shapes")
     with captions_encoded_aside(workdir, variant) as captions:
-        with timer.phase("train the shapes tokenizer") as phase:
-            train_stage(vq, base.tokenizer.workdir, phase)
+        if train_tokenizer:
+            with timer.phase("train the shapes tokenizer") as phase:
+                train_stage(vq, base.tokenizer.workdir, phase)
+        else:
+            with timer.phase("install the shipped shapes tokenizer") as phase:
+                phase.reused = shipped_tokenizer.install(vq, base.tokenizer.workdir)
         if not phase.reused:  # a new tokenizer: the tokens and the model trained on them are stale
             for stale in (base.data.train_tokens, base.data.eval_tokens, base_dir):
                 shutil.rmtree(stale, ignore_errors=True)
@@ -405,7 +418,8 @@ def run(workdir: str, out: str, num_eval: int, options, edit_options=None,
     curves = {demo_report.WORDINGS[p]: ([base.train.num_steps], [o["match"]])
               for p, o in oracles.items()}
     demo_report.write(out_dir, timer, options, edit_options, oracles, curves, grid, edited, vq,
-                      base, workdir, Path(base_dir) / "metrics.jsonl", paste)
+                      base, workdir, Path(base_dir) / "metrics.jsonl", paste,
+                      tokenizer_shipped=not train_tokenizer)
     print(f"oracle accuracy {oracles['canonical']['match']:.1%} on {num_eval} held-out prompts, "
           f"{oracles['held_out']['match']:.1%} in held-out phrasings; "
           f"report: {out_dir / 'report.html'}")
@@ -418,7 +432,8 @@ def main(argv) -> None:
     logging.set_verbosity(logging.WARNING)
     own = sampling_flags.eval_defaults(configs(FLAGS.workdir)[1].eval)  # base_shapes.py's
     run(FLAGS.workdir, FLAGS.out, FLAGS.num_eval, sampling_flags.options(**own),
-        sampling_flags.edit_options(), paste=FLAGS.paste_unchanged)
+        sampling_flags.edit_options(), paste=FLAGS.paste_unchanged,
+        train_tokenizer=FLAGS.train_tokenizer)
 
 
 if __name__ == "__main__":

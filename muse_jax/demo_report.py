@@ -100,7 +100,8 @@ WORDINGS = {"canonical": "the canonical wording", "held_out": "phrasings trainin
 
 
 def markdown(timer, options, edit_options, oracles: dict[str, dict], grid: list[dict],
-             edited: dict, vq_config, base_config, workdir: str, paste: bool) -> str:
+             edited: dict, vq_config, base_config, workdir: str, paste: bool,
+             tokenizer_shipped: bool) -> str:
     """report.md's text: `oracles` maps a phrasing ("canonical", "held_out") to its scores."""
     phases = "\n".join(_time_row(p.name, p.seconds, p.cpu_seconds, p.reused)
                        for p in timer.phases)
@@ -126,12 +127,15 @@ def markdown(timer, options, edit_options, oracles: dict[str, dict], grid: list[
               "tokens (`--paste_unchanged`, not in Muse), and decodes the rest" if paste else
               "the result (what an edit keeps can be no sharper than the middle picture)")
     paste_flag = " --paste_unchanged" if paste else ""
+    shipped = (", the one muse_jax ships, trained by the same recipe (`python -m muse_jax.demo "
+               "--train_tokenizer` trains it here)" if tokenizer_shipped else "")
     return f"""# muse_jax demo
 
-Shapes tokenizer ({vq_config.train.num_steps} steps) and base model ({base_config.train.num_steps}
-steps, {base_config.model.depth} layers of width {base_config.model.width}, {patch} tokens a
-position, MiniLM captions in {phrasing} wording{text_blocks}), trained on this machine's CPU under
-`{workdir}`; objects {look}.
+Shapes tokenizer ({vq_config.train.num_steps} steps{shipped}) and base model
+({base_config.train.num_steps} steps, {base_config.model.depth} layers of width
+{base_config.model.width}, {patch} tokens a position, MiniLM captions in {phrasing}
+wording{text_blocks}), {"the base model" if tokenizer_shipped else "both"} trained on this
+machine's CPU under `{workdir}`; objects {look}.
 
 ## Held-out prompts: shapes-oracle accuracy
 
@@ -186,7 +190,7 @@ guidance 4, and at temperature 1 draws unlikely tokens into its shapes).
 
 On {_devices()}. CPU time is this process's, every thread's; CPU over wall time is how
 many cores a phase kept busy. The captions are encoded by a second process, at the lowest CPU
-priority while the tokenizer trains (its CPU time is not counted here); the encoding phase
+priority beside the tokenizer's phase (its CPU time is not counted here); the encoding phase
 waits for it if it is not done.
 
 | phase | wall time | CPU time | cores busy |
@@ -220,11 +224,11 @@ img{{max-width:100%;vertical-align:top;margin:4px}}</style></head>
 
 def write(out: Path, timer, options, edit_options, oracles: dict, oracle_curves: dict,
           grid: list[dict], edited: dict, vq_config, base_config, workdir: str,
-          metrics_path: Path, paste: bool) -> None:
+          metrics_path: Path, paste: bool, tokenizer_shipped: bool) -> None:
     """curves.png, report.md, report.html and report.json (every figure, for scripts)."""
     plot_curves(read_metrics(metrics_path), oracle_curves, out / "curves.png")
     text = markdown(timer, options, edit_options, oracles, grid, edited, vq_config, base_config,
-                    workdir, paste)
+                    workdir, paste, tokenizer_shipped)
     (out / "report.md").write_text(text)
     (out / "report.html").write_text(html(text, out))
     with open(out / "report.json", "w") as f:

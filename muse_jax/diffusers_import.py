@@ -29,7 +29,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from muse_jax import checkpoint, config as config_lib, runs
+from muse_jax import config as config_lib, runs
 from muse_jax.errors import CheckpointError
 from muse_jax.models import uvit, vq_diffusers
 from muse_jax.text import clip as clip_text, hf_import
@@ -81,13 +81,6 @@ def _checked(params: dict, abstract: dict, where: str) -> dict:
 def _getter(path: Path, candidates):
     weights = hf_import.Weights(path, candidates)
     return lambda name: weights.get(name, np.float32)
-
-
-def save_run(workdir: Path, config, state: dict) -> None:
-    """Writes a run: `config` as its config.json, `state` as its step-0 checkpoint."""
-    workdir.mkdir(parents=True, exist_ok=True)
-    runs.save_config(str(workdir), config)
-    checkpoint.save_state(str(workdir / "checkpoints"), 0, state)
 
 
 def vq_run_config(hf: dict, vq: vq_diffusers.VQModelConfig, image_size: int):
@@ -145,7 +138,7 @@ def import_amused(src: str | os.PathLike, workdir: str | os.PathLike) -> Path:
     abstract = jax.eval_shape(lambda: vq_model.init(jax.random.key(0), images)["params"])
     vq_params = _checked(vq_diffusers.params_from_diffusers(
         _getter(src / "vqvae", hf_import.DIFFUSERS_FILES), vq), abstract, f"{src / 'vqvae'}")
-    save_run(workdir / "tokenizer", vq_run_config(vq_hf, vq, image_size),
+    runs.save_run(workdir / "tokenizer", vq_run_config(vq_hf, vq, image_size),
           {"step": np.zeros((), np.int32), "params": vq_params})
     del vq_params
 
@@ -154,5 +147,5 @@ def import_amused(src: str | os.PathLike, workdir: str | os.PathLike) -> Path:
         uvit.params_shape(uvit.UVit2D(net)), f"{src / 'transformer'}")
     config = base_run_config(transformer_hf, net, src, str(workdir / "tokenizer"), image_size,
                              text, text.max_position_embeddings)
-    save_run(workdir, config, {"step": np.zeros((), np.int32), "params": params, "ema_params": params})
+    runs.save_run(workdir, config, {"step": np.zeros((), np.int32), "params": params, "ema_params": params})
     return workdir

