@@ -45,7 +45,7 @@ def define_flags() -> None:
     flags.DEFINE_string("out", "demo", "Where the images and the report go.")
     flags.DEFINE_integer("num_eval", 64, "Held-out prompts scored by the shapes oracle.")
     flags.DEFINE_bool("train_tokenizer", False,
-                      "Train the shapes tokenizer here (configs/vqgan_shapes.py:demo, 3-4 minutes "
+                      "Train the shapes tokenizer here (configs/vqgan_shapes.py:demo, 14 minutes "
                       "on 2 cores) instead of installing the one muse_jax ships, trained by the "
                       "same recipe (muse_jax/shipped_tokenizer.py).")
     sampling_flags.define(sr=False)
