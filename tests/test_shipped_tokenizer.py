@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from safetensors.numpy import load_file
 
+from conftest import run_module
 from muse_jax import demo, runs, shipped_tokenizer
 from muse_jax.config import ConfigError
 from muse_jax.tasks import vqgan
@@ -43,8 +44,13 @@ def test_the_shipped_tokenizer_is_the_demo_recipe_and_reconstructs_as_recorded(t
 
 
 def test_export_then_install_gives_back_the_run(tokenizer_dir, tmp_path):
+    """`python -m muse_jax.ship_tokenizer` writes a run as the asset; installed, it is that run."""
     asset = tmp_path / "asset"
-    record = shipped_tokenizer.export(str(tokenizer_dir), asset)
+    result = run_module("muse_jax.ship_tokenizer", f"--workdir={tokenizer_dir}", f"--out={asset}",
+                        check=True)
+    record = json.loads((asset / "provenance.json").read_text())
+    assert result.stdout.strip() == (f"wrote {asset}: step 2, {record['eval_psnr']:.2f} dB, "
+                                     f"{record['eval_codebook_usage']:.1%} of the codebook in use")
     assert sorted(p.name for p in asset.iterdir()) == sorted(shipped_tokenizer.FILES)
     config = runs.open_run(str(tokenizer_dir), "vqgan").config
     assert record["step"] == config.train.num_steps == 2
@@ -68,6 +74,14 @@ def test_export_then_install_gives_back_the_run(tokenizer_dir, tmp_path):
     assert not shipped_tokenizer.install(config, str(installed), asset)
     assert not (installed / "leftover").exists()
     assert json.loads(stamp.read_text())["params_sha256"] == record["params_sha256"]
+
+
+def test_ship_tokenizer_names_a_missing_run_in_one_line(tmp_path):
+    result = run_module("muse_jax.ship_tokenizer", f"--workdir={tmp_path / 'none'}",
+                        f"--out={tmp_path / 'asset'}")
+    assert result.returncode == 2 and not (tmp_path / "asset").exists()
+    assert result.stderr.strip().splitlines()[-1].startswith(
+        f"error: --workdir '{tmp_path / 'none'}' has no config.json: train a vqgan run first")
 
 
 def test_install_refuses_another_recipe_and_an_incomplete_asset(tmp_path):
