@@ -127,8 +127,8 @@ def markdown(timer, options, edit_options, oracles: dict[str, dict], grid: list[
               "tokens (`--paste_unchanged`, not in Muse), and decodes the rest" if paste else
               "the result (what an edit keeps can be no sharper than the middle picture)")
     paste_flag = " --paste_unchanged" if paste else ""
-    shipped = (", the one muse_jax ships, trained by the same recipe (`python -m muse_jax.demo "
-               "--train_tokenizer` trains it here)" if tokenizer_shipped else "")
+    shipped = ("; the one muse_jax ships, trained by the same recipe: `python -m muse_jax.demo "
+               "--train_tokenizer` trains it here" if tokenizer_shipped else "")
     return f"""# muse_jax demo
 
 Shapes tokenizer ({vq_config.train.num_steps} steps{shipped}) and base model
