@@ -143,3 +143,25 @@ def test_demo_rejects_bad_settings(tmp_path):
         demo.run(str(tmp_path), str(tmp_path / "out"), num_eval=4,
                  options=sampling.SamplingOptions(), variant="tiny")
     assert multiprocessing.active_children() == []
+
+
+def test_the_report_says_which_tokenizer_the_demo_used(tmp_path):
+    """Shipped: the report names it and the flag that trains one; trained: neither."""
+    from muse_jax import demo_report
+
+    vq, base = demo.configs(str(tmp_path), "demo")
+    timer = demo.Timer()
+    with timer.phase("install the shipped shapes tokenizer"):
+        pass
+    oracle = {"num_samples": 4, "match": 1.0, "match_by_objects": {"1": 1.0}, "color": 1.0,
+              "shape": 1.0, "cell": 1.0}
+    texts = {shipped: demo_report.markdown(
+        timer, sampling.SamplingOptions(), sampling.EditOptions(), {"canonical": oracle},
+        [{"prompt": "a red circle", "match": True}], {}, vq, base, str(tmp_path), paste=True,
+        tokenizer_shipped=shipped) for shipped in (True, False)}
+    assert texts[True].startswith(
+        "# muse_jax demo\n\nShapes tokenizer (2500 steps; the one muse_jax ships, trained by the "
+        "same recipe: `python -m muse_jax.demo --train_tokenizer` trains it here) and base model")
+    assert "the base model trained on this" in texts[True]
+    assert texts[False].startswith("# muse_jax demo\n\nShapes tokenizer (2500 steps) and base")
+    assert "both trained on this" in texts[False] and "--train_tokenizer" not in texts[False]
