@@ -139,7 +139,7 @@ def import_amused(src: str | os.PathLike, workdir: str | os.PathLike) -> Path:
     vq_params = _checked(vq_diffusers.params_from_diffusers(
         _getter(src / "vqvae", hf_import.DIFFUSERS_FILES), vq), abstract, f"{src / 'vqvae'}")
     runs.save_run(workdir / "tokenizer", vq_run_config(vq_hf, vq, image_size),
-          {"step": np.zeros((), np.int32), "params": vq_params})
+                  {"step": np.zeros((), np.int32), "params": vq_params})
     del vq_params
 
     params = _checked(uvit.params_from_diffusers(

@@ -183,5 +183,5 @@ def import_lora(lora_file: str | os.PathLike, base: str | os.PathLike,
         config.finetune.lora.rank, config.finetune.lora.alpha = rank, alpha
         config.finetune.lora.dropout, config.finetune.lora.targets = 0.0, targets
     runs.save_run(workdir, config, {"step": np.zeros((), np.int32),
-                                                "params": adapters, "ema_params": adapters})
+                                    "params": adapters, "ema_params": adapters})
     return workdir

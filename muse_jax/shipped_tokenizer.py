@@ -25,6 +25,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
+import flax
 import ml_collections
 import numpy as np
 from etils import epath
@@ -41,45 +42,25 @@ def _sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def _flat(params: dict, prefix: str = "") -> dict[str, np.ndarray]:
-    out = {}
-    for key, value in params.items():
-        if isinstance(value, dict):
-            out.update(_flat(value, f"{prefix}{key}/"))
-        else:
-            out[f"{prefix}{key}"] = np.asarray(value, np.float32)
-    return out
-
-
-def _nested(flat: dict[str, np.ndarray]) -> dict:
-    out: dict = {}
-    for key, value in flat.items():
-        *parents, leaf = key.split("/")
-        node = out
-        for parent in parents:
-            node = node.setdefault(parent, {})
-        node[leaf] = value
-    return out
-
-
 def eval_scores(workdir: str) -> dict:
     """PSNR and codebook use of a tokenizer run on its config's held-out images, as its
-    training's eval (tasks/vqgan.py) computes them."""
+    training's eval computes them (`vqgan.eval_sums`), and how many images that was."""
+    import functools
+
     import jax
 
     from muse_jax.data import pipeline
     from muse_jax.tasks import vqgan
 
     model, params, config = vqgan.load_tokenizer(workdir)
-    apply = jax.jit(lambda p, x: model.apply({"params": p}, x)[:2])
-    psnrs, counts = [], np.zeros(config.model.codebook_size, np.int64)
+    sums = jax.jit(functools.partial(vqgan.eval_sums, model,
+                                     codebook_size=config.model.codebook_size))
+    totals = None
     for batch in pipeline.eval_batches(config):
-        recon, ids = apply(params, batch["image"])
-        psnrs.append(np.asarray(vqgan.psnr(recon, batch["image"])))
-        counts += np.bincount(np.asarray(ids).reshape(-1), minlength=counts.size)
-    return {"eval_psnr": float(np.concatenate(psnrs).mean()),
-            "eval_codebook_usage": vqgan.codebook_usage(counts)["codebook_usage"],
-            "eval_images": int(sum(map(len, psnrs)))}
+        out = sums(params, batch["image"])
+        totals = out if totals is None else jax.tree.map(lambda a, b: a + b, totals, out)
+    totals = jax.device_get(totals)
+    return {**vqgan.eval_summary(totals), "eval_images": int(totals["count"])}
 
 
 def export(workdir: str, out: Path = ASSET) -> dict:
@@ -90,7 +71,9 @@ def export(workdir: str, out: Path = ASSET) -> dict:
     run = runs.open_run(workdir, "vqgan", "--workdir")
     state = run.state()
     out.mkdir(parents=True, exist_ok=True)
-    save_file(_flat(state["params"]), str(out / "params.safetensors"))
+    flat = flax.traverse_util.flatten_dict(state["params"], sep="/")
+    save_file({k: np.asarray(v, np.float32) for k, v in flat.items()},
+              str(out / "params.safetensors"))
     shutil.copyfile(Path(run.path) / "config.json", out / "config.json")
     try:
         commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
@@ -110,7 +93,7 @@ def _check_asset(asset: Path) -> None:
     if missing:
         raise ConfigError(f"the shipped tokenizer under {asset} is incomplete: missing "
                           f"{', '.join(missing)}; expected {', '.join(FILES)} (python -m "
-                          "muse_jax.shipped_tokenizer --workdir=RUN writes them)")
+                          "muse_jax.ship_tokenizer --workdir=RUN writes them)")
 
 
 def install(config: ml_collections.ConfigDict, workdir: str, asset: Path = ASSET) -> bool:
@@ -132,7 +115,8 @@ def install(config: ml_collections.ConfigDict, workdir: str, asset: Path = ASSET
     if epath.Path(workdir).exists():
         epath.Path(workdir).rmtree()
     step = json.loads((asset / "provenance.json").read_text())["step"]
-    params = _nested(load_file(str(asset / "params.safetensors")))
+    params = flax.traverse_util.unflatten_dict(load_file(str(asset / "params.safetensors")),
+                                               sep="/")
     runs.save_run(workdir, config, {"step": np.asarray(step, np.int32), "params": params})
     stamp.write_text(json.dumps({"params_sha256": digest, "from": str(asset)}, indent=1))
     return False

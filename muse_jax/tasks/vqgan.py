@@ -114,9 +114,7 @@ class VQGANTask:
         return VQGANSteps(self, {"perceptual": parallel.put(weights, parallel.replicated(mesh))})
 
     def summarize_eval(self, totals: dict) -> dict:
-        usage = codebook_usage(totals["code_counts"])
-        return {"eval_psnr": float(totals["psnr_sum"] / totals["count"]),
-                **{f"eval_{k}": v for k, v in usage.items()}}
+        return eval_summary(totals)
 
     def reconstruct(self, params, images):
         return self.model.apply({"params": params}, images)[0]
@@ -221,10 +219,7 @@ class VQGANSteps:
     def eval_step(self, state: VQGANState, batch, rng, frozen) -> dict:
         """Sums over the batch, so results add up across batches and processes."""
         del rng, frozen
-        recon, ids, _ = self.model.apply({"params": state.params}, batch["image"])
-        return {"psnr_sum": jnp.sum(psnr(recon, batch["image"])),
-                "count": jnp.asarray(batch["image"].shape[0], jnp.float32),
-                "code_counts": jnp.bincount(ids.reshape(-1), length=self.config.model.codebook_size)}
+        return eval_sums(self.model, state.params, batch["image"], self.config.model.codebook_size)
 
     def summary_images(self, state: VQGANState, batch, frozen) -> dict[str, np.ndarray]:
         """`reconstructions`: the first eval images above their reconstructions."""
@@ -233,6 +228,22 @@ class VQGANSteps:
         recon = self._reconstruct(state.params, images)
         return {"reconstructions": metrics_lib.image_grid(jax.device_get(images),
                                                           jax.device_get(recon))}
+
+
+def eval_sums(model: VQGAN, params, images, codebook_size: int) -> dict:
+    """A tokenizer's reconstructions of `images` scored as sums over the batch, so that they
+    add up across batches and processes; `eval_summary` turns the totals into figures."""
+    recon, ids, _ = model.apply({"params": params}, images)
+    return {"psnr_sum": jnp.sum(psnr(recon, images)),
+            "count": jnp.asarray(images.shape[0], jnp.float32),
+            "code_counts": jnp.bincount(ids.reshape(-1), length=codebook_size)}
+
+
+def eval_summary(totals: dict) -> dict:
+    """`eval_sums` added up -> eval_psnr, eval_codebook_usage and eval_perplexity."""
+    usage = codebook_usage(totals["code_counts"])
+    return {"eval_psnr": float(totals["psnr_sum"] / totals["count"]),
+            **{f"eval_{k}": v for k, v in usage.items()}}
 
 
 def codebook_usage(code_counts) -> dict:
