@@ -79,6 +79,10 @@ def get_config(arg=None):
     if variant == "tiny":  # the tests' config: vqgan_shapes:tiny as both tokenizers (64 and 128 px)
         c.data.eval_batch_size = 16
         c.data.eval_size = 16
+        # MiniLM's first layer only: the frozen encoder is traced and compiled into every tiny
+        # run's steps, and its six layers were ~6 % of the test suite's CPU (py-spy,
+        # 2026-12-07). Base and SR tiny runs must read the same embeddings (cascades).
+        c.text.num_layers = 1
         c.model.codebook_size = 64
         c.model.low_res_codebook_size = 64
         c.model.low_res_depth = 1
