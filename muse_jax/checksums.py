@@ -81,7 +81,10 @@ def _sums_compiled():
 
 def _host_sums(x) -> tuple[np.uint32, np.uint32, bool]:
     """`_sums` in numpy, for an array in host memory: the same three values."""
-    if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
+    if not isinstance(x, jax.Array):  # numpy leaves as jit takes them (float64 -> float32)
+        x = np.asarray(x)
+        x = x.astype(jax.dtypes.canonicalize_dtype(x.dtype))
+    elif jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
         x = jax.random.key_data(x)
     values = np.ascontiguousarray(np.asarray(x))
     if values.dtype == np.bool_:

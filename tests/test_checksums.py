@@ -22,6 +22,8 @@ def _arrays():
         "key": jax.random.key(7),
         "sharded": sharded,
         "nan": jnp.array([1.0, jnp.nan], jnp.float32),
+        "numpy_f64": np.linspace(0.0, 1.0, 11),  # jit takes it as float32 (no x64)
+        "python_int": 12345,
     }
 
 
