@@ -8,10 +8,10 @@ them on what was read; a mismatch makes the checkpoint unreadable like a truncat
 The sums run on the device, on arrays however they are sharded (the position weights come
 from per-axis iotas, so nothing is reshaped or gathered): a checkpoint written on a pod checks
 on one CPU. Arrays that already live in this host's memory (CPU devices) are summed by numpy
-instead, to the same values: the jitted sums trace, lower and compile once per leaf shape, and
-on CPUs that was most of a small run's checkpoint cost (the test suite spent ~105 s of its 2,830
-s of CPU in them, py-spy, 2026-12-07). They are not cryptographic: they catch bit rot and truncation, not tampering. Any
-change to a single 32-bit word changes the first sum (its weight is odd, so invertible modulo
+instead, by the same formula (`_weighted_sums`): the jitted sums trace, lower and compile once
+per leaf shape, and on CPUs that was most of a small run's checkpoint cost (the test suite spent
+~105 s of its 2,830 s of CPU in them, py-spy, 2026-12-07). They are not cryptographic: they
+catch bit rot and truncation, not tampering. Any change to a single 32-bit word changes the first sum (its weight is odd, so invertible modulo
 2^32). The same pass reports whether every floating-point
 value is finite, so that no checkpoint is saved from a poisoned state.
 """
@@ -27,6 +27,7 @@ from muse_jax import compile_options
 from muse_jax.errors import CheckpointError
 
 _GOLDEN = np.uint32(0x9E3779B9)
+_UNSIGNED = {1: np.uint8, 2: np.uint16, 4: np.uint32}  # an element's bits, by its size in bytes
 
 
 def _path_name(path) -> str:
@@ -48,8 +49,16 @@ def _words(x: jax.Array) -> jax.Array:
         x = jax.random.key_data(x)
     if x.dtype == jnp.bool_:
         return x.astype(jnp.uint32)
-    unsigned = {1: jnp.uint8, 2: jnp.uint16, 4: jnp.uint32}[x.dtype.itemsize]
-    return jax.lax.bitcast_convert_type(x, unsigned).astype(jnp.uint32)
+    return jax.lax.bitcast_convert_type(x, _UNSIGNED[x.dtype.itemsize]).astype(jnp.uint32)
+
+
+def _weighted_sums(words, index, xp):
+    """The two sums of uint32 `words` at flat positions `index` (uint32, modulo 2^32), in `xp`
+    (jax.numpy on the device, numpy on the host): every product and sum wraps modulo 2^32."""
+    first = xp.sum(words * (2 * index + 1), dtype=xp.uint32)
+    mixed = (words ^ (words >> 15)) * _GOLDEN
+    second = xp.sum(mixed ^ (index * _GOLDEN + 1), dtype=xp.uint32)
+    return first, second
 
 
 def _sums(x: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
@@ -60,9 +69,7 @@ def _sums(x: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
         index = index + jax.lax.broadcasted_iota(jnp.uint32, words.shape, axis) * np.uint32(
             stride % 2**32)
         stride *= words.shape[axis]
-    first = jnp.sum(words * (2 * index + 1), dtype=jnp.uint32)
-    mixed = (words ^ (words >> 15)) * _GOLDEN
-    second = jnp.sum(mixed ^ (index * _GOLDEN + 1), dtype=jnp.uint32)
+    first, second = _weighted_sums(words, index, jnp)
     finite = (jnp.all(jnp.isfinite(x)) if jnp.issubdtype(x.dtype, jnp.inexact)
               else jnp.array(True))
     return first, second, finite
@@ -90,14 +97,11 @@ def _host_sums(x) -> tuple[np.uint32, np.uint32, bool]:
     if values.dtype == np.bool_:
         words = values.astype(np.uint32)
     else:
-        unsigned = {1: np.uint8, 2: np.uint16, 4: np.uint32}[values.dtype.itemsize]
-        words = values.view(unsigned).astype(np.uint32)
+        words = values.view(_UNSIGNED[values.dtype.itemsize]).astype(np.uint32)
     words = words.reshape(-1)
     index = np.arange(words.size, dtype=np.uint64).astype(np.uint32)  # modulo 2^32, as the iotas
     with np.errstate(over="ignore"):
-        first = np.sum(words * (np.uint32(2) * index + np.uint32(1)), dtype=np.uint32)
-        mixed = (words ^ (words >> np.uint32(15))) * _GOLDEN
-        second = np.sum(mixed ^ (index * _GOLDEN + np.uint32(1)), dtype=np.uint32)
+        first, second = _weighted_sums(words, index, np)
     finite = (bool(np.all(np.isfinite(values.astype(np.float32))))
               if jnp.issubdtype(values.dtype, jnp.inexact) else True)
     return first, second, finite
