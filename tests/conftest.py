@@ -117,44 +117,52 @@ def one_device_mesh():
 
 
 @pytest.fixture(scope="session")
-def tokenizer_dir(tmp_path_factory) -> Path:
+def tiny_runs_root(tmp_path_factory) -> Path:
+    """Where this worker's shared tiny runs live: root/tokenizer and root/base."""
+    return tmp_path_factory.mktemp("tiny_runs")
+
+
+@pytest.fixture(scope="session")
+def tokenizer_dir(tiny_runs_root) -> Path:
     """A tiny shapes VQGAN (configs/vqgan_shapes.py:tiny, 2 steps) for base-stage tests."""
     from muse_jax import config as config_lib
     from muse_jax import training
 
-    workdir = tmp_path_factory.mktemp("tokenizer")
+    workdir = tiny_runs_root / "tokenizer"
     config = config_lib.load_file(config_lib.CONFIG_DIR / "vqgan_shapes.py", "tiny")
     config.train.num_steps = 2
     training.train_and_evaluate(config, str(workdir), devices=one_device())
     return workdir
 
 
-def train_tiny_base(root: Path) -> Path:
-    """A tiny shapes tokenizer (root/tokenizer) and base run on it (root/base), 2 steps each."""
+@pytest.fixture(scope="session")
+def tiny_base(tokenizer_dir) -> Path:
+    """A tiny base run (configs/base_shapes.py:tiny, 2 steps) on `tokenizer_dir`, beside it.
+
+    One for every test that samples, evaluates or fine-tunes a base run without training its
+    own: each such run costs a step, an evaluation and a sample grid to compile. Tests may read
+    it and copy it, never change it."""
     from muse_jax import config as config_lib
     from muse_jax import training
 
-    vq = config_lib.load_file(config_lib.CONFIG_DIR / "vqgan_shapes.py", "tiny")
-    vq.train.num_steps = 2
-    training.train_and_evaluate(vq, str(root / "tokenizer"), devices=one_device())
-    base = config_lib.load_file(config_lib.CONFIG_DIR / "base_shapes.py", "tiny")
-    base.tokenizer.workdir = str(root / "tokenizer")
-    base.train.num_steps = 2
-    training.train_and_evaluate(base, str(root / "base"), devices=one_device())
-    return root / "base"
+    workdir = tokenizer_dir.parent / "base"
+    config = config_lib.load_file(config_lib.CONFIG_DIR / "base_shapes.py", "tiny")
+    config.tokenizer.workdir = str(tokenizer_dir)
+    config.train.num_steps = 2
+    training.train_and_evaluate(config, str(workdir), devices=one_device())
+    return workdir
 
 
 @pytest.fixture(scope="session")
-def quality_runs(tmp_path_factory) -> Path:
-    """What `evaluate --eval=fid_clip / tokenizer` needs, made once a session: a tiny shapes
-    tokenizer and base run (train_tiny_base), a tiny random CLIPModel directory whose cosines
-    are positive (root/clip) and 16 held-out shapes captions (root/prompts.txt)."""
+def quality_runs(tiny_base) -> Path:
+    """What `evaluate --eval=fid_clip / tokenizer` needs: the shared tiny tokenizer and base
+    run (root/tokenizer, root/base), a tiny random CLIPModel directory whose cosines are
+    positive (root/clip) and 16 held-out shapes captions (root/prompts.txt)."""
     from muse_jax.data import shapes
     from test_clip_score import _tiny_clip
     from test_text_clip import write_tokenizer
 
-    root = tmp_path_factory.mktemp("quality")
-    train_tiny_base(root)
+    root = tiny_base.parent
     tokenizer, vocab_size = write_tokenizer(root / "clip_tokenizer", "!")
     _tiny_clip(root / "clip", tokenizer, vocab_size, -1.0)
     source = shapes.ShapesSource(image_size=32, split="eval", seed=0)

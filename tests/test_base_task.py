@@ -36,7 +36,7 @@ def test_a_patch_size_that_does_not_divide_the_grid_is_one_line():
 
 @pytest.mark.slow
 def test_tiny_base_run_trains_and_evaluates(tokenizer_dir, tmp_path):
-    config = _base(tokenizer_dir)
+    config = _base(tokenizer_dir, **{"eval.num_samples": 2})
     result = training.train_and_evaluate(config, str(tmp_path / "base"), devices=one_device())
     for rate in (50, 90):
         assert 0.0 <= result[f"eval_accuracy_mask{rate}"] <= 1.0

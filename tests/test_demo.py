@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from muse_jax import demo, inference, sampling, shapes_evals
+from muse_jax import demo, inference, sampling, shapes_evals, training
 from muse_jax.config import ConfigError
 
 
@@ -31,8 +31,12 @@ def test_tile_places_panels_in_rows():
     np.testing.assert_array_equal(out[2 + 12:2 + 12 + 10, 2 + 10:2 + 10 + 8], panels[3])
 
 
+class _Trains(Exception):
+    pass
+
+
 @pytest.mark.slow
-def test_demo_runs_end_to_end_and_reuses_what_it_trained(tmp_path):
+def test_demo_runs_end_to_end_and_reuses_what_it_trained(tmp_path, monkeypatch, capsys):
     options = sampling.SamplingOptions(steps=2, guidance=1.0)
     work, out = tmp_path / "work", tmp_path / "out"
     first = demo.run(str(work), str(out), num_eval=4, options=options, variant="tiny",
@@ -79,7 +83,8 @@ def test_demo_runs_end_to_end_and_reuses_what_it_trained(tmp_path):
     assert ".png)" not in page and "<table>" in page
 
     # A rerun reuses each finished phase: what `run` asks of each (two more full runs cost
-    # 100 s of the suite's time on 2 cores).
+    # 100 s of the suite's time on 2 cores). A third, after the captions changed, is stopped as it
+    # starts training.
     vq, base = demo.configs(str(work), "tiny", train_tokenizer=True)
     base_dir = str(work / "base_shapes")
     assert demo.trained(vq, base.tokenizer.workdir) and demo.trained(base, base_dir)
@@ -95,36 +100,51 @@ def test_demo_runs_end_to_end_and_reuses_what_it_trained(tmp_path):
     demo.precompute(base, inputs)
     assert not inputs.reused and sorted(p.name for p in tokens.iterdir()) == kept
 
+    # A recipe changed since: a finished base run of another config is removed, to be trained
+    # again (resuming it would stop at its last step). On a copy: the run is needed below.
+    changed = work / "base_shapes_changed"
+    shutil.copytree(base_dir, changed)
+    assert demo.trained(base, str(changed))
+    run_config = changed / "config.json"
+    record = json.loads(run_config.read_text())
+    record["optim"]["lr"] *= 2
+    run_config.write_text(json.dumps(record))
+    assert not demo.trained(base, str(changed)) and not changed.exists()
+
     # Caption embeddings made from other captions or another text config (captions.json records
-    # what they were made from) are made again, and the base model trained again on them: to the
-    # same weights, as the captions are the same (same weights, same seeds, same oracle).
+    # what they were made from) are made again, and the base model is trained again on them
+    # (stopped here as it starts: training itself is the first run's).
     stamp = work / "captions.json"
     record = json.loads(stamp.read_text())
     layers = f'"num_layers": {base.text.num_layers}'
     assert record["text"]["num_layers"] == base.text.num_layers
-    assert len(record["captions_sha256"]) == 64
+    first_stamp = record["captions_sha256"]
+    assert len(first_stamp) == 64
     record["captions_sha256"] = "0" * 64
     stamp.write_text(json.dumps(record))
     embeddings = work / "minilm_train" / "metadata.json"
     assert layers in embeddings.read_text()
     embeddings.write_text(embeddings.read_text().replace(layers, '"num_layers": 3'))
     (work / "inputs.json").write_text("{}")  # the older stamp of both inputs, gone when it runs
-    again = demo.run(str(work), str(out), num_eval=4, options=options, variant="tiny",
-                     train_tokenizer=True)
-    assert not (work / "inputs.json").exists()
-    reused = {p.name: p.reused for p in again["phases"]}
-    assert reused == {name: name == "train the shapes tokenizer" for name in reused}
-    assert json.loads(stamp.read_text())["captions_sha256"] != "0" * 64
-    assert layers in embeddings.read_text()
-    assert again["oracle"] == first["oracle"]
+    trainings = []
 
-    # A recipe changed since: a finished base run of another config is removed, to be trained
-    # again (resuming it would stop at its last step).
-    run_config = work / "base_shapes" / "config.json"
-    record = json.loads(run_config.read_text())
-    record["optim"]["lr"] *= 2
-    run_config.write_text(json.dumps(record))
-    assert not demo.trained(base, base_dir) and not os.path.exists(base_dir)
+    def train_and_evaluate(config, workdir, **kwargs):
+        trainings.append((workdir, os.path.exists(workdir), config.train.num_steps))
+        raise _Trains()
+
+    monkeypatch.setattr(training, "train_and_evaluate", train_and_evaluate)
+    capsys.readouterr()
+    with pytest.raises(_Trains):
+        demo.run(str(work), str(out), num_eval=4, options=options, variant="tiny",
+                 train_tokenizer=True)
+    assert not (work / "inputs.json").exists()
+    # The tokenizer was kept; the base run, trained on the old embeddings, was removed first.
+    assert trainings == [(base_dir, False, base.train.num_steps)]
+    assert json.loads(stamp.read_text())["captions_sha256"] == first_stamp
+    assert layers in embeddings.read_text()
+    printed = capsys.readouterr().out.splitlines()
+    ends = [line for line in printed if line.startswith("== ") and " s of CPU" in line]
+    assert [line.endswith("(reused)") for line in ends] == [True, False], ends
 
 
 def test_a_failed_tokenizer_phase_stops_the_caption_encoding_beside_it(tmp_path):

@@ -1,7 +1,7 @@
 """Fine-tuning a base run on a few captioned images (tasks/finetune.py): LoRA and full.
 
-A tiny base run is trained once (4 steps); the fine-tunes start from it on 24 shapes images
-in a folder (one of them a corrupt file, skipped as in any run).
+The fine-tunes start from the session's tiny base run (conftest.tiny_base, 2 steps) on 24 shapes
+images in a folder (one of them a corrupt file, skipped as in any run).
 """
 import os
 import signal
@@ -41,12 +41,8 @@ def _dir_bytes(path: Path) -> int:
 
 
 @pytest.fixture(scope="module")
-def base_run(tokenizer_dir, tmp_path_factory):
-    workdir = tmp_path_factory.mktemp("base") / "run"
-    c = config_lib.load_file(config_lib.CONFIG_DIR / "base_shapes.py", "tiny")
-    c.tokenizer.workdir = str(tokenizer_dir)
-    training.train_and_evaluate(c, str(workdir), devices=one_device())
-    return workdir
+def base_run(tiny_base):
+    return tiny_base  # conftest.py
 
 
 @pytest.fixture(scope="module")

@@ -86,16 +86,6 @@ def _env(devices: int, cache) -> dict:
             "JAX_COMPILATION_CACHE_DIR": str(cache), "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0"}
 
 
-def _args(tokenizer_dir, workdir):
-    # No sample grid (8 s of compiling in each of the five processes): the SR test below has
-    # both processes make one.
-    return ["--config=configs/base_shapes.py:tiny", f"--workdir={workdir}",
-            f"--config.tokenizer.workdir={tokenizer_dir}", "--config.train.num_steps=6",
-            "--config.train.checkpoint_every=2", "--config.train.eval_every=6",
-            "--config.data.eval_size=8", "--config.data.eval_batch_size=8",
-            "--config.eval.num_samples=0"]
-
-
 def _launch(args, cache, logs, tag):
     port = _free_port()
     procs = []
@@ -128,31 +118,6 @@ def _kill_when(procs, ready, log, what, timeout=400):
         p.wait()
 
 
-@pytest.mark.slow
-def test_two_processes_match_one_through_a_kill_and_resume(tokenizer_dir, cache, tmp_path):
-    multi, single = tmp_path / "multi", tmp_path / "single"
-    args = _args(tokenizer_dir, multi)
-
-    procs = _launch(args, cache, tmp_path, "killed")
-    _kill_when(procs, lambda: _steps_saved(multi), tmp_path / "killed0.log", "a checkpoint")
-    resume_from = max(_steps_saved(multi))
-    assert resume_from < 6
-
-    procs = _launch(args, cache, tmp_path, "resumed")
-    for p in procs:
-        assert p.wait(timeout=400) == 0, (tmp_path / "resumed0.log").read_text()[-3000:]
-    log0, log1 = ((tmp_path / f"resumed{i}.log").read_text() for i in range(2))
-    assert f"resumed from step {resume_from}" in log0 and "process 0 of 2" in log0
-    # Process 1 logs warnings only and writes no metrics: step 6 (reached once) has one record.
-    assert not any(line.startswith("I") for line in log1.splitlines()), log1[-2000:]
-    records = [json.loads(line) for line in (multi / "metrics.jsonl").read_text().splitlines()]
-    assert sum("loss" in r and r["step"] == 6 for r in records) == 1
-
-    _train_in_one_process(_args(tokenizer_dir, single), cache)
-    print(f"resumed from step {resume_from}")
-    _assert_same_training(multi, single, 6)
-
-
 def _train_in_one_process(args, cache) -> None:
     result = subprocess.run([sys.executable, "-m", "muse_jax.train", *args], cwd=REPO,
                             env=_env(4, cache), capture_output=True, text=True, timeout=400)
@@ -175,27 +140,46 @@ def _assert_same_training(multi, single, steps: int, eval_rtol: float = 1e-5) ->
 
 
 def _sr_args(tokenizer_dir, workdir):
-    """sr_shapes:tiny with the tiny tokenizer on both sides (as tests/test_sr.py), 3 steps."""
+    """sr_shapes:tiny with the tiny tokenizer on both sides (as tests/test_sr.py), 6 steps, a
+    checkpoint every 2."""
     return ["--config=configs/sr_shapes.py:tiny", f"--workdir={workdir}",
             f"--config.tokenizer.workdir={tokenizer_dir}",
-            f"--config.low_res.tokenizer_workdir={tokenizer_dir}", "--config.train.num_steps=3",
-            "--config.train.checkpoint_every=3", "--config.train.eval_every=3"]
+            f"--config.low_res.tokenizer_workdir={tokenizer_dir}", "--config.train.num_steps=6",
+            "--config.train.checkpoint_every=2", "--config.train.eval_every=6"]
 
 
 @pytest.mark.slow
-def test_two_processes_train_the_sr_stage_like_one(tokenizer_dir, cache, tmp_path):
-    """The SR stage's frozen parts (both tokenizers, the text encoder) are placed by every
-    process from its own copy, and its sample grid is read by both: the same losses and
-    evaluation as one process of four devices."""
+def test_two_processes_train_the_sr_stage_like_one_through_a_kill_and_resume(tokenizer_dir,
+                                                                             cache, tmp_path):
+    """Two processes of two devices, killed after a checkpoint and resumed, train like one of
+    four: each reads its own rows of every global batch, the state is saved and restored
+    collectively, and only process 0 writes logs and metrics. The SR stage's frozen parts (both
+    tokenizers, the text encoder) are placed by every process from its own copy, and its sample
+    grid is read by both. (The base stage runs the same training loop with fewer frozen parts;
+    one test of the stage with the most of them costs 5 processes, not 8.)"""
     multi, single = tmp_path / "multi", tmp_path / "single"
-    procs = _launch(_sr_args(tokenizer_dir, multi), cache, tmp_path, "sr")
+    args = _sr_args(tokenizer_dir, multi)
+    procs = _launch(args, cache, tmp_path, "killed")
+    _kill_when(procs, lambda: _steps_saved(multi), tmp_path / "killed0.log", "a checkpoint")
+    resume_from = max(_steps_saved(multi))
+    assert resume_from < 6
+
+    procs = _launch(args, cache, tmp_path, "resumed")
     for p in procs:
-        assert p.wait(timeout=400) == 0, (tmp_path / "sr0.log").read_text()[-3000:]
+        assert p.wait(timeout=400) == 0, (tmp_path / "resumed0.log").read_text()[-3000:]
+    log0, log1 = ((tmp_path / f"resumed{i}.log").read_text() for i in range(2))
+    assert f"resumed from step {resume_from}" in log0 and "process 0 of 2" in log0
+    # Process 1 logs warnings only and writes no metrics: step 6 (reached once) has one record.
+    assert not any(line.startswith("I") for line in log1.splitlines()), log1[-2000:]
+    records = [json.loads(line) for line in (multi / "metrics.jsonl").read_text().splitlines()]
+    assert sum("loss" in r and r["step"] == 6 for r in records) == 1
+
     _train_in_one_process(_sr_args(tokenizer_dir, single), cache)
+    print(f"resumed from step {resume_from}")
     # The two programs round the frozen VQGAN's convolutions differently, and in two of the 16
     # eval images a code distance this close to a tie picks another high-res target token
     # (measured: loss at mask rate 90% 2.9e-5 apart, the rest equal to 1e-7).
-    _assert_same_training(multi, single, 3, eval_rtol=1e-4)
+    _assert_same_training(multi, single, 6, eval_rtol=1e-4)
     assert (multi / "samples.png").exists()
 
 

@@ -7,15 +7,15 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import ONE_FAST_DEVICE, run_module, train_tiny_base
+from conftest import ONE_FAST_DEVICE, run_module
 from muse_jax import sampling
 from muse_jax.errors import UserError
 from muse_jax.inference import load, sample_tokens, shift_canvas, token_mask_from_pixels
 
 
 @pytest.fixture(scope="module")
-def base_dir(tmp_path_factory):
-    return train_tiny_base(tmp_path_factory.mktemp("runs"))
+def base_dir(tiny_base):
+    return tiny_base  # conftest.py: its tokenizer beside it, in base_dir.parent / "tokenizer"
 
 
 @pytest.fixture(scope="module")

@@ -136,32 +136,28 @@ def test_cascade_gives_low_res_tokens_high_res_tokens_and_images(tokenizer_dir):
 
 
 @pytest.fixture(scope="module")
-def runs(tokenizer_dir, tmp_path_factory):
-    """A tiny base run and a tiny SR run (2 steps each) on the tiny tokenizer."""
-    root = tmp_path_factory.mktemp("sr_runs")
-    base = config_lib.load_file(config_lib.CONFIG_DIR / "base_shapes.py", "tiny")
-    base.tokenizer.workdir = str(tokenizer_dir)
-    base.train.num_steps = base.train.eval_every = 2
-    training.train_and_evaluate(base, str(root / "base"), devices=one_device())
-    result = training.train_and_evaluate(_sr_config(tokenizer_dir), str(root / "sr"),
-                                         devices=one_device())
-    return root, result
+def runs(tiny_base, tokenizer_dir, tmp_path_factory):
+    """The session's tiny base run (conftest.py) and a tiny SR run (2 steps) on the tiny
+    tokenizer: (base, sr, the SR run's result)."""
+    sr = tmp_path_factory.mktemp("sr_runs") / "sr"
+    result = training.train_and_evaluate(_sr_config(tokenizer_dir), str(sr), devices=one_device())
+    return tiny_base, sr, result
 
 
 @pytest.mark.slow
 def test_tiny_sr_run_trains_evaluates_and_samples_in_two_stages(runs, tmp_path):
-    root, result = runs
+    base, sr, result = runs
     for rate in (50, 90):
         assert 0.0 <= result[f"eval_accuracy_mask{rate}"] <= 1.0
         assert np.isfinite(result[f"eval_loss_mask{rate}"])
-    logged = [json.loads(line) for line in (root / "sr" / "metrics.jsonl").read_text().splitlines()]
+    logged = [json.loads(line) for line in (sr / "metrics.jsonl").read_text().splitlines()]
     losses = [r["loss"] for r in logged if "loss" in r]
     assert len(losses) == 2 and all(np.isfinite(losses))
     # The evaluation's grid: 128 px originals, their 64 px low-res inputs upsampled, SR samples.
-    with Image.open(root / "sr" / "samples.png") as grid:
+    with Image.open(sr / "samples.png") as grid:
         assert grid.size == (2 * 128, 3 * 128)
     out = tmp_path / "grid.png"
-    run_module("muse_jax.sample", f"--workdir={root / 'base'}", f"--sr_workdir={root / 'sr'}",
+    run_module("muse_jax.sample", f"--workdir={base}", f"--sr_workdir={sr}",
                "--prompt=a red circle at the center", "--prompt=a blue square at the top left",
                "--num_images=2", "--steps=2", "--sr_steps=2", f"--out={out}",
                env=ONE_FAST_DEVICE, check=True)
@@ -169,26 +165,26 @@ def test_tiny_sr_run_trains_evaluates_and_samples_in_two_stages(runs, tmp_path):
         assert grid.size[1] >= 2 * 128 and grid.size[0] >= 2 * 128  # 2x2 images of 128 px
         assert grid.size[1] < 2 * 2 * 128  # not twice as many rows: one row a prompt
     settings = json.loads(out.with_suffix(".json").read_text())
-    assert settings["sr_steps"] == 2 and settings["sr_workdir"] == str(root / "sr")
+    assert settings["sr_steps"] == 2 and settings["sr_workdir"] == str(sr)
 
 
 @pytest.mark.slow
 def test_shapes_sr_evaluation_and_mismatched_runs(runs):
     from muse_jax import evaluate
     from muse_jax.errors import UserError
-    root, _ = runs
+    base, sr, _ = runs
     options = sampling.SamplingOptions(steps=2)
-    result = evaluate.evaluate(str(root / "base"), "shapes_sr", 4, options, batch_size=4,
-                               sr_workdir=str(root / "sr"),
+    result = evaluate.evaluate(str(base), "shapes_sr", 4, options, batch_size=4,
+                               sr_workdir=str(sr),
                                sr_options=sampling.SamplingOptions(steps=2))
     for part in ("real", "generated"):
         assert 0.0 <= result[part]["parse_agreement"] <= 1.0
     real = result["real"]
     assert 0 < real["psnr"] < 60 and 0 < real["psnr_bicubic"] < 60 and 0 < real["psnr_tokenizer"] < 60
     with pytest.raises(UserError, match="needs a base-stage run"):
-        evaluate.evaluate(str(root / "sr"), "shapes_oracle", 1, options)
+        evaluate.evaluate(str(sr), "shapes_oracle", 1, options)
     with pytest.raises(UserError, match="needs --sr_workdir"):
-        evaluate.evaluate(str(root / "base"), "shapes_sr", 1, options)
+        evaluate.evaluate(str(base), "shapes_sr", 1, options)
 
 
 @pytest.mark.slow
@@ -197,9 +193,9 @@ def test_sr_inpainting_and_outpainting_keep_every_token_outside_the_region(runs,
     the base resolution, tokenized at the SR one, the region masked in both and regenerated;
     every token outside the region is the input's, in both grids."""
     from muse_jax import evaluate, inference
-    root, _ = runs
-    pipe = inference.load(str(root / "base"))
-    sr_pipe = inference.load_sr(str(root / "sr"), pipe)
+    base, sr, _ = runs
+    pipe = inference.load(str(base))
+    sr_pipe = inference.load_sr(str(sr), pipe)
     images = np.random.default_rng(0).uniform(-1, 1, (2, 128, 128, 3)).astype(np.float32)
     masks = np.zeros((2, 128, 128), bool)
     masks[:, 40:90, 10:60] = True
@@ -225,8 +221,8 @@ def test_sr_inpainting_and_outpainting_keep_every_token_outside_the_region(runs,
     assert (sr_canvas.reshape(32, 32)[:, :8] == sr_pipe.mask_id).all()
     assert (sr_canvas.reshape(32, 32)[:, 8:] != sr_pipe.mask_id).all()
 
-    result = evaluate.evaluate(str(root / "base"), "shapes_inpaint", 4, options, batch_size=4,
-                               sr_workdir=str(root / "sr"),
+    result = evaluate.evaluate(str(base), "shapes_inpaint", 4, options, batch_size=4,
+                               sr_workdir=str(sr),
                                sr_options=sampling.SamplingOptions(steps=2))
     assert result["kept_tokens"] == 1.0 and result["kept_tokens_low_res"] == 1.0
     assert 0.0 <= result["region"] <= 1.0 and result["sr_steps"] == 2
@@ -234,7 +230,7 @@ def test_sr_inpainting_and_outpainting_keep_every_token_outside_the_region(runs,
     Image.fromarray(((images[0] + 1) * 127.5).astype(np.uint8)).save(tmp_path / "in.png")
     Image.fromarray(masks[0].astype(np.uint8) * 255).save(tmp_path / "mask.png")
     out_png = tmp_path / "inpainted.png"
-    run_module("muse_jax.sample", f"--workdir={root / 'base'}", f"--sr_workdir={root / 'sr'}",
+    run_module("muse_jax.sample", f"--workdir={base}", f"--sr_workdir={sr}",
                "--prompt=a red circle at the center", "--num_images=1", "--steps=2",
                "--sr_steps=2", f"--image={tmp_path / 'in.png'}", f"--mask={tmp_path / 'mask.png'}",
                f"--out={out_png}", env=ONE_FAST_DEVICE, check=True)
@@ -252,16 +248,16 @@ def test_sr_lora_finetune_on_an_image_folder_keeps_the_sr_run_and_starts_from_it
     from muse_jax import runs as runs_lib
     from muse_jax.tasks import finetune
 
-    root, _ = runs
+    _, sr, _ = runs
     folder = tmp_path / "images"
     folder.mkdir()
     source = shapes.ShapesSource(image_size=128, split="train", seed=3, size=16)
     for i in range(16):
         Image.fromarray(source[i]["image"]).save(folder / f"{i:02d}.png")
         (folder / f"{i:02d}.txt").write_text(source[i]["caption"] + "\n")
-    before = checkpoint.load_state(str(root / "sr" / "checkpoints"))
+    before = checkpoint.load_state(str(sr / "checkpoints"))
     c = _sr_config(tokenizer_dir)
-    c.finetune.init_from = str(root / "sr")
+    c.finetune.init_from = str(sr)
     c.finetune.lora.rank, c.finetune.lora.alpha = 2, 2.0
     c.data.source, c.data.path, c.data.min_size = "image_folder", str(folder), 64
     c.data.batch_size, c.data.eval_batch_size, c.data.eval_size = 8, 8, 8
@@ -273,7 +269,7 @@ def test_sr_lora_finetune_on_an_image_folder_keeps_the_sr_run_and_starts_from_it
     off = finetune.sampling_weights(run, lora_scale=0.0)
     for a, b in zip(jax.tree.leaves(off), jax.tree.leaves(before["ema_params"])):
         np.testing.assert_array_equal(a, b)
-    after = checkpoint.load_state(str(root / "sr" / "checkpoints"))
+    after = checkpoint.load_state(str(sr / "checkpoints"))
     for a, b in zip(jax.tree.leaves(after), jax.tree.leaves(before)):
         np.testing.assert_array_equal(a, b)
     adapters = checkpoint.load_state(str(tmp_path / "lora" / "checkpoints"))["params"]
