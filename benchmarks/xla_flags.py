@@ -9,7 +9,7 @@ muse_jax/cpu_devices.py's one device a core.
         --sets=default,per_core
 
 Workloads:
-  tiny       conftest.train_tiny_base's work: configs/vqgan_shapes.py:tiny, then
+  tiny       conftest's tokenizer_dir and tiny_base work: configs/vqgan_shapes.py:tiny, then
              configs/base_shapes.py:tiny on it, --steps steps each (the tests' typical run:
              compiling is most of it).
   demo_base  configs/base_shapes.py:demo on the inputs `make demo` precomputed under

@@ -11,6 +11,7 @@ from conftest import (ONE_FAST_DEVICE, one_device, one_device_mesh, run_module,
                       tensorboard_events)
 from muse_jax import checkpoint, metrics, tasks, training
 from muse_jax import config as config_lib
+from muse_jax.config import ConfigError
 
 
 def _steps_saved(workdir):
@@ -62,9 +63,13 @@ def test_prepare_workdir_rejects_a_file(tmp_path):
 
 
 @pytest.mark.slow
-def test_decoder_finetuning_freezes_encoder_and_starts_identical(tokenizer_dir, tmp_path):
-    source = tokenizer_dir  # configs/vqgan_shapes.py:tiny, 2 steps (conftest.py); only read here
+def test_decoder_finetuning_freezes_encoder_and_starts_identical(tmp_path):
+    # A block a level: the tiny config's decoder has none, and cannot take extra ones.
     config = config_lib.load_file(config_lib.CONFIG_DIR / "vqgan_shapes.py", "tiny")
+    config.model.num_res_blocks = 1
+    config.train.num_steps = 2
+    source = tmp_path / "source"
+    training.train_and_evaluate(config, str(source), devices=one_device())
     saved = checkpoint.load_state(str(source / "checkpoints"))
 
     ft = config_lib.load_file(config_lib.CONFIG_DIR / "vqgan_shapes.py", "tiny")
@@ -72,6 +77,9 @@ def test_decoder_finetuning_freezes_encoder_and_starts_identical(tokenizer_dir, 
     ft.finetune.decoder_only = True
     ft.finetune.extra_decoder_blocks = 1
     ft.train.num_steps = 3
+    with pytest.raises(ConfigError, match="extra_decoder_blocks needs model.num_res_blocks >= 1"):
+        tasks.create(ft).check_config()
+    ft.model.num_res_blocks = 1
     task = tasks.create(ft)
     mesh = one_device_mesh()
     start = task.load(mesh).start_state(nn.unbox(task.init_state(jax.random.key(1))))

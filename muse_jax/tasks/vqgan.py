@@ -78,6 +78,10 @@ class VQGANTask:
             if norm == "group" and (c.model.channels * mult) % c.model.norm_groups:
                 raise ConfigError(f"model.norm_groups {c.model.norm_groups} does not divide the "
                                   f"width {c.model.channels * mult}")
+        if c.finetune.extra_decoder_blocks and not c.model.num_res_blocks:
+            # A level's width is then its upsampling convolution's, and an added block (with
+            # the level's own width) would change it: the decoder could not start as trained.
+            raise ConfigError("finetune.extra_decoder_blocks needs model.num_res_blocks >= 1")
         if c.finetune.decoder_only and not c.finetune.init_from:
             raise ConfigError("finetune.decoder_only needs finetune.init_from: the workdir of a "
                               "trained tokenizer")
