@@ -302,6 +302,10 @@ def test_two_processes_score_a_tokenizer_like_one(quality_runs, cache, tmp_path)
     assert "rfid" in figures and "psnr" in figures and one["rfid"] > 0
     # float32 sums over 2 x 2 and 1 x 4 devices add in different orders: a clean-clone CI run
     # (2026-12-02) saw LPIPS-Alex differ by 1.2e-6 relative; the FID / CLIP test allows 1e-5 too.
+    # rFID: the originals' feature sums are equal to the bit, the reconstructions' not quite
+    # (XLA rounds the VQGAN decode differently over 2 or 4 devices): sums 3.6e-6 apart made
+    # rFIDs 1.0e-5 apart (2026-12-07, the tiny tokenizer without a block a level).
     for key in figures:
-        np.testing.assert_allclose(two[key], one[key], rtol=1e-5, err_msg=key)
+        np.testing.assert_allclose(two[key], one[key], rtol=1e-4 if key == "rfid" else 1e-5,
+                                   err_msg=key)
     assert _files(tmp_path / "multi") == _files(tmp_path / "single")
