@@ -140,7 +140,7 @@ def tiny_base(tokenizer_dir) -> Path:
     """A tiny base run (configs/base_shapes.py:tiny, 2 steps) on `tokenizer_dir`, beside it.
 
     One for every test that samples, evaluates or fine-tunes a base run without training its
-    own: each such run costs a step, an evaluation and a sample grid to compile. Tests may read
+    own: each such run costs a train step and an evaluation to trace and compile. Tests may read
     it and copy it, never change it."""
     from muse_jax import config as config_lib
     from muse_jax import training
