@@ -11,9 +11,9 @@ on one CPU. Arrays that already live in this host's memory (CPU devices) are sum
 instead, by the same formula (`_weighted_sums`): the jitted sums trace, lower and compile once
 per leaf shape, and on CPUs that was most of a small run's checkpoint cost (the test suite spent
 ~105 s of its 2,830 s of CPU in them, py-spy, 2026-12-07). They are not cryptographic: they
-catch bit rot and truncation, not tampering. Any change to a single 32-bit word changes the first sum (its weight is odd, so invertible modulo
-2^32). The same pass reports whether every floating-point
-value is finite, so that no checkpoint is saved from a poisoned state.
+catch bit rot and truncation, not tampering. Any change to a single 32-bit word changes the
+first sum (its weight is odd, so invertible modulo 2^32). The same pass reports whether every
+floating-point value is finite, so that no checkpoint is saved from a poisoned state.
 """
 from __future__ import annotations
 

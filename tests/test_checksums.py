@@ -10,8 +10,9 @@ from muse_jax import checksums, parallel
 def _arrays():
     rng = np.random.default_rng(0)
     mesh = parallel.create_mesh({"data": 2, "fsdp": 2, "tensor": 2})
+    spec = jax.sharding.PartitionSpec("fsdp", "tensor")
     sharded = jax.device_put(rng.normal(size=(8, 6)).astype(np.float32),
-                             jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("fsdp", "tensor")))
+                             jax.sharding.NamedSharding(mesh, spec))
     return {
         "f32": jnp.asarray(rng.normal(size=(3, 5, 7)), jnp.float32),
         "bf16": jnp.asarray(rng.normal(size=(33,)), jnp.bfloat16),

@@ -82,9 +82,9 @@ def test_demo_runs_end_to_end_and_reuses_what_it_trained(tmp_path, monkeypatch, 
     assert page.count("data:image/png;base64,") == text.count("](") == 5
     assert ".png)" not in page and "<table>" in page
 
-    # A rerun reuses each finished phase: what `run` asks of each (two more full runs cost
-    # 100 s of the suite's time on 2 cores). A third, after the captions changed, is stopped as it
-    # starts training.
+    # A rerun reuses each finished phase: what `run` asks of each, checked phase by phase (two
+    # more full runs cost 100 s of the suite's time on 2 cores). One more run, after the captions
+    # changed, is stopped as it starts training.
     vq, base = demo.configs(str(work), "tiny", train_tokenizer=True)
     base_dir = str(work / "base_shapes")
     assert demo.trained(vq, base.tokenizer.workdir) and demo.trained(base, base_dir)
