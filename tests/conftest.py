@@ -50,6 +50,17 @@ if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
                       JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="1",
                       JAX_COMPILATION_CACHE_MAX_SIZE=str(16 << 30))
 
+# Each xdist worker, and everything it starts, on its own share of the cores while another
+# worker runs; a worker left alone takes every core back. Unpinned, the two workers' processes
+# each sized their thread pools (XLA's, torch's) for both cores and fought over them. `make
+# test` at 24583b5 took 1145 s of pytest, 2048 s of user and 180 s of system CPU, 2204 s of
+# worker time (2026-12-07 21:24, 2-core AMD EPYC); pinned, 1053 s (1893 s user, 151 s system);
+# pinned with the two-process tests on every core (`every_core`; on one core they took 320 s
+# against 260 s), 1019 s (1811 s user, 140 s system, 1910 s of worker time; 22:22).
+_HOST_CORES = sorted(os.sched_getaffinity(0))
+if "MUSE_JAX_TEST_WORKERS" not in os.environ:  # the controlling process: one folder for all
+    os.environ["MUSE_JAX_TEST_WORKERS"] = tempfile.mkdtemp(prefix="muse_jax_tests_workers_")
+
 import pytest  # noqa: E402
 from torch_refs import stub_meta_registrations  # noqa: E402
 
@@ -67,11 +78,42 @@ ONE_FAST_DEVICE = {"XLA_FLAGS": f"--xla_force_host_platform_device_count=1 {FAST
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "slow: takes more than ~20 s; part of `make test`")
+    worker = os.environ.get("PYTEST_XDIST_WORKER")
+    count = os.environ.get("PYTEST_XDIST_WORKER_COUNT")
+    if worker and count and int(count) <= len(_HOST_CORES):
+        _running_mark(worker).touch()
+        os.sched_setaffinity(0, _HOST_CORES[int(worker.removeprefix("gw"))::int(count)])
+
+
+def pytest_runtest_setup(item):
+    """A pinned worker whose peers have finished takes every core for the tests it has left."""
+    if len(os.sched_getaffinity(0)) < len(_HOST_CORES) and \
+            not any(p != _running_mark(os.environ["PYTEST_XDIST_WORKER"])
+                    for p in Path(os.environ["MUSE_JAX_TEST_WORKERS"]).iterdir()):
+        os.sched_setaffinity(0, _HOST_CORES)  # the other workers are done
 
 
 def pytest_unconfigure(config):
+    worker = os.environ.get("PYTEST_XDIST_WORKER")
+    if worker:
+        _running_mark(worker).unlink(missing_ok=True)
+    else:  # the controller, or a run without xdist
+        shutil.rmtree(os.environ["MUSE_JAX_TEST_WORKERS"], ignore_errors=True)
     if _SESSION_CACHE is not None:  # the process that made it (the controller under xdist)
         shutil.rmtree(_SESSION_CACHE, ignore_errors=True)
+
+
+def _running_mark(worker: str) -> Path:
+    return Path(os.environ["MUSE_JAX_TEST_WORKERS"]) / worker
+
+
+@pytest.fixture
+def every_core():
+    """The test, and what it starts, on every core of the host, not its worker's share."""
+    own = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, _HOST_CORES)
+    yield
+    os.sched_setaffinity(0, own)
 
 
 def run_module(module: str, *args: str, env: dict | None = None, timeout: float = 600,

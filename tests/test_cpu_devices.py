@@ -36,7 +36,7 @@ def _dry_run_line(result) -> str:
     return result.stdout.splitlines()[0]  # "dry run: ..., 2 devices, mesh data=2 fsdp=1 ..."
 
 
-def test_a_cli_splits_the_host_unless_a_count_is_chosen(monkeypatch):
+def test_a_cli_splits_the_host_unless_a_count_is_chosen(monkeypatch, every_core):
     """The dry run prints the mesh of the devices the CLI sees: one a core by default (the
     machine's own count, as `cpu_devices.count` gives it), one where JAX_NUM_CPU_DEVICES says so."""
     monkeypatch.delenv("JAX_NUM_CPU_DEVICES", raising=False)
