@@ -52,11 +52,11 @@ if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
 
 # Each xdist worker, and everything it starts, on its own share of the cores while another
 # worker runs; a worker left alone takes every core back. Unpinned, the two workers' processes
-# each sized their thread pools (XLA's, torch's) for both cores and fought over them. `make
-# test` at 24583b5 took 1145 s of pytest, 2048 s of user and 180 s of system CPU, 2204 s of
-# worker time (2026-12-07 21:24, 2-core AMD EPYC); pinned, 1053 s (1893 s user, 151 s system);
-# pinned with the two-process tests on every core (`every_core`; on one core they took 320 s
-# against 260 s), 1019 s (1811 s user, 140 s system, 1910 s of worker time; 22:22).
+# each sized their thread pools (XLA's, torch's) for both cores and fought over them. Nine files
+# (test_train, sr, sample_cli, uvit, amused_lora, inception, text_precompute, amused_import,
+# vqgan) on 2 workers, alternating: 393 / 404 s unpinned, 347 / 352 s pinned, user CPU 679 / 700
+# against 611 / 614 s (2026-12-07 23:05-23:35, 2-core AMD EPYC). The two-process tests take
+# every core (`every_core`): pinned to one, test_multiprocess took 320 s against 260 s.
 _HOST_CORES = sorted(os.sched_getaffinity(0))
 if "MUSE_JAX_TEST_WORKERS" not in os.environ:  # the controlling process: one folder for all
     os.environ["MUSE_JAX_TEST_WORKERS"] = tempfile.mkdtemp(prefix="muse_jax_tests_workers_")
