@@ -29,8 +29,9 @@ install: $(STAMP)
 # The whole suite, slow tests included (they are marked `slow`, never skipped).
 # Two workers: most tests are single-threaded compiles, so 2 cores run two at once. Whole files
 # go to one worker (loadfile): a module's trained-run fixtures are then built once, not on both.
+# Files are handed out in the order tests/conftest.py sorts them (the most slow tests first).
 test: $(STAMP)
-	$(BIN)/python -m pytest -q -n 2 --dist loadfile --durations=25 tests
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile --no-loadscope-reorder --durations=25 tests
 
 # Everything but the tests marked slow.
 test-fast: $(STAMP)

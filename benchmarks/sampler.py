@@ -3,9 +3,10 @@
     .venv/bin/python benchmarks/sampler.py            # batch 4, 3 timed runs a side
     .venv/bin/python benchmarks/sampler.py --quick    # batch 1, 1 timed run a side
     .venv/bin/python benchmarks/sampler.py --steps=24 --batch=2 --repeats=5
+    .venv/bin/python benchmarks/sampler.py --codebook=8192   # Muse's and aMUSEd's codebook
 
 Both sides are randomly initialised and the same size: a masked token transformer of width
-512, depth 8, 8 heads, MLP 2048, 16x16 tokens, codebook 1024 (muse_jax `MaskedTransformer`,
+512, depth 8, 8 heads, MLP 2048, 16x16 tokens, codebook --codebook (muse_jax `MaskedTransformer`,
 diffusers `UVit2DModel` with the smallest conv stages its API allows: `--amused_res_blocks`,
 default 0), then a VQ decoder from 16x16 tokens to 256x256 pixels with four 2x up stages and
 the channels of aMUSEd's VQ-GAN (128, 256, 256, 512, 768 from full resolution down, 64-d
@@ -39,10 +40,12 @@ _BATCH = flags.DEFINE_integer("batch", 4, "Images per run (the transformer sees 
 _REPEATS = flags.DEFINE_integer("repeats", 3, "Timed runs per side.")
 _STEPS = flags.DEFINE_integer("steps", 12, "Decoding steps (aMUSEd's default 12; Muse base: 24).")
 _GUIDANCE = flags.DEFINE_float("guidance", 4.0, "muse_jax's final guidance t; aMUSEd gets 1 + t.")
+_CODEBOOK = flags.DEFINE_integer("codebook", 1024, "Codebook size of both sides (Muse's and aMUSEd's "
+                                "VQ-GANs: 8192, where drawing the tokens weighs more).")
 _RES_BLOCKS = flags.DEFINE_integer("amused_res_blocks", 0, "UVit2DModel conv (ConvNeXt) blocks "
                                    "before and after the transformer layers.")
 
-WIDTH, DEPTH, HEADS, MLP, GRID, CODEBOOK = 512, 8, 8, 2048, 16, 1024
+WIDTH, DEPTH, HEADS, MLP, GRID = 512, 8, 8, 2048, 16
 TEXT_LEN, TEXT_DIM = 77, 768
 DECODER_CHANNELS = (128, 256, 256, 512, 768)  # full resolution -> tokens, as aMUSEd's VQ-GAN
 CODE_DIM, DECODER_RES_BLOCKS = 64, 3
@@ -53,7 +56,7 @@ def count(tree) -> int:
     return int(sum(x.size for x in jax.tree.leaves(tree)))
 
 
-def build_muse_jax(batch: int, steps: int, guidance: float, seed: int = 0):
+def build_muse_jax(batch: int, steps: int, guidance: float, codebook: int, seed: int = 0):
     """A run function returning (token loop seconds, decoder seconds), and parameter counts."""
     import flax.linen as nn
     import jax
@@ -63,11 +66,11 @@ def build_muse_jax(batch: int, steps: int, guidance: float, seed: int = 0):
     from muse_jax.models.transformer import MaskedTransformer
     from muse_jax.models.vqgan import VQGAN
 
-    model = MaskedTransformer(codebook_size=CODEBOOK, grid=(GRID, GRID), width=WIDTH, depth=DEPTH,
+    model = MaskedTransformer(codebook_size=codebook, grid=(GRID, GRID), width=WIDTH, depth=DEPTH,
                               num_heads=HEADS, mlp_dim=MLP)
     base = DECODER_CHANNELS[0]
     vq = VQGAN(channels=base, channel_mult=tuple(c // base for c in DECODER_CHANNELS),
-               num_res_blocks=DECODER_RES_BLOCKS, codebook_size=CODEBOOK, code_dim=CODE_DIM)
+               num_res_blocks=DECODER_RES_BLOCKS, codebook_size=codebook, code_dim=CODE_DIM)
     k_model, k_vq, k_emb, k_neg = jax.random.split(jax.random.key(seed), 4)
     emb = jax.random.normal(k_emb, (batch, TEXT_LEN, TEXT_DIM))
     neg = jax.random.normal(k_neg, (batch, TEXT_LEN, TEXT_DIM))
@@ -123,7 +126,8 @@ def conv_rates(batch: int = 4, size: int = 128, channels: int = 128, repeats: in
                 "torch_conv_gflops": best(lambda: convt(xt))}
 
 
-def build_amused(batch: int, steps: int, guidance: float, res_blocks: int, seed: int = 0):
+def build_amused(batch: int, steps: int, guidance: float, res_blocks: int, codebook: int,
+                 seed: int = 0):
     """AmusedPipeline with random UVit2DModel / VQModel; the decoder is timed by a wrapper."""
     import torch
     from diffusers import AmusedPipeline, AmusedScheduler, UVit2DModel, VQModel
@@ -131,7 +135,7 @@ def build_amused(batch: int, steps: int, guidance: float, res_blocks: int, seed:
     torch.manual_seed(seed)
     transformer = UVit2DModel(
         hidden_size=WIDTH, num_hidden_layers=DEPTH, num_attention_heads=HEADS,
-        intermediate_size=MLP, codebook_size=CODEBOOK, vocab_size=CODEBOOK + 1,
+        intermediate_size=MLP, codebook_size=codebook, vocab_size=codebook + 1,
         encoder_hidden_size=TEXT_DIM, cond_embed_dim=TEXT_DIM, in_channels=WIDTH,
         block_out_channels=WIDTH, num_res_blocks=res_blocks, block_num_heads=HEADS,
         sample_size=GRID).eval()
@@ -139,10 +143,10 @@ def build_amused(batch: int, steps: int, guidance: float, res_blocks: int, seed:
         down_block_types=("DownEncoderBlock2D",) * len(DECODER_CHANNELS),
         up_block_types=("UpDecoderBlock2D",) * len(DECODER_CHANNELS),
         block_out_channels=DECODER_CHANNELS, layers_per_block=DECODER_RES_BLOCKS - 1,
-        latent_channels=CODE_DIM, num_vq_embeddings=CODEBOOK, norm_num_groups=32,
+        latent_channels=CODE_DIM, num_vq_embeddings=codebook, norm_num_groups=32,
         mid_block_add_attention=False, lookup_from_codebook=True).eval()
     pipe = AmusedPipeline(vqvae=vqvae, tokenizer=None, text_encoder=None, transformer=transformer,
-                          scheduler=AmusedScheduler(mask_token_id=CODEBOOK))
+                          scheduler=AmusedScheduler(mask_token_id=codebook))
     pipe.set_progress_bar_config(disable=True)
     assert pipe.vae_scale_factor == 16
     emb = torch.randn(batch, TEXT_LEN, TEXT_DIM)
@@ -216,11 +220,11 @@ def main(argv) -> None:
     steps, guidance = _STEPS.value, _GUIDANCE.value
     torch.set_num_threads(os.cpu_count())
     print(f"Sampler: batch {batch}, {steps} steps, guidance t={guidance} (aMUSEd scale "
-          f"{1 + guidance}), {GRID}x{GRID} tokens -> 256x256, float32, {os.cpu_count()} CPU cores, "
+          f"{1 + guidance}), {GRID}x{GRID} tokens of {_CODEBOOK.value} codes -> 256x256, float32, {os.cpu_count()} CPU cores, "
           f"jax {jax.__version__} on {jax.devices()[0].platform}, torch {torch.__version__} "
           f"({torch.get_num_threads()} threads), diffusers {diffusers.__version__}", flush=True)
-    jax_run, jax_sizes = build_muse_jax(batch, steps, guidance)
-    torch_run, torch_sizes = build_amused(batch, steps, guidance, _RES_BLOCKS.value)
+    jax_run, jax_sizes = build_muse_jax(batch, steps, guidance, _CODEBOOK.value)
+    torch_run, torch_sizes = build_amused(batch, steps, guidance, _RES_BLOCKS.value, _CODEBOOK.value)
     times = alternate({"muse_jax": jax_run, "amused": torch_run}, repeats)
     ours = summarize(times["muse_jax"], batch, steps, jax_sizes)
     theirs = summarize(times["amused"], batch, steps, torch_sizes)
@@ -241,6 +245,7 @@ def main(argv) -> None:
           f"muse_jax at {decoder_gflops:.0f} GFLOP/s; one 3x3 conv (128 channels, 128x128, batch "
           f"4): XLA {rates['xla_conv_gflops']:.0f}, torch {rates['torch_conv_gflops']:.0f} GFLOP/s")
     print(json.dumps({"benchmark": "sampler", "batch": batch, "steps": steps, "guidance": guidance,
+                      "codebook": _CODEBOOK.value,
                       "amused_guidance_scale": 1 + guidance, "amused_res_blocks": _RES_BLOCKS.value,
                       "cpu_count": os.cpu_count(), "muse_jax": ours, "amused": theirs,
                       "speedup": speedup, "token_loop_speedup": loop_speedup,

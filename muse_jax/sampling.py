@@ -25,7 +25,7 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 
-from muse_jax import masking
+from muse_jax import categorical, masking
 
 _INF = jnp.finfo(jnp.float32).max
 
@@ -156,15 +156,17 @@ def decode(logits_fn: Callable, canvas, mask_id: int, rng, options: SamplingOpti
         else:
             guided = logits_fn(tokens).astype(jnp.float32)
         ranked = guided
-        if options.temperature == 0:  # greedy: the most likely token, confidence its log-prob
+        # Confidence: the chosen token's log-probability (the draw gives it for the drawn one).
+        if options.temperature == 0:  # greedy: the most likely token
             sampled = jnp.argmax(guided, axis=-1).astype(jnp.int32)
         else:
             guided = _top_k(guided / options.temperature, options.top_k)
-            sampled = jax.random.categorical(rng_sample, guided, axis=-1).astype(jnp.int32)
+            sampled, confidence = categorical.sample(rng_sample, guided)
         if keep:
             sampled = _keep_likely(ranked, sampled, previous, keep)
-        log_probs = jax.nn.log_softmax(guided, axis=-1)
-        confidence = jnp.take_along_axis(log_probs, sampled[..., None], axis=-1)[..., 0]
+        if keep or options.temperature == 0:
+            log_probs = jax.nn.log_softmax(guided, axis=-1)
+            confidence = jnp.take_along_axis(log_probs, sampled[..., None], axis=-1)[..., 0]
         anneal = choice_scale(options, step)
         confidence = confidence + anneal * jax.random.gumbel(rng_gumbel, confidence.shape)
         sampled = jnp.where(masked, sampled, tokens)
