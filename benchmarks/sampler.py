@@ -40,8 +40,8 @@ _BATCH = flags.DEFINE_integer("batch", 4, "Images per run (the transformer sees 
 _REPEATS = flags.DEFINE_integer("repeats", 3, "Timed runs per side.")
 _STEPS = flags.DEFINE_integer("steps", 12, "Decoding steps (aMUSEd's default 12; Muse base: 24).")
 _GUIDANCE = flags.DEFINE_float("guidance", 4.0, "muse_jax's final guidance t; aMUSEd gets 1 + t.")
-_CODEBOOK = flags.DEFINE_integer("codebook", 1024, "Codebook size of both sides (Muse's and aMUSEd's "
-                                "VQ-GANs: 8192, where drawing the tokens weighs more).")
+_CODEBOOK = flags.DEFINE_integer("codebook", 1024, "Codebook size of both sides (Muse's and "
+                                 "aMUSEd's VQ-GANs: 8192, where drawing the tokens weighs more).")
 _RES_BLOCKS = flags.DEFINE_integer("amused_res_blocks", 0, "UVit2DModel conv (ConvNeXt) blocks "
                                    "before and after the transformer layers.")
 
@@ -220,11 +220,13 @@ def main(argv) -> None:
     steps, guidance = _STEPS.value, _GUIDANCE.value
     torch.set_num_threads(os.cpu_count())
     print(f"Sampler: batch {batch}, {steps} steps, guidance t={guidance} (aMUSEd scale "
-          f"{1 + guidance}), {GRID}x{GRID} tokens of {_CODEBOOK.value} codes -> 256x256, float32, {os.cpu_count()} CPU cores, "
+          f"{1 + guidance}), {GRID}x{GRID} tokens of {_CODEBOOK.value} codes -> 256x256, float32, "
+          f"{os.cpu_count()} CPU cores, "
           f"jax {jax.__version__} on {jax.devices()[0].platform}, torch {torch.__version__} "
           f"({torch.get_num_threads()} threads), diffusers {diffusers.__version__}", flush=True)
     jax_run, jax_sizes = build_muse_jax(batch, steps, guidance, _CODEBOOK.value)
-    torch_run, torch_sizes = build_amused(batch, steps, guidance, _RES_BLOCKS.value, _CODEBOOK.value)
+    torch_run, torch_sizes = build_amused(batch, steps, guidance, _RES_BLOCKS.value,
+                                          _CODEBOOK.value)
     times = alternate({"muse_jax": jax_run, "amused": torch_run}, repeats)
     ours = summarize(times["muse_jax"], batch, steps, jax_sizes)
     theirs = summarize(times["amused"], batch, steps, torch_sizes)
