@@ -15,7 +15,9 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-BLOCK = 128  # tokens a block: 64 blocks for aMUSEd's 8192 codes, 8 for Muse's 1024 (padded)
+# Tokens a block: 64 blocks for an 8192-code codebook (Muse's, aMUSEd's), 8 for 1024; a codebook
+# that is no multiple of it is padded with zero weights.
+BLOCK = 128
 
 
 def _first_above(cumulative, value, weights):
